@@ -1,0 +1,31 @@
+# make setup: install what is missing (Debian packages, .venv with the project). Safe to run twice.
+# make demo:  set up, bring up the local fleet, deploy the example environment to it.
+# make test:  set up and run the whole test suite (fleet tests included).
+# make bench: set up and run the benchmarks.
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+	@bash scripts/setup-system.sh
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/reconciler demo
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) bench/run.py
+
+clean:
+	-$(VENV)/bin/reconciler sandbox down
+	rm -rf $(VENV)

@@ -1,0 +1,361 @@
+"""The data reconciler reasons about: desired state and observed state.
+
+Pure: frozen dataclasses and functions over them, no I/O.  Mappings are kept
+as sorted tuples of pairs so that every value is hashable and compares by
+equality, which is what lets the planner be tested by equality on plans.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+# Labels reconciler sets on every container it owns.  A container without
+# LABEL_ENVIRONMENT is unmanaged and is never touched.
+LABEL_PREFIX = "io.reconciler."
+LABEL_ENVIRONMENT = LABEL_PREFIX + "environment"
+LABEL_SERVICE = LABEL_PREFIX + "service"
+LABEL_REVISION = LABEL_PREFIX + "revision"
+LABEL_CONFIG_HASH = LABEL_PREFIX + "config-hash"
+LABEL_IMAGE = LABEL_PREFIX + "image"
+LABEL_ROLE = LABEL_PREFIX + "role"
+LABEL_RETIRED_AT = LABEL_PREFIX + "retired-at"
+
+ROLE_ACTIVE = "active"
+ROLE_RETIRED = "retired"
+ROLE_CANDIDATE = "candidate"
+
+_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+# A reference is [registry[:port]/]path[:tag][@digest]; the registry part is
+# recognised by a '.' or ':' or being 'localhost', as docker does.
+_TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
+_PATH_COMPONENT_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
+
+
+@dataclass(frozen=True, order=True)
+class ImageRef:
+    """An image reference: repository, optional tag, optional digest.
+
+    The tag is kept for people (ops read and edit it); the digest is what
+    runs.  ``pinned`` is true when a digest is present.
+    """
+
+    repository: str
+    tag: str | None = None
+    digest: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> "ImageRef":
+        """Parse ``repo[:tag][@sha256:...]``; raise ValueError with the reason."""
+        if not isinstance(text, str) or not text or text != text.strip():
+            raise ValueError(f"image reference must be a non-empty string without spaces: {text!r}")
+        rest, _, digest = text.partition("@")
+        if "@" in text and not _DIGEST_RE.match(digest):
+            raise ValueError(f"digest must be sha256: followed by 64 hex digits: {digest!r}")
+        tag = None
+        slash = rest.rfind("/")
+        colon = rest.rfind(":")
+        if colon > slash:
+            rest, tag = rest[:colon], rest[colon + 1 :]
+            if not _TAG_RE.match(tag):
+                raise ValueError(f"invalid tag {tag!r}")
+        parts = rest.split("/")
+        first = parts[0]
+        has_registry = len(parts) > 1 and ("." in first or ":" in first or first == "localhost")
+        path = parts[1:] if has_registry else parts
+        if not path or not all(_PATH_COMPONENT_RE.match(p) for p in path):
+            raise ValueError(f"invalid repository name {rest!r}")
+        return cls(repository=rest, tag=tag, digest=digest or None)
+
+    @property
+    def pinned(self) -> bool:
+        return self.digest is not None
+
+    @property
+    def pull_ref(self) -> str:
+        """What to ask the engine for: by digest when pinned, else by tag."""
+        if self.digest:
+            return f"{self.repository}@{self.digest}"
+        return f"{self.repository}:{self.tag or 'latest'}"
+
+    def with_digest(self, digest: str) -> "ImageRef":
+        return ImageRef(self.repository, self.tag, digest)
+
+    def __str__(self) -> str:
+        text = self.repository
+        if self.tag:
+            text += f":{self.tag}"
+        if self.digest:
+            text += f"@{self.digest}"
+        return text
+
+
+@dataclass(frozen=True)
+class Host:
+    """A machine reached over SSH that runs a Docker engine."""
+
+    name: str
+    address: str
+    user: str = "root"
+    port: int = 22
+    groups: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """How to decide a container is healthy.
+
+    kind: ``http`` (GET path on port, expect status, optional body substring),
+    ``tcp`` (connect to port), ``command`` (run argv inside the container,
+    exit 0), ``docker`` (the image's own HEALTHCHECK), ``running`` (only:
+    still running and not restarting).  Every kind also requires running.
+    Times are seconds.
+    """
+
+    kind: Literal["http", "tcp", "command", "docker", "running"] = "running"
+    port: int | None = None
+    path: str = "/"
+    expected_status: int = 200
+    body_contains: str | None = None
+    command: tuple[str, ...] = ()
+    interval: float = 1.0
+    timeout: float = 2.0
+    start_period: float = 0.0
+    successes: int = 1
+    deadline: float = 60.0
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """How a service moves across its hosts.
+
+    ``batch_size`` hosts at a time; ``strategy`` ``start-first`` runs the new
+    container beside the old one (only possible without a fixed host port),
+    ``stop-first`` stops the old one first, ``auto`` picks start-first when
+    the service publishes no host port.
+    """
+
+    batch_size: int = 1
+    strategy: Literal["auto", "start-first", "stop-first"] = "auto"
+
+
+@dataclass(frozen=True, order=True)
+class PortMapping:
+    host_port: int
+    container_port: int
+    protocol: Literal["tcp", "udp"] = "tcp"
+    host_ip: str = ""
+
+
+@dataclass(frozen=True, order=True)
+class VolumeMount:
+    source: str
+    target: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True, order=True)
+class SecretRef:
+    """A secret given by reference only: a file on the host or an encrypted value.
+
+    ``env`` names the variable the container sees; ``file`` is a path on the
+    host whose content becomes the value (read on the host, never logged).
+    """
+
+    name: str
+    env: str
+    file: str | None = None
+    encrypted: str | None = None
+
+
+@dataclass(frozen=True)
+class Resources:
+    memory: str | None = None  # e.g. "256m"
+    cpus: float | None = None
+
+
+@dataclass(frozen=True)
+class Migrations:
+    """Database migrations a service declares (see the database issue)."""
+
+    path: str | None = None  # directory inside the image with NNNN_slug.{expand,contract}.sql
+    command: tuple[str, ...] = ()  # one-off container command, told the phase via env
+    allow_contract: bool = False
+    soak: float = 3600.0
+
+
+@dataclass(frozen=True)
+class Service:
+    """One service as desired: the image it runs, where, and with what config."""
+
+    name: str
+    image: ImageRef
+    hosts: tuple[str, ...]  # resolved host names, groups expanded, sorted
+    command: tuple[str, ...] | None = None
+    env: tuple[tuple[str, str], ...] = ()
+    ports: tuple[PortMapping, ...] = ()
+    volumes: tuple[VolumeMount, ...] = ()
+    networks: tuple[str, ...] = ()
+    restart: str = "unless-stopped"
+    resources: Resources = field(default_factory=Resources)
+    labels: tuple[tuple[str, str], ...] = ()
+    health: HealthCheck = field(default_factory=HealthCheck)
+    rollout: Rollout = field(default_factory=Rollout)
+    depends_on: tuple[str, ...] = ()
+    secrets: tuple[SecretRef, ...] = ()
+    migrations: Migrations | None = None
+    stop_timeout: float = 10.0
+
+    @property
+    def strategy(self) -> Literal["start-first", "stop-first"]:
+        if self.rollout.strategy != "auto":
+            return self.rollout.strategy
+        return "stop-first" if self.ports else "start-first"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What an environment allows."""
+
+    require_digest: bool = True
+    prune: bool = False
+    drift: Literal["report", "heal"] = "report"
+    keep_retired: int = 3
+    parallel_hosts: int = 4
+    on_failure: Literal["revert", "note"] = "revert"
+    drift_interval: float = 300.0
+
+
+@dataclass(frozen=True)
+class Database:
+    kind: Literal["postgresql"] = "postgresql"
+    dsn_file: str | None = None  # a file on the agent's machine holding the DSN
+    via_host: str | None = None  # reach it through this host's SSH connection
+    name: str | None = None
+    backup: Literal["always", "when-migrating"] = "always"
+
+
+@dataclass(frozen=True)
+class Environment:
+    """The whole desired state of one environment at one commit."""
+
+    name: str
+    hosts: tuple[Host, ...]
+    services: tuple[Service, ...]
+    policy: Policy = field(default_factory=Policy)
+    database: Database | None = None
+    known_hosts: str = "known_hosts"  # path inside the repository
+
+    def host(self, name: str) -> Host:
+        for host in self.hosts:
+            if host.name == name:
+                return host
+        raise KeyError(name)
+
+    def service(self, name: str) -> Service:
+        for service in self.services:
+            if service.name == name:
+                return service
+        raise KeyError(name)
+
+
+def config_hash(service: Service) -> str:
+    """A short stable hash of everything that shapes the container.
+
+    Two containers with the same hash were created from the same image digest
+    and the same configuration, so a retained container can be restarted as
+    an exact rollback target.  Health and rollout settings are excluded: they
+    steer the deploy, not the container.
+    """
+    shape = {
+        "image": service.image.pull_ref,
+        "command": list(service.command) if service.command is not None else None,
+        "env": [list(pair) for pair in service.env],
+        "ports": [[p.host_port, p.container_port, p.protocol, p.host_ip] for p in service.ports],
+        "volumes": [[v.source, v.target, v.read_only] for v in service.volumes],
+        "networks": list(service.networks),
+        "restart": service.restart,
+        "resources": [service.resources.memory, service.resources.cpus],
+        "labels": [list(pair) for pair in service.labels],
+        "secrets": [[s.name, s.env, s.file, s.encrypted] for s in service.secrets],
+    }
+    blob = json.dumps(shape, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def container_name(environment: str, service: str, suffix: str = "") -> str:
+    """The name of a service's container on a host; retired ones get a suffix."""
+    base = f"{environment}-{service}"
+    return f"{base}-{suffix}" if suffix else base
+
+
+# ---------------------------------------------------------------- observed
+
+
+@dataclass(frozen=True)
+class ObservedContainer:
+    """A container as the engine reports it (only what the planner needs)."""
+
+    id: str
+    name: str
+    state: str  # created, running, restarting, exited, paused, dead
+    labels: tuple[tuple[str, str], ...] = ()
+    image_id: str = ""
+    health: str | None = None  # the engine's HEALTHCHECK status, if the image has one
+    restart_count: int = 0
+
+    def label(self, key: str, default: str | None = None) -> str | None:
+        for k, v in self.labels:
+            if k == key:
+                return v
+        return default
+
+    @property
+    def managed(self) -> bool:
+        return self.label(LABEL_ENVIRONMENT) is not None
+
+    @property
+    def service(self) -> str | None:
+        return self.label(LABEL_SERVICE)
+
+    @property
+    def environment(self) -> str | None:
+        return self.label(LABEL_ENVIRONMENT)
+
+    @property
+    def role(self) -> str | None:
+        return self.label(LABEL_ROLE)
+
+    @property
+    def revision(self) -> str | None:
+        return self.label(LABEL_REVISION)
+
+    @property
+    def config_hash(self) -> str | None:
+        return self.label(LABEL_CONFIG_HASH)
+
+    @property
+    def image(self) -> str | None:
+        return self.label(LABEL_IMAGE)
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+
+@dataclass(frozen=True)
+class ObservedHost:
+    """What one host runs right now."""
+
+    name: str
+    containers: tuple[ObservedContainer, ...] = ()
+    images: tuple[str, ...] = ()  # repo@digest references present on the host
+
+    def managed(self, environment: str) -> tuple[ObservedContainer, ...]:
+        return tuple(c for c in self.containers if c.environment == environment)
+
+    def unmanaged(self) -> tuple[ObservedContainer, ...]:
+        return tuple(c for c in self.containers if not c.managed)
