@@ -21,12 +21,14 @@ LABEL_SERVICE = LABEL_PREFIX + "service"
 LABEL_REVISION = LABEL_PREFIX + "revision"
 LABEL_CONFIG_HASH = LABEL_PREFIX + "config-hash"
 LABEL_IMAGE = LABEL_PREFIX + "image"
-LABEL_ROLE = LABEL_PREFIX + "role"
-LABEL_RETIRED_AT = LABEL_PREFIX + "retired-at"
 
+# Labels cannot change after a container is created, so a container's role
+# lives in its name, which can: the active one is ``<env>-<service>``, a new
+# one being health-checked beside it ``<env>-<service>-next``, a retired one
+# kept for rollback ``<env>-<service>-old-<config hash>``.
 ROLE_ACTIVE = "active"
-ROLE_RETIRED = "retired"
-ROLE_CANDIDATE = "candidate"
+ROLE_CANDIDATE = "next"
+ROLE_RETIRED = "old"
 
 _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 # A reference is [registry[:port]/]path[:tag][@digest]; the registry part is
@@ -286,10 +288,14 @@ def config_hash(service: Service) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def container_name(environment: str, service: str, suffix: str = "") -> str:
-    """The name of a service's container on a host; retired ones get a suffix."""
+def container_name(environment: str, service: str, role: str = ROLE_ACTIVE, config: str = "") -> str:
+    """The name a service's container has on a host in ``role``."""
     base = f"{environment}-{service}"
-    return f"{base}-{suffix}" if suffix else base
+    if role == ROLE_ACTIVE:
+        return base
+    if role == ROLE_CANDIDATE:
+        return f"{base}-{ROLE_CANDIDATE}"
+    return f"{base}-{ROLE_RETIRED}-{config}"
 
 
 # ---------------------------------------------------------------- observed
@@ -306,6 +312,7 @@ class ObservedContainer:
     image_id: str = ""
     health: str | None = None  # the engine's HEALTHCHECK status, if the image has one
     restart_count: int = 0
+    finished_at: str = ""  # RFC 3339 from the engine; orders retired containers
 
     def label(self, key: str, default: str | None = None) -> str | None:
         for k, v in self.labels:
@@ -327,7 +334,17 @@ class ObservedContainer:
 
     @property
     def role(self) -> str | None:
-        return self.label(LABEL_ROLE)
+        """active, next or old, read from the name (see ROLE_*)."""
+        if not self.managed or not self.service:
+            return None
+        base = container_name(self.environment, self.service)
+        if self.name == base:
+            return ROLE_ACTIVE
+        if self.name == container_name(self.environment, self.service, ROLE_CANDIDATE):
+            return ROLE_CANDIDATE
+        if self.name.startswith(f"{base}-{ROLE_RETIRED}-"):
+            return ROLE_RETIRED
+        return None
 
     @property
     def revision(self) -> str | None:
