@@ -11,9 +11,8 @@ address on the host, so no port needs to be published for a check.
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import dataclass
-
 import docker
 import docker.errors
 import requests.exceptions
@@ -23,7 +22,7 @@ from fabric import Connection
 from reconciler import model
 from reconciler.errors import EngineError, HostUnreachable
 from reconciler.health import CheckResult
-from reconciler.model import HealthCheck, ImageRef, ObservedContainer, ObservedHost, Service
+from reconciler.model import ContainerSpec, HealthCheck, ImageRef, ObservedContainer, ObservedHost, Service
 
 # docker.io 20.10 speaks 1.41; asking for it explicitly avoids a version
 # round trip before every client is usable.
@@ -64,15 +63,6 @@ def engine_client(conn: Connection, *, host: str | None = None, timeout: float =
     return client
 
 
-@dataclass(frozen=True)
-class ContainerSpec:
-    """What ``create`` needs beyond the service: identity for the labels."""
-
-    environment: str
-    revision: str
-    name: str
-
-
 def container_labels(service: Service, environment: str, revision: str) -> dict[str, str]:
     labels = dict(service.labels)
     labels.update(
@@ -82,6 +72,7 @@ def container_labels(service: Service, environment: str, revision: str) -> dict[
             model.LABEL_REVISION: revision,
             model.LABEL_CONFIG_HASH: model.config_hash(service),
             model.LABEL_IMAGE: str(service.image),
+            model.LABEL_SPEC: json.dumps(model.spec_summary(service), sort_keys=True, separators=(",", ":")),
         }
     )
     return labels

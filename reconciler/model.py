@@ -21,6 +21,7 @@ LABEL_SERVICE = LABEL_PREFIX + "service"
 LABEL_REVISION = LABEL_PREFIX + "revision"
 LABEL_CONFIG_HASH = LABEL_PREFIX + "config-hash"
 LABEL_IMAGE = LABEL_PREFIX + "image"
+LABEL_SPEC = LABEL_PREFIX + "spec"  # spec_summary as JSON, for diffs
 
 # Labels cannot change after a container is created, so a container's role
 # lives in its name, which can: the active one is ``<env>-<service>``, a new
@@ -264,6 +265,30 @@ class Environment:
         raise KeyError(name)
 
 
+def spec_summary(service: Service) -> dict:
+    """The shape of a service's container, safe to show and to store in a label.
+
+    Env values and secrets appear only as short hashes, so a plan can say
+    *which* keys changed without printing a value.
+    """
+
+    def masked(value: str) -> str:
+        return "sha256:" + hashlib.sha256(value.encode()).hexdigest()[:12]
+
+    return {
+        "image": str(service.image),
+        "command": list(service.command) if service.command is not None else None,
+        "env": {key: masked(value) for key, value in service.env},
+        "ports": [f"{p.host_ip + ':' if p.host_ip else ''}{p.host_port}:{p.container_port}/{p.protocol}" for p in service.ports],
+        "volumes": [f"{v.source}:{v.target}{':ro' if v.read_only else ''}" for v in service.volumes],
+        "networks": list(service.networks),
+        "restart": service.restart,
+        "resources": {"memory": service.resources.memory, "cpus": service.resources.cpus},
+        "labels": dict(service.labels),
+        "secrets": {s.env: masked(f"{s.name}|{s.file}|{s.encrypted}") for s in service.secrets},
+    }
+
+
 def config_hash(service: Service) -> str:
     """A short stable hash of everything that shapes the container.
 
@@ -272,19 +297,7 @@ def config_hash(service: Service) -> str:
     an exact rollback target.  Health and rollout settings are excluded: they
     steer the deploy, not the container.
     """
-    shape = {
-        "image": service.image.pull_ref,
-        "command": list(service.command) if service.command is not None else None,
-        "env": [list(pair) for pair in service.env],
-        "ports": [[p.host_port, p.container_port, p.protocol, p.host_ip] for p in service.ports],
-        "volumes": [[v.source, v.target, v.read_only] for v in service.volumes],
-        "networks": list(service.networks),
-        "restart": service.restart,
-        "resources": [service.resources.memory, service.resources.cpus],
-        "labels": [list(pair) for pair in service.labels],
-        "secrets": [[s.name, s.env, s.file, s.encrypted] for s in service.secrets],
-    }
-    blob = json.dumps(shape, sort_keys=True, separators=(",", ":")).encode()
+    blob = json.dumps(spec_summary(service), sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
@@ -296,6 +309,15 @@ def container_name(environment: str, service: str, role: str = ROLE_ACTIVE, conf
     if role == ROLE_CANDIDATE:
         return f"{base}-{ROLE_CANDIDATE}"
     return f"{base}-{ROLE_RETIRED}-{config}"
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """What creating a container needs beyond the service: its identity."""
+
+    environment: str
+    revision: str
+    name: str
 
 
 # ---------------------------------------------------------------- observed
@@ -357,6 +379,14 @@ class ObservedContainer:
     @property
     def image(self) -> str | None:
         return self.label(LABEL_IMAGE)
+
+    @property
+    def spec(self) -> dict:
+        raw = self.label(LABEL_SPEC)
+        try:
+            return json.loads(raw) if raw else {}
+        except ValueError:
+            return {}
 
     @property
     def running(self) -> bool:

@@ -1,0 +1,291 @@
+"""The executor: runs a plan on the hosts, health-gated, rolling back on failure.
+
+Its promises:
+- pre-flight (engines answer, every image pulled by digest) changes nothing,
+  so a failure there leaves every host as it was;
+- a failed batch rolls back *every* (host, service) this run touched, not
+  only the failing one, and verifies the restored containers are healthy;
+- a rollback that fails stops loudly (``RollbackFailed``); it never loops.
+
+Hosts are driven through a small interface (``HostDriver``, implemented by
+``hosts.DockerHost`` and by the in-memory fake in the tests), one worker per
+host, at most ``policy.parallel_hosts`` at a time.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Protocol, Sequence
+
+from reconciler import model
+from reconciler.errors import DeployFailed, ReconcilerError, RollbackFailed
+from reconciler.health import CheckResult, Verdict, judge, next_check_at
+from reconciler.model import ContainerSpec, Environment, HealthCheck, ImageRef, ObservedContainer, ObservedHost, Service
+from reconciler.plan import Action, CheckHealth, Heal, Plan, Prune, Pull, Remove, Retire, Start, Switch
+
+
+class HostDriver(Protocol):
+    name: str
+
+    def ping(self) -> str: ...
+    def observe(self) -> ObservedHost: ...
+    def has_image(self, image: ImageRef) -> bool: ...
+    def pull(self, image: ImageRef) -> None: ...
+    def create(self, service: Service, spec) -> str: ...
+    def start(self, container_id: str) -> None: ...
+    def stop(self, container_id: str, timeout: float) -> None: ...
+    def rename(self, container_id: str, name: str) -> None: ...
+    def remove(self, container_id: str) -> None: ...
+    def remove_image(self, reference: str) -> None: ...
+    def inspect(self, container_id: str) -> ObservedContainer: ...
+    def probe(self, container_id: str, check: HealthCheck) -> CheckResult: ...
+    def logs_tail(self, container_id: str, lines: int = 30) -> str: ...
+
+
+Reporter = Callable[..., None]
+
+
+def _quiet(event: str, **fields) -> None:
+    pass
+
+
+@dataclass
+class Touched:
+    """What one (host, service) looked like before this run changed it."""
+
+    host: str
+    service: str
+    previous: str | None = None  # id of the container that was active
+    new: str | None = None  # id of the container this run created
+
+
+@dataclass
+class Outcome:
+    environment: str
+    revision: str
+    result: str  # in-sync, deployed, rolled-back, failed
+    steps: list[dict] = field(default_factory=list)
+    failure: str | None = None
+    evidence: list[str] = field(default_factory=list)
+    started: float = 0.0
+    finished: float = 0.0
+
+
+class Executor:
+    def __init__(
+        self,
+        desired: Environment,
+        hosts: Mapping[str, HostDriver],
+        revision: str,
+        *,
+        report: Reporter = _quiet,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.desired = desired
+        self.hosts = hosts
+        self.revision = revision
+        self.report = report
+        self.clock = clock
+        self.sleep = sleep
+        self.touched: dict[tuple[str, str], Touched] = {}
+        self.workers = ThreadPoolExecutor(max_workers=max(1, desired.policy.parallel_hosts))
+
+    # ----------------------------------------------------------- running
+    def preflight(self, plan: Plan) -> None:
+        """Engines answer and images are present; raises before any change."""
+        needed = sorted({a.host for a in plan.actions})
+        self._parallel(needed, lambda h: self.hosts[h].ping(), "preflight")
+        pulls = [a for a in plan.actions if isinstance(a, Pull)]
+        self._parallel_actions(pulls, lambda a: self.hosts[a.host].pull(a.image))
+
+    def apply(self, plan: Plan) -> Outcome:
+        outcome = Outcome(plan.environment, plan.revision, "in-sync", started=time.time())
+        try:
+            if plan.in_sync:
+                return outcome
+            self.preflight(plan)
+            work = [a for a in plan.actions if not isinstance(a, Pull)]
+            for _, group in itertools.groupby(work, key=_group_key):
+                group = list(group)
+                self._parallel_actions(group, self._run)
+                outcome.steps.extend({"step": a.step, "host": a.host, "service": a.service} for a in group)
+            outcome.result = "deployed"
+            return outcome
+        except DeployFailed as failure:
+            outcome.failure = str(failure)
+            outcome.evidence = list(getattr(failure, "evidence", []))
+            self.rollback()
+            outcome.result = "rolled-back"
+            return outcome
+        except ReconcilerError as failure:
+            if not self.touched:
+                raise  # nothing changed anywhere: the caller reports the cause
+            outcome.failure = str(failure)
+            self.rollback()
+            outcome.result = "rolled-back"
+            return outcome
+        finally:
+            outcome.finished = time.time()
+            self.workers.shutdown(wait=True)
+
+    def _parallel(self, hosts: Sequence[str], fn, what: str) -> None:
+        futures = [(h, self.workers.submit(fn, h)) for h in hosts]
+        errors = []
+        for host, future in futures:
+            try:
+                future.result()
+            except ReconcilerError as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    def _parallel_actions(self, actions: Sequence[Action], fn) -> None:
+        futures = [(a, self.workers.submit(fn, a)) for a in actions]
+        errors = []
+        for action, future in futures:
+            try:
+                future.result()
+                self.report("done", step=action.step, host=action.host, service=action.service, reason=action.reason)
+            except ReconcilerError as exc:
+                self.report("failed", step=action.step, host=action.host, service=action.service, error=str(exc))
+                errors.append(exc)
+        if errors:
+            # A health failure outranks a transient error elsewhere: it is
+            # the verdict the user needs to read.
+            errors.sort(key=lambda e: not isinstance(e, DeployFailed))
+            raise errors[0]
+
+    # ----------------------------------------------------------- steps
+    def _service(self, name: str) -> Service:
+        return self.desired.service(name)
+
+    def _find(self, host: str, service: str, role: str) -> ObservedContainer | None:
+        for c in self.hosts[host].observe().managed(self.desired.name):
+            if c.service == service and c.role == role:
+                return c
+        return None
+
+    def _track(self, host: str, service: str) -> Touched:
+        return self.touched.setdefault((host, service), Touched(host, service))
+
+    def _run(self, action: Action) -> None:
+        self.report("begin", step=action.step, host=action.host, service=action.service, reason=action.reason)
+        driver = self.hosts[action.host]
+        if isinstance(action, Retire):
+            active = self._find(action.host, action.service, model.ROLE_ACTIVE)
+            if active is not None:
+                self._track(action.host, action.service).previous = active.id
+                self._retire(driver, active)
+        elif isinstance(action, Start):
+            self._start(driver, self._service(action.service), action)
+        elif isinstance(action, CheckHealth):
+            touched = self._track(action.host, action.service)
+            self.wait_healthy(driver, touched.new, self._service(action.service).health)
+        elif isinstance(action, Switch):
+            touched = self._track(action.host, action.service)
+            active = self._find(action.host, action.service, model.ROLE_ACTIVE)
+            if active is not None:
+                touched.previous = active.id
+                self._retire(driver, active)
+            driver.rename(touched.new, model.container_name(self.desired.name, action.service))
+        elif isinstance(action, Heal):
+            container = self._find(action.host, action.service, model.ROLE_ACTIVE)
+            if container is not None:
+                driver.start(container.id)
+                self.wait_healthy(driver, container.id, self._service(action.service).health)
+        elif isinstance(action, Remove):
+            for c in driver.observe().managed(self.desired.name):
+                if c.name == action.container:
+                    driver.stop(c.id, 10)
+                    driver.remove(c.id)
+        elif isinstance(action, Prune):
+            self._prune(driver, action)
+
+    def _retire(self, driver: HostDriver, active: ObservedContainer) -> None:
+        name = model.container_name(self.desired.name, active.service, model.ROLE_RETIRED, active.config_hash or active.id[:12])
+        for c in driver.observe().managed(self.desired.name):
+            if c.name == name and c.id != active.id:
+                driver.remove(c.id)  # an identical older copy: the new retiree replaces it
+        service = self._service(active.service) if active.service in {s.name for s in self.desired.services} else None
+        driver.stop(active.id, service.stop_timeout if service else 10)
+        driver.rename(active.id, name)
+
+    def _start(self, driver: HostDriver, service: Service, action: Start) -> None:
+        role = model.ROLE_CANDIDATE if action.beside else model.ROLE_ACTIVE
+        name = model.container_name(self.desired.name, service.name, role)
+        for c in driver.observe().containers:
+            if c.name == name:
+                driver.remove(c.id)  # leftover of an interrupted run, never a serving one
+        touched = self._track(action.host, service.name)
+        touched.new = driver.create(service, ContainerSpec(self.desired.name, self.revision, name))
+        driver.start(touched.new)
+
+    def _prune(self, driver: HostDriver, action: Prune) -> None:
+        observed = {c.name: c for c in driver.observe().containers}
+        for name in action.containers:
+            container = observed.get(name)
+            if container is None or container.role != model.ROLE_RETIRED:
+                continue
+            driver.remove(container.id)
+            if container.image:
+                driver.remove_image(ImageRef.parse(container.image).pull_ref)
+
+    # ----------------------------------------------------------- health
+    def wait_healthy(self, driver: HostDriver, container_id: str, check: HealthCheck) -> Verdict:
+        started = self.clock()
+        results: list[CheckResult] = []
+        while True:
+            due = next_check_at(check, started, results[-1].at if results else None)
+            delay = due - self.clock()
+            if delay > 0:
+                self.sleep(delay)
+            results.append(driver.probe(container_id, check))
+            verdict = judge(check, started, results, self.clock())
+            if verdict.state == "healthy":
+                return verdict
+            if verdict.state == "unhealthy":
+                logs = driver.logs_tail(container_id)
+                failure = DeployFailed(f"health check failed: {verdict.reason}", host=driver.name)
+                failure.evidence = [r.detail for r in verdict.evidence] + ([f"logs:\n{logs}"] if logs else [])
+                raise failure
+
+    # ----------------------------------------------------------- rollback
+    def rollback(self) -> None:
+        """Restore every touched (host, service) to the container it had."""
+        self.report("rollback", hosts=sorted({h for h, _ in self.touched}))
+        problems: list[str] = []
+
+        def restore(touched: Touched) -> None:
+            driver = self.hosts[touched.host]
+            env = self.desired.name
+            if touched.new is not None:
+                driver.remove(touched.new)
+            if touched.previous is None:
+                return
+            driver.rename(touched.previous, model.container_name(env, touched.service))
+            driver.start(touched.previous)
+            service = self._service(touched.service) if touched.service in {s.name for s in self.desired.services} else None
+            check = service.health if service else HealthCheck()
+            self.wait_healthy(driver, touched.previous, check)
+            self.report("restored", host=touched.host, service=touched.service)
+
+        futures = [(t, self.workers.submit(restore, t)) for t in reversed(list(self.touched.values()))]
+        for touched, future in futures:
+            try:
+                future.result()
+            except Exception as exc:  # every host gets its try before we give up
+                problems.append(f"{touched.host}/{touched.service}: {exc}")
+        if problems:
+            raise RollbackFailed("rollback failed; these hosts need a human now:\n" + "\n".join(problems))
+
+
+def _group_key(action: Action) -> tuple:
+    return (action.service, getattr(action, "batch", None), action.step)
+
+
+def run_plan(desired: Environment, hosts: Mapping[str, HostDriver], plan: Plan, *, report: Reporter = _quiet, **kwargs) -> Outcome:
+    return Executor(desired, hosts, plan.revision, report=report, **kwargs).apply(plan)
