@@ -22,6 +22,8 @@ from reconciler.errors import ReconcilerError
 COMMANDS = (
     "sandbox",
     "validate",
+    "render",
+    "init",
     "plan",
     "apply",
     "status",
