@@ -1,0 +1,87 @@
+"""What ``sandbox up`` brought up, as frozen data and as the JSON it writes.
+
+``<state>/sandbox.json`` is the contract with tests, the demo and users:
+``load()`` reads it back into the same dataclasses ``up`` returns.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Mapping
+
+from reconciler.errors import SandboxError
+
+
+@dataclass(frozen=True)
+class SandboxHost:
+    name: str  # h1, h2, ...
+    address: str
+    port: int
+    user: str
+    identity_file: str
+    known_hosts_file: str
+    docker_socket: str  # for local debugging only: the product goes through SSH
+    netns: str
+
+    def ssh_access(self, timeout: float = 10.0):
+        """The ``reconciler.ssh.SSHAccess`` that reaches this host."""
+        from reconciler.ssh import SSHAccess  # imported late: keeps ``load`` free of paramiko
+
+        return SSHAccess(host=self.name, address=self.address, port=self.port, user=self.user,
+                         identity_file=self.identity_file, known_hosts_file=self.known_hosts_file,
+                         timeout=timeout)
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    state_dir: str
+    hosts: tuple[SandboxHost, ...]
+    registry: str  # host:port, plain HTTP
+    image_repository: str  # registry/repo, e.g. 10.213.0.1:5000/demo/web
+    images: Mapping[str, str]  # variant tag -> "repo:tag@sha256:..."
+    database_dsn: str | None
+    identity_file: str
+    known_hosts_file: str
+    elapsed_seconds: float
+
+    def host(self, name: str) -> SandboxHost:
+        for h in self.hosts:
+            if h.name == name:
+                return h
+        raise KeyError(name)
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["hosts"] = [asdict(h) for h in self.hosts]
+        data["images"] = dict(self.images)
+        return data
+
+
+def from_json(data: dict) -> Sandbox:
+    try:
+        hosts = tuple(SandboxHost(**h) for h in data["hosts"])
+        fields = {k: v for k, v in data.items() if k not in ("hosts", "images")}
+        return Sandbox(hosts=hosts, images=MappingProxyType(dict(data["images"])), **fields)
+    except (KeyError, TypeError) as exc:
+        raise SandboxError(f"sandbox description is malformed ({exc}); run `reconciler sandbox up`") from None
+
+
+def write(sandbox: Sandbox, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(sandbox.to_json(), indent=2) + "\n")
+    tmp.replace(path)
+
+
+def load(path: Path | None = None) -> Sandbox:
+    """The sandbox as last brought up (``<state>/sandbox.json``)."""
+    if path is None:
+        from reconciler.sandbox.layout import layout
+
+        path = layout().description
+    try:
+        return from_json(json.loads(Path(path).read_text()))
+    except FileNotFoundError:
+        raise SandboxError(f"no sandbox description at {path}; run `reconciler sandbox up`") from None

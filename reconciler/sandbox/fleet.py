@@ -1,0 +1,216 @@
+"""``up``, ``down`` and ``status`` of the local fleet: the imperative shell.
+
+``up`` reuses every part that is healthy and rebuilds the rest, so it is the
+answer to any half-broken state; ``down`` stops everything we may have
+started, found by pidfile, command line, namespace and cgroup, and checks
+that no namespace, daemon or mount is left.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from reconciler.errors import SandboxError
+from reconciler.sandbox import description, engines, images, netns, procs, registry, sshd
+from reconciler.sandbox.layout import (IMAGE_REPOSITORY, MAX_HOSTS, NETNS_PREFIX, REGISTRY, SSH_PORT, SSH_USER,
+                                       HostLayout, Layout, layout)
+
+DEFAULT_HOSTS = 3
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise SandboxError("the sandbox needs root: it creates network namespaces and a bridge, "
+                           "and runs dockerd, sshd and PostgreSQL as system daemons; "
+                           "run it as root (e.g. `sudo .venv/bin/reconciler sandbox up`)")
+
+
+def _postgres():
+    """The PostgreSQL part of the sandbox, owned by its own module."""
+    from reconciler.sandbox import postgres
+
+    return postgres
+
+
+def _known_host_dirs(lay: Layout) -> list[HostLayout]:
+    """Every host a previous run may have left: by state dir and by namespace."""
+    indexes = set()
+    if lay.root.exists():
+        indexes |= {int(p.name[1:]) for p in lay.root.glob("h*") if p.name[1:].isdigit()}
+    indexes |= {int(n[len(NETNS_PREFIX) + 1:]) for n in netns.namespaces()
+                if n.startswith(NETNS_PREFIX + "h") and n[len(NETNS_PREFIX) + 1:].isdigit()}
+    return [lay.host(i) for i in sorted(indexes) if 1 <= i <= MAX_HOSTS]
+
+
+def _teardown_host(host: HostLayout) -> None:
+    engines.stop(host)
+    sshd.stop(host)
+    inode = netns.netns_inode(host.netns)
+    if inode is not None:
+        procs.stop_pids(procs.find_ours(path_marks=[], netns_inodes=[inode]), grace=3)
+    procs.unmount_under(host.root)
+    netns.delete_host_network(host.netns)
+
+
+def up(hosts: int = DEFAULT_HOSTS) -> description.Sandbox:
+    require_root()
+    started = time.monotonic()
+    lay = layout()
+    lay.check_socket_paths(hosts)
+    lay.root.mkdir(parents=True, exist_ok=True)
+    os.chmod(lay.root, 0o755)
+    wanted = lay.hosts(hosts)
+    for stale in _known_host_dirs(lay):
+        if stale.index > hosts:
+            _teardown_host(stale)
+
+    sshd.write_client_files(lay)
+    netns.ensure_bridge()
+    registry.start(lay)
+    for host in wanted:
+        if not netns.host_network_healthy(host):
+            _teardown_host(host)
+            netns.create_host_network(host)
+        if not engines.healthy(host):
+            engines.stop(host)
+            engines.start(host)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        # PostgreSQL listens on the bridge address too, so it starts after the bridge.
+        database = pool.submit(_postgres().ensure_cluster, lay.root)
+        pushed = pool.submit(lambda: (registry.wait_ready(lay),
+                                      images.push_demo_images(REGISTRY, IMAGE_REPOSITORY))[1])
+        pinned = [sshd.ensure(host, lay) for host in wanted]
+        for host in wanted:
+            engines.wait_ready(host)
+        refs, dsn = pushed.result(), database.result()
+    sshd.write_known_hosts(lay, pinned)
+
+    sandbox = description.Sandbox(
+        state_dir=str(lay.root),
+        hosts=tuple(description.SandboxHost(
+            name=h.name, address=h.address, port=SSH_PORT, user=SSH_USER,
+            identity_file=str(lay.identity_file), known_hosts_file=str(lay.known_hosts_file),
+            docker_socket=str(h.docker_socket), netns=h.netns) for h in wanted),
+        registry=REGISTRY,
+        image_repository=f"{REGISTRY}/{IMAGE_REPOSITORY}",
+        images=refs,
+        database_dsn=dsn,
+        identity_file=str(lay.identity_file),
+        known_hosts_file=str(lay.known_hosts_file),
+        elapsed_seconds=round(time.monotonic() - started, 2),
+    )
+    description.write(sandbox, lay.description)
+    return description.load(lay.description)
+
+
+def _remove_cgroups() -> None:
+    """Empty container cgroup parents (``rcl-hN``) left by the engines; best effort."""
+    roots = [Path("/sys/fs/cgroup")] + [p for p in Path("/sys/fs/cgroup").iterdir() if p.is_dir()]
+    for root in roots:
+        for parent in root.glob(f"{NETNS_PREFIX}h*"):
+            for d in sorted((p for p in parent.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+                try:
+                    d.rmdir()
+                except OSError:
+                    pass
+            try:
+                parent.rmdir()
+            except OSError:
+                pass
+
+
+@dataclass(frozen=True)
+class Leftovers:
+    namespaces: tuple[str, ...]
+    pids: tuple[int, ...]
+    mounts: tuple[str, ...]
+
+    def __bool__(self) -> bool:
+        return bool(self.namespaces or self.pids or self.mounts)
+
+
+def leftovers(lay: Layout | None = None) -> Leftovers:
+    """What of ours still exists: namespaces, processes, mounts under the state dir."""
+    lay = lay or layout()
+    inodes = [i for i in (netns.netns_inode(n) for n in netns.namespaces()) if i is not None]
+    pids = procs.find_ours(path_marks=[str(lay.root) + "/"], netns_inodes=inodes,
+                           cgroup_marks=[procs.CGROUP_MARK])
+    return Leftovers(tuple(netns.namespaces()), tuple(pids), tuple(procs.mounts_under(lay.root)))
+
+
+def down(*, purge: bool = False) -> None:
+    """Stop everything the sandbox runs; keep keys, images and data unless ``purge``."""
+    require_root()
+    lay = layout()
+    try:
+        _postgres().stop_cluster(lay.root)
+    except SandboxError:
+        pass  # the process scan below stops it the hard way
+    for host in _known_host_dirs(lay):
+        _teardown_host(host)
+    registry.stop(lay)
+    left = leftovers(lay)
+    procs.stop_pids(left.pids, grace=3)
+    procs.unmount_under(lay.root)
+    for name in netns.namespaces():
+        netns.delete_host_network(name)
+    netns.delete_bridge()
+    _remove_cgroups()
+    lay.description.unlink(missing_ok=True)
+    left = leftovers(lay)
+    if left:
+        raise SandboxError(f"down left behind namespaces {list(left.namespaces)}, processes "
+                           f"{list(left.pids)}, mounts {list(left.mounts)}")
+    if purge and lay.root.exists():
+        subprocess.run(["rm", "-rf", "--one-file-system", str(lay.root)], check=False)
+
+
+@dataclass(frozen=True)
+class HostStatus:
+    name: str
+    address: str
+    netns: bool
+    dockerd: bool
+    sshd: bool
+
+
+@dataclass(frozen=True)
+class Status:
+    state_dir: str
+    hosts: tuple[HostStatus, ...]
+    registry: bool
+    postgres: bool | None  # None: no database was brought up
+    described: bool  # sandbox.json exists
+
+    @property
+    def all_up(self) -> bool:
+        return (self.described and bool(self.hosts) and self.registry and self.postgres is not False
+                and all(h.netns and h.dockerd and h.sshd for h in self.hosts))
+
+
+def _postgres_answers(dsn: str | None) -> bool | None:
+    if not dsn:
+        return None
+    try:
+        return subprocess.run(["pg_isready", "-q", "-t", "2", "-d", dsn], check=False).returncode == 0
+    except FileNotFoundError:
+        return False
+
+
+def status() -> Status:
+    lay = layout()
+    try:
+        sandbox = description.load(lay.description)
+        dsn, described = sandbox.database_dsn, True
+    except SandboxError:
+        dsn, described = None, False
+    namespaces = set(netns.namespaces())
+    hosts = tuple(HostStatus(h.name, h.address, h.netns in namespaces, engines.healthy(h), sshd.healthy(h))
+                  for h in _known_host_dirs(lay))
+    return Status(str(lay.root), hosts, registry.healthy(lay), _postgres_answers(dsn), described)
