@@ -2,17 +2,36 @@
 
 The only place reconciler talks to a database.  The pure parts (file names,
 pragmas, the static allow-list check) live in ``reconciler.migrations``.
+Errors: ``BackupFailed``, ``MigrationFailed``, ``DatabaseError`` (stalled),
+``reconciler.migrations.MigrationError``/``MigrationRefused`` (stalled),
+``reconciler.errors.LockHeld`` (waiting: another migration runs).
 """
 
 from reconciler.db.backups import Backup, BackupFailed, backup, list_backups, prune_backups, verify
 from reconciler.db.connection import DatabaseError
+from reconciler.db.migrate import (
+    AppliedMigration,
+    MigrationFailed,
+    applied_migrations,
+    apply_expand,
+    pending,
+    read_migrations,
+)
+from reconciler.db.scratch import check_expand_on_scratch
 
 __all__ = [
+    "AppliedMigration",
     "Backup",
     "BackupFailed",
     "DatabaseError",
+    "MigrationFailed",
+    "applied_migrations",
+    "apply_expand",
     "backup",
+    "check_expand_on_scratch",
     "list_backups",
+    "pending",
     "prune_backups",
+    "read_migrations",
     "verify",
 ]
