@@ -164,3 +164,12 @@ def test_module_is_pure() -> None:
         elif isinstance(node, pyast.ImportFrom) and node.module:
             imported.add(node.module.split(".")[0])
     assert not imported & {"psycopg", "subprocess", "docker", "fabric", "pygit2", "os", "socket"}
+
+
+def test_read_migrations_reads_a_directory(tmp_path: pathlib.Path) -> None:
+    from reconciler.db import read_migrations
+
+    (tmp_path / "0002_b.contract.sql").write_text("DROP TABLE a;")
+    (tmp_path / "0001_a.expand.sql").write_text("CREATE TABLE a (id int);")
+    (tmp_path / "README").write_text("notes")
+    assert [m.name for m in read_migrations(tmp_path)] == ["0001_a.expand.sql", "0002_b.contract.sql"]
