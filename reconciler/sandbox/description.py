@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from types import MappingProxyType
 from typing import Mapping
@@ -54,7 +54,8 @@ class Sandbox:
         raise KeyError(name)
 
     def to_json(self) -> dict:
-        data = asdict(self)
+        # asdict would deep-copy the read-only images mapping, which cannot be copied.
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["hosts"] = [asdict(h) for h in self.hosts]
         data["images"] = dict(self.images)
         return data
@@ -63,8 +64,8 @@ class Sandbox:
 def from_json(data: dict) -> Sandbox:
     try:
         hosts = tuple(SandboxHost(**h) for h in data["hosts"])
-        fields = {k: v for k, v in data.items() if k not in ("hosts", "images")}
-        return Sandbox(hosts=hosts, images=MappingProxyType(dict(data["images"])), **fields)
+        rest = {k: v for k, v in data.items() if k not in ("hosts", "images")}
+        return Sandbox(hosts=hosts, images=MappingProxyType(dict(data["images"])), **rest)
     except (KeyError, TypeError) as exc:
         raise SandboxError(f"sandbox description is malformed ({exc}); run `reconciler sandbox up`") from None
 

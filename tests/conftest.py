@@ -1,0 +1,28 @@
+"""Shared fixtures.  ``fleet``: the local sandbox, brought up once per session.
+
+Fleet tests need root (network namespaces, dockerd, sshd); they fail rather
+than skip without it, so a green run always means the fleet was exercised.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def fleet():
+    """The running sandbox (``reconciler.sandbox.Sandbox``), up for the whole session.
+
+    Left up at the end: the next session reuses it in a second, and a human
+    can inspect what the tests left (``reconciler sandbox down`` stops it).
+    """
+    if os.geteuid() != 0:
+        pytest.fail("fleet tests need root: the sandbox creates network namespaces and runs dockerd "
+                    "and sshd; run the suite as root (e.g. `sudo make test`)", pytrace=False)
+    from reconciler.sandbox import fleet as sandbox_fleet
+
+    sandbox = sandbox_fleet.up(3)
+    print(f"\nsandbox up in {sandbox.elapsed_seconds:.1f}s")
+    return sandbox
