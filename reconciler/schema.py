@@ -111,7 +111,7 @@ def _load(snapshot: Snapshot, name: str) -> tuple[model.Environment | None, Prob
     environment = model.Environment(
         name=name,
         hosts=tuple(sorted(hosts, key=lambda h: h.name)),
-        services=tuple(sorted((p.service for p in services), key=lambda s: s.name)),
+        services=tuple(sorted((p.service for p in services if p.service), key=lambda s: s.name)),
         policy=policy,
         database=database,
         known_hosts=known_hosts,
@@ -267,9 +267,7 @@ def _services(snapshot, base, inline: Node | None, default: Node | None, problem
             problems.at(name_node, f"services.{name}: defined twice (also at {first.path}:{first.line})")
             continue
         seen[name] = name_node
-        result = parse_service(name, name_node, _with_defaults(node, default), problems, index, require_digest)
-        if result is not None:
-            parsed.append(result)
+        parsed.append(parse_service(name, name_node, _with_defaults(node, default), problems, index, require_digest))
     return parsed
 
 
@@ -300,24 +298,24 @@ def _check_ports(services: list[ParsedService], problems: Problems) -> None:
     published: list[tuple[str, model.PortMapping, Node, set[str]]] = []
     for parsed in services:
         for port, node in parsed.ports:
-            hosts = set(parsed.service.hosts)
+            hosts = set(parsed.hosts)
             for other_name, other, other_node, other_hosts in published:
                 shared = hosts & other_hosts
                 same_ip = not port.host_ip or not other.host_ip or port.host_ip == other.host_ip
                 if shared and same_ip and (port.host_port, port.protocol) == (other.host_port, other.protocol):
                     problems.at(
                         node,
-                        f"services.{parsed.service.name}.ports: host port {port.host_port}/{port.protocol} is already published "
+                        f"services.{parsed.name}.ports: host port {port.host_port}/{port.protocol} is already published "
                         f"by service {other_name!r} ({other_node.path}:{other_node.line}) on {', '.join(sorted(shared))}",
                     )
-            published.append((parsed.service.name, port, node, hosts))
+            published.append((parsed.name, port, node, hosts))
 
 
 def _check_dependencies(services: list[ParsedService], problems: Problems) -> None:
-    known = {p.service.name: p for p in services}
+    known = {p.name: p for p in services}
     graph: dict[str, list[str]] = {}
     for parsed in services:
-        name = parsed.service.name
+        name = parsed.name
         for target, node in parsed.depends_on:
             if target == name:
                 problems.at(node, f"services.{name}.depends_on: a service cannot depend on itself")

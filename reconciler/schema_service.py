@@ -43,20 +43,26 @@ class HostIndex:
 
 @dataclass(frozen=True)
 class ParsedService:
-    """A service and the nodes that checks across services point at."""
+    """A service (None when invalid) and what checks across services need.
 
-    service: model.Service
+    Hosts, ports and dependencies are kept even when the service itself is
+    invalid, so one mistake does not hide a port clash or a cycle.
+    """
+
+    name: str
+    service: model.Service | None
+    hosts: tuple[str, ...]
     ports: tuple[tuple[model.PortMapping, Node], ...]
     depends_on: tuple[tuple[str, Node], ...]
 
 
-def parse_service(name: str, name_node: Node, node: Node, problems: Problems, index: HostIndex, require_digest: bool) -> ParsedService | None:
+def parse_service(name: str, name_node: Node, node: Node, problems: Problems, index: HostIndex, require_digest: bool) -> ParsedService:
     what = f"services.{name}"
     if not NAME_RE.match(name):
         problems.at(name_node, f"{what}: service names use lowercase letters, digits and '-' (they name containers)")
     fields = mapping(node, SERVICE_KEYS, problems, what)
     if fields is BAD:
-        return None
+        return ParsedService(name, None, (), (), ())
     for required in ("image", "hosts"):
         if required not in fields:
             problems.at(name_node, f"{what}: missing {required!r}")
@@ -87,8 +93,8 @@ def parse_service(name: str, name_node: Node, node: Node, problems: Problems, in
         "migrations": _migrations(fields["migrations"], problems, f"{what}.migrations") if "migrations" in fields else None,
         "stop_timeout": duration(fields["stop_timeout"], problems, f"{what}.stop_timeout") if "stop_timeout" in fields else 10.0,
     }
-    if image is None or hosts is None or any(v is BAD or v is None and k != "command" and k != "migrations" for k, v in kwargs.items()):
-        return None
+    if image is None or hosts is None or any(v is BAD for v in kwargs.values()):
+        return ParsedService(name, None, hosts or (), tuple(ports), tuple(depends))
     service = model.Service(
         name=name,
         image=image,
@@ -99,7 +105,7 @@ def parse_service(name: str, name_node: Node, node: Node, problems: Problems, in
         secrets=tuple(sorted(secrets)),
         **kwargs,
     )
-    return ParsedService(service, tuple(ports), tuple(depends))
+    return ParsedService(name, service, hosts, tuple(ports), tuple(depends))
 
 
 def _resources(node: Node, problems: Problems, what: str) -> model.Resources:
@@ -133,7 +139,7 @@ def _health(node: Node | None, problems: Problems, what: str, ports: list[model.
     if kind is BAD:
         return BAD
     for key in sorted(set(fields) & ({"port", "path", "status", "body_contains", "command"} - _HEALTH_KIND_KEYS[kind])):
-        problems.at(node.keys[key], f"{what}: {key!r} does not apply to a {kind} check")
+        problems.at(node.keys[key], f"{what}: {key!r} does not apply to type {kind}")
     values: dict = {"kind": kind}
     timing = {"interval": True, "timeout": True, "start_period": False, "deadline": True}
     for key, positive in timing.items():
@@ -147,8 +153,8 @@ def _health(node: Node | None, problems: Problems, what: str, ports: list[model.
         elif ports:
             values["port"] = ports[0].container_port
         else:
-            problems.at(node, f"{what}: a {kind} check needs 'port' (the container port) when the service publishes none")
-            return BAD
+            problems.at(node, f"{what}: type {kind} needs 'port' (the container port) when the service publishes none")
+            values["port"] = BAD
     if kind == "http":
         if "path" in fields:
             values["path"] = string(fields["path"], problems, f"{what}.path")
@@ -161,7 +167,7 @@ def _health(node: Node | None, problems: Problems, what: str, ports: list[model.
             values["body_contains"] = string(fields["body_contains"], problems, f"{what}.body_contains")
     if kind == "command":
         if "command" not in fields:
-            problems.at(node, f"{what}: a command check needs 'command'")
+            problems.at(node, f"{what}: type command needs 'command'")
             return BAD
         values["command"] = argv(fields["command"], problems, f"{what}.command")
     return BAD if BAD in values.values() else model.HealthCheck(**values)

@@ -221,7 +221,7 @@ def parse_yaml(path: str, data: bytes, problems: Problems) -> Node | None:
         return None
     if root is None:
         return Node(None, path, 1, 1)
-    return _convert(root, path, problems, depth=0)
+    return _convert(root, path, problems, 0, {})
 
 
 def _pos(yaml_node: Any) -> tuple[int, int]:
@@ -229,34 +229,41 @@ def _pos(yaml_node: Any) -> tuple[int, int]:
     return mark.line + 1, mark.column + 1
 
 
-def _convert(yaml_node: Any, path: str, problems: Problems, depth: int) -> Node:
+def _convert(yaml_node: Any, path: str, problems: Problems, depth: int, memo: dict[int, Node], anchor_seen: bool = False) -> Node:
     line, col = _pos(yaml_node)
-    if getattr(yaml_node, "anchor", None):
-        # Aliases would let one edit change many places unseen in review, and
-        # expand exponentially; shared values belong in reconciler.yaml defaults.
+    if getattr(yaml_node, "anchor", None) and not anchor_seen:
+        # Aliases let one edit change many places unseen in review; shared
+        # values belong in reconciler.yaml defaults.  Reported once, at the
+        # anchor; the converted value is memoised so that nested aliases
+        # ("billion laughs") cost no more than the text that wrote them.
+        if id(yaml_node) in memo:
+            return memo[id(yaml_node)]
         problems.add(path, line, col, "YAML anchors and aliases are not supported; put shared values in reconciler.yaml defaults")
-        return Node(Unsupported("an anchored value"), path, line, col)
+        memo[id(yaml_node)] = Node(Unsupported("an aliased value"), path, line, col)  # an alias inside itself
+        memo[id(yaml_node)] = converted = _convert(yaml_node, path, problems, depth, memo, anchor_seen=True)
+        return converted
     if depth > MAX_DEPTH:
         problems.add(path, line, col, f"nested more than {MAX_DEPTH} levels deep")
         return Node(Unsupported("a too deeply nested value"), path, line, col)
     tag = yaml_node.tag if isinstance(yaml_node.tag, str) else str(getattr(yaml_node.tag, "value", yaml_node.tag))
     if tag not in _PLAIN_TAGS:
-        problems.add(path, line, col, f"YAML tag {tag!r} is not allowed")
+        shown = "!!" + tag[len(_TAG) :] if tag.startswith(_TAG) else tag
+        problems.add(path, line, col, f"YAML tag {shown!r} is not allowed")
         return Node(Unsupported(f"a value tagged {tag}"), path, line, col)
     if isinstance(yaml_node, MappingNode):
-        return _convert_mapping(yaml_node, path, problems, depth, line, col)
+        return _convert_mapping(yaml_node, path, problems, depth, line, col, memo)
     if isinstance(yaml_node, SequenceNode):
-        items = [_convert(item, path, problems, depth + 1) for item in yaml_node.value]
+        items = [_convert(item, path, problems, depth + 1, memo) for item in yaml_node.value]
         return Node(items, path, line, col)
     assert isinstance(yaml_node, ScalarNode)
     return Node(_scalar(tag, yaml_node.value), path, line, col, text=str(yaml_node.value))
 
 
-def _convert_mapping(yaml_node: MappingNode, path: str, problems: Problems, depth: int, line: int, col: int) -> Node:
+def _convert_mapping(yaml_node: MappingNode, path: str, problems: Problems, depth: int, line: int, col: int, memo: dict[int, Node]) -> Node:
     values: dict[str, Node] = {}
     keys: dict[str, Node] = {}
     for key_node, value_node in yaml_node.value:
-        key = _convert(key_node, path, problems, depth + 1)
+        key = _convert(key_node, path, problems, depth + 1, memo)
         if key_node.tag == _TAG + "merge":
             problems.at(key, "YAML merge keys (<<) are not supported; put shared values in reconciler.yaml defaults")
             continue
@@ -265,10 +272,10 @@ def _convert_mapping(yaml_node: MappingNode, path: str, problems: Problems, dept
             continue
         if key.value in keys:
             first = keys[key.value]
-            problems.at(key, f"duplicate key {key.value!r} (first at line {first.line})")
+            problems.at(key, f"duplicate key {key.value!r} (first at {first.line}:{first.col})")
             continue
         keys[key.value] = key
-        values[key.value] = _convert(value_node, path, problems, depth + 1)
+        values[key.value] = _convert(value_node, path, problems, depth + 1, memo)
     return Node(values, path, line, col, keys=keys)
 
 
