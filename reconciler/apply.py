@@ -206,7 +206,7 @@ class Executor:
             self._prune(driver, action)
 
     def _retire(self, driver: HostDriver, active: ObservedContainer) -> None:
-        name = model.container_name(self.desired.name, active.service, model.ROLE_RETIRED, active.config_hash or active.id[:12])
+        name = model.retired_name(self.desired.name, active)
         for c in driver.observe().managed(self.desired.name):
             if c.name == name and c.id != active.id:
                 driver.remove(c.id)  # an identical older copy: the new retiree replaces it

@@ -311,6 +311,15 @@ def container_name(environment: str, service: str, role: str = ROLE_ACTIVE, conf
     return f"{base}-{ROLE_RETIRED}-{config}"
 
 
+def retired_name(environment: str, container: "ObservedContainer") -> str:
+    """The name an active container gets when it is retired (kept for rollback).
+
+    Shared by the executor, which renames, and the planner, which must know
+    that name to leave the fresh retiree out of pruning.
+    """
+    return container_name(environment, container.service or "", ROLE_RETIRED, container.config_hash or container.id[:12])
+
+
 @dataclass(frozen=True)
 class ContainerSpec:
     """What creating a container needs beyond the service: its identity."""

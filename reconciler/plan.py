@@ -235,8 +235,15 @@ def plan_deploy(
                 else:
                     findings.append(Finding(host, service.name, "drift", detail + " (policy drift: report)"))
             retired = _retired_in_order(seen)
-            # The deploy itself retires one more container; keep room for it.
-            keep = policy.keep_retired - (1 if host in to_deploy and active is not None else 0)
+            keep = policy.keep_retired
+            if host in to_deploy and active is not None:
+                # The deploy retires the active container into this name,
+                # replacing any older container that has it (same config):
+                # that one is gone either way, and pruning the name after the
+                # switch would delete the rollback target just made.
+                retiring = model.retired_name(env, active)
+                retired = [c for c in retired if c.name != retiring]
+                keep -= 1  # keep room for the container this deploy retires
             excess = tuple(c.name for c in retired[max(keep, 0):])
             if excess:
                 tail.append(Prune(host, service.name, f"keep the newest {policy.keep_retired} retired", containers=excess))
