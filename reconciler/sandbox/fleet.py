@@ -8,6 +8,8 @@ that no namespace, daemon or mount is left.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import subprocess
 import time
@@ -37,6 +39,15 @@ def _postgres():
     return postgres
 
 
+@contextlib.contextmanager
+def _exclusive(lay: Layout):
+    """One ``up``/``down`` at a time: parallel test sessions share the one fleet."""
+    lay.root.mkdir(parents=True, exist_ok=True)
+    with open(lay.root / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def _known_host_dirs(lay: Layout) -> list[HostLayout]:
     """Every host a previous run may have left: by state dir and by namespace."""
     indexes = set()
@@ -58,11 +69,16 @@ def _teardown_host(host: HostLayout) -> None:
 
 
 def up(hosts: int = DEFAULT_HOSTS) -> description.Sandbox:
+    """Bring the fleet up, reusing whatever part of it is healthy; return its description."""
     require_root()
     started = time.monotonic()
     lay = layout()
     lay.check_socket_paths(hosts)
-    lay.root.mkdir(parents=True, exist_ok=True)
+    with _exclusive(lay):
+        return _up(lay, hosts, started)
+
+
+def _up(lay: Layout, hosts: int, started: float) -> description.Sandbox:
     os.chmod(lay.root, 0o755)
     wanted = lay.hosts(hosts)
     for stale in _known_host_dirs(lay):
@@ -148,6 +164,13 @@ def down(*, purge: bool = False) -> None:
     """Stop everything the sandbox runs; keep keys, images and data unless ``purge``."""
     require_root()
     lay = layout()
+    with _exclusive(lay):
+        _down(lay)
+    if purge and lay.root.exists():
+        subprocess.run(["rm", "-rf", "--one-file-system", str(lay.root)], check=False)
+
+
+def _down(lay: Layout) -> None:
     try:
         _postgres().stop_cluster(lay.root)
     except SandboxError:
@@ -167,8 +190,6 @@ def down(*, purge: bool = False) -> None:
     if left:
         raise SandboxError(f"down left behind namespaces {list(left.namespaces)}, processes "
                            f"{list(left.pids)}, mounts {list(left.mounts)}")
-    if purge and lay.root.exists():
-        subprocess.run(["rm", "-rf", "--one-file-system", str(lay.root)], check=False)
 
 
 @dataclass(frozen=True)
