@@ -33,7 +33,10 @@ _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 def suggestion(word: str, options: Iterable[str]) -> str:
     """`` (did you mean 'x'?)`` when a close option exists, else ''."""
-    close = difflib.get_close_matches(word, sorted(options), n=1, cutoff=0.6)
+    options = sorted(options)
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    # difflib misses abbreviations ("prod" for "production"); a prefix is a hint too.
+    close = close or [o for o in options if len(word) >= 3 and o.startswith(word)][:1]
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 

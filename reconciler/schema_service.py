@@ -67,7 +67,7 @@ def parse_service(name: str, name_node: Node, node: Node, problems: Problems, in
         if required not in fields:
             problems.at(name_node, f"{what}: missing {required!r}")
     image = parse_image(fields["image"], problems, f"{what}.image", require_digest) if "image" in fields else None
-    hosts = resolve_hosts(fields["hosts"], problems, f"{what}.hosts", index.hosts, index.groups) if "hosts" in fields else None
+    hosts, hosts_ok = resolve_hosts(fields["hosts"], problems, f"{what}.hosts", index.hosts, index.groups) if "hosts" in fields else ((), False)
     ports = parse_ports(fields["ports"], problems, f"{what}.ports") if "ports" in fields else []
     env = parse_env(fields["env"], problems, f"{what}.env") if "env" in fields else {}
     secrets = parse_secrets(fields["secrets"], problems, f"{what}.secrets") if "secrets" in fields else ()
@@ -93,8 +93,8 @@ def parse_service(name: str, name_node: Node, node: Node, problems: Problems, in
         "migrations": _migrations(fields["migrations"], problems, f"{what}.migrations") if "migrations" in fields else None,
         "stop_timeout": duration(fields["stop_timeout"], problems, f"{what}.stop_timeout") if "stop_timeout" in fields else 10.0,
     }
-    if image is None or hosts is None or any(v is BAD for v in kwargs.values()):
-        return ParsedService(name, None, hosts or (), tuple(ports), tuple(depends))
+    if image is None or not hosts_ok or any(v is BAD for v in kwargs.values()):
+        return ParsedService(name, None, hosts, tuple(ports), tuple(depends))
     service = model.Service(
         name=name,
         image=image,

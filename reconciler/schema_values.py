@@ -68,13 +68,17 @@ def parse_image(node: Node, problems: Problems, what: str, require_digest: bool)
     return image
 
 
-def resolve_hosts(node: Node, problems: Problems, what: str, hosts: tuple[str, ...], groups: dict[str, tuple[str, ...]]) -> tuple[str, ...] | None:
-    """Host names and groups (or ``all``) -> sorted host names."""
+def resolve_hosts(node: Node, problems: Problems, what: str, hosts: tuple[str, ...], groups: dict[str, tuple[str, ...]]) -> tuple[tuple[str, ...], bool]:
+    """Host names and groups (or ``all``) -> (sorted host names, all known).
+
+    The names that did resolve are returned even when others did not, so a
+    port clash on them is still found.
+    """
     if node.value == "all":
-        return tuple(sorted(hosts))
+        return tuple(sorted(hosts)), True
     names = string_list(node, problems, what) if not isinstance(node.value, str) else (node.value,)
     if names is BAD:
-        return None
+        return (), False
     resolved: set[str] = set()
     ok = True
     entries = node.value if isinstance(node.value, list) else [node]
@@ -90,8 +94,8 @@ def resolve_hosts(node: Node, problems: Problems, what: str, hosts: tuple[str, .
             problems.at(item, f"{what}: unknown host or group {name!r}{suggestion(name, [*hosts, *groups, 'all'])}")
     if ok and not resolved:
         problems.at(node, f"{what}: names no host")
-        return None
-    return tuple(sorted(resolved)) if ok else None
+        ok = False
+    return tuple(sorted(resolved)), ok
 
 
 def parse_ports(node: Node, problems: Problems, what: str) -> list[tuple[model.PortMapping, Node]]:
