@@ -245,7 +245,9 @@ def _known_hosts(snapshot: Snapshot, base: str, node: Node | None, env_file: str
     return path
 
 
-def _services(snapshot, base, inline: Node | None, default: Node | None, problems, index, require_digest) -> list[ParsedService]:
+def _services(
+    snapshot: Snapshot, base: str, inline: Node | None, default: Node | None, problems: Problems, index: HostIndex, require_digest: bool
+) -> list[ParsedService]:
     """Services written inline under ``services:`` and in ``services/<name>.yaml``."""
     entries: list[tuple[str, Node, Node]] = []
     if inline is not None:

@@ -12,14 +12,11 @@ import re
 from reconciler import model
 from reconciler.schema_fields import (
     BAD,
-    argv,
     boolean,
     choice,
-    duration,
     integer,
     items,
     mapping,
-    number,
     string,
     string_list,
     string_map,
