@@ -143,14 +143,38 @@ class Executor:
         if errors:
             raise errors[0]
 
+    def _per_host(self, items: Sequence, fn, catch: type[Exception] = ReconcilerError) -> list[tuple[object, Exception | None]]:
+        """Run ``fn`` on every item, hosts in parallel, one host's items in order.
+
+        A host driver is not thread-safe (DockerHost owns one engine client
+        and one SSH connection), so one host's items never run at once, even
+        when several share a step (the pulls of two services).  Returns each
+        item with the ``catch`` error it raised (or None), in input order.
+        """
+        by_host: dict[str, list] = {}
+        for item in items:
+            by_host.setdefault(item.host, []).append(item)
+
+        def run(host_items: list) -> list[tuple[object, Exception | None]]:
+            out: list[tuple[object, Exception | None]] = []
+            for item in host_items:
+                try:
+                    fn(item)
+                    out.append((item, None))
+                except catch as exc:
+                    out.append((item, exc))
+            return out
+
+        futures = [self.workers.submit(run, host_items) for host_items in by_host.values()]
+        results = {id(item): exc for future in futures for item, exc in future.result()}
+        return [(item, results[id(item)]) for item in items]
+
     def _parallel_actions(self, actions: Sequence[Action], fn) -> None:
-        futures = [(a, self.workers.submit(fn, a)) for a in actions]
         errors = []
-        for action, future in futures:
-            try:
-                future.result()
+        for action, exc in self._per_host(actions, fn):
+            if exc is None:
                 self.report("done", step=action.step, host=action.host, service=action.service, reason=action.reason)
-            except ReconcilerError as exc:
+            else:
                 self.report("failed", step=action.step, host=action.host, service=action.service, error=str(exc))
                 errors.append(exc)
         if errors:
@@ -266,18 +290,22 @@ class Executor:
                 driver.remove(touched.new)
             if touched.previous is None:
                 return
-            driver.rename(touched.previous, model.container_name(env, touched.service))
+            # If retiring failed before the rename (its stop failed), the old
+            # container still has the service's name, and Docker refuses a
+            # rename to the current name.
+            name = model.container_name(env, touched.service)
+            if driver.inspect(touched.previous).name != name:
+                driver.rename(touched.previous, name)
             driver.start(touched.previous)
             service = self._service(touched.service) if touched.service in {s.name for s in self.desired.services} else None
             check = service.health if service else HealthCheck()
             self.wait_healthy(driver, touched.previous, check)
             self.report("restored", host=touched.host, service=touched.service)
 
-        futures = [(t, self.workers.submit(restore, t)) for t in reversed(list(self.touched.values()))]
-        for touched, future in futures:
-            try:
-                future.result()
-            except Exception as exc:  # every host gets its try before we give up
+        # Newest first (dependents before their dependencies); hosts in
+        # parallel, one host's restores in order (see _per_host).
+        for touched, exc in self._per_host(list(reversed(self.touched.values())), restore, catch=Exception):
+            if exc is not None:  # every host gets its try before we give up
                 problems.append(f"{touched.host}/{touched.service}: {exc}")
         if problems:
             raise RollbackFailed("rollback failed; these hosts need a human now:\n" + "\n".join(problems))

@@ -27,6 +27,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Union
 
@@ -147,6 +148,7 @@ class FakeHost:
         self.faults: list[_Fault] = []
         self.concurrent_use = False
         self._busy = threading.Lock()
+        self.scripts: dict[str, Script] = {}  # per-host override of the registry's, by digest
 
     # ------------------------------------------------------------ set-up
     def fail(self, method: str, *, on_call: int = 1, error: type[ReconcilerError] = HostUnreachable) -> None:
@@ -189,6 +191,7 @@ class FakeHost:
         if not self._busy.acquire(blocking=False):
             self.concurrent_use = True
             self._busy.acquire()
+        time.sleep(0)  # yield the GIL while busy: a second thread using this host would show
         self.calls[method] = self.calls.get(method, 0) + 1
         self.total_calls += 1
         for fault in self.faults:
@@ -327,7 +330,8 @@ class FakeHost:
             now = self.clock()
             container = self._get(container_id, "inspect")
             if container.state == "running":
-                script = self.registry.scripts.get(container.image.digest or container.image.pull_ref, ALWAYS_OK)
+                key = container.image.digest or container.image.pull_ref
+                script = self.scripts.get(key) or self.registry.scripts.get(key, ALWAYS_OK)
                 seen = script(container.probes)
                 container.probes += 1
                 if seen == "exit":
