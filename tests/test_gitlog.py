@@ -1,0 +1,112 @@
+"""Git as the deployment log, on real repositories made with pygit2."""
+
+from __future__ import annotations
+
+import pygit2
+import pytest
+
+from reconciler import gitlog
+from envrepo import DIGEST1, DIGEST2, commit, env_yaml, files_for, init, read
+
+
+@pytest.fixture
+def repo(tmp_path):
+    return init(tmp_path / "repo", bare=True)
+
+
+def test_a_note_has_a_summary_first_and_json_after(repo):
+    c1 = commit(repo, files_for(), "first")
+    gitlog.write_note(repo, c1, "staging", {"result": "deployed", "hosts": ["h1"], "started": 10.0, "finished": 12.5})
+    message = repo.lookup_note(c1, gitlog.NOTES_REF).message
+    assert message.startswith(f"reconciler: staging deployed {c1[:12]} on h1 at 1970-01-01T00:00:12Z (2.5s)\n\n{{")
+    assert gitlog.env_record(repo, c1, "staging")["result"] == "deployed"
+
+
+def test_notes_of_two_environments_on_one_commit_merge(repo):
+    c1 = commit(repo, {**files_for("staging"), **files_for("production")})
+    gitlog.write_note(repo, c1, "staging", {"result": "deployed"})
+    gitlog.write_note(repo, c1, "production", {"result": "rolled-back", "failure": "health check failed\nmore"})
+    doc = gitlog.read_note(repo, c1)
+    assert {k: v["result"] for k, v in doc["environments"].items()} == {"staging": "deployed", "production": "rolled-back"}
+    first_lines = repo.lookup_note(c1, gitlog.NOTES_REF).message.split("\n\n")[0].splitlines()
+    assert first_lines[0].startswith("reconciler: production rolled-back") and first_lines[0].endswith(": health check failed")
+
+
+def test_branch_of_an_environment(repo):
+    commit(repo, files_for())
+    assert gitlog.environment_branch(repo, "staging") == "refs/heads/main"
+    commit(repo, files_for(), branch="refs/heads/staging")
+    assert gitlog.environment_branch(repo, "staging") == "refs/heads/staging"
+    repo.config["reconciler.staging.branch"] = "release"
+    assert gitlog.environment_branch(repo, "staging") == "refs/heads/release"
+
+
+def test_superseded_marks_only_unnoted_commits_between(repo):
+    a = commit(repo, files_for(), "a")
+    b = commit(repo, files_for(tag="v2"), "b")
+    c = commit(repo, files_for(tag="v3"), "c")
+    d = commit(repo, files_for(tag="v4"), "d")
+    gitlog.write_note(repo, c, "staging", {"result": "failed"})
+    assert gitlog.commits_between(repo, a, d) == [c, b]
+    assert gitlog.mark_superseded(repo, "staging", gitlog.commits_between(repo, a, d), d, 50.0) == [b]
+    assert gitlog.env_record(repo, b, "staging")["superseded_by"] == d
+    assert gitlog.env_record(repo, c, "staging")["result"] == "failed"
+
+
+def test_revert_after_a_failed_deploy_restores_only_that_environment(repo):
+    base = commit(repo, {**files_for("staging"), **files_for("production")}, "base")
+    failed = commit(
+        repo,
+        {"environments/staging/environment.yaml": env_yaml(DIGEST2, tag="v2"), "environments/production/environment.yaml": env_yaml(tag="p2")},
+        "web v2 everywhere",
+        author=("Bob", "bob@example.com"),
+    )
+    new = gitlog.revert_failed(repo, env="staging", branch_ref="refs/heads/main", failed=failed, base=base, check="web http", host="h1")
+    assert gitlog.branch_head(repo, "refs/heads/main") == new
+    c = repo[new]
+    assert c.author.name == "reconciler agent" and c.parents[0].id == pygit2.Oid(hex=failed)
+    assert f"This reverts commit {failed}" in c.message and "web http check on h1" in c.message
+    assert c.message.startswith('Revert "web v2 everywhere" in staging')
+    assert read(repo, new, "environments/staging/environment.yaml") == env_yaml()
+    assert read(repo, new, "environments/production/environment.yaml") == env_yaml(tag="p2")
+
+
+def test_no_revert_when_the_branch_moved_on_or_nothing_changed(repo):
+    base = commit(repo, files_for(), "base")
+    failed = commit(repo, files_for(tag="v2"), "v2")
+    newer = commit(repo, files_for(tag="v3"), "v3")
+    assert gitlog.revert_failed(repo, env="staging", branch_ref="refs/heads/main", failed=failed, base=base, check="c", host="h") is None
+    assert gitlog.branch_head(repo, "refs/heads/main") == newer
+    same = commit(repo, {"README": "docs only"}, "docs")
+    assert gitlog.revert_failed(repo, env="staging", branch_ref="refs/heads/main", failed=same, base=newer, check="c", host="h") is None
+
+
+def test_history_says_who_wrote_who_merged_what_changed_and_the_outcome(repo):
+    c1 = commit(repo, files_for(), "first", when=1000)
+    c2 = commit(repo, files_for(tag="v2"), "second", author=("Bob", "bob@x"), committer=("Merger", "m@x"), when=2000)
+    commit(repo, {"README": "x"}, "docs", when=3000)
+    gitlog.write_note(repo, c1, "staging", {"result": "deployed", "started": 1001, "finished": 1002, "services_changed": ["web"]})
+    gitlog.write_note(repo, c2, "staging", {"result": "rolled-back", "started": 2001, "finished": 2002})
+    entries = gitlog.history(repo, env="staging")
+    assert [e.commit for e in entries] == [c2, c1]  # the docs commit does not concern staging
+    assert entries[0].author == "Bob <bob@x>" and entries[0].committer == "Merger <m@x>"
+    assert entries[0].changed == ("environments/staging/environment.yaml",)
+    assert entries[0].records[0]["result"] == "rolled-back"
+    assert [e.commit for e in gitlog.history(repo, env="staging", service="web")] == [c1]
+    assert gitlog.running_at(repo, "staging", 2500)["commit"] == c1  # the rollback left c1 running
+    assert gitlog.running_at(repo, "staging", 999) is None
+
+
+def test_proven_image_is_the_last_healthy_deploy(repo):
+    c1 = commit(repo, files_for(), "first")
+    c2 = commit(repo, files_for(DIGEST2, tag="v2"), "second")
+    gitlog.write_note(repo, c1, "staging", {"result": "deployed", "finished": 5, "digests": {"web": f"r/web:v1@{DIGEST1}"}})
+    gitlog.write_note(repo, c2, "staging", {"result": "rolled-back", "finished": 9, "digests": {"web": f"r/web:v2@{DIGEST2}"}})
+    image, record = gitlog.proven_image(repo, "staging", "web")
+    assert image == f"r/web:v1@{DIGEST1}" and record["commit"] == c1
+
+
+def test_parse_time():
+    assert gitlog.parse_time("1970-01-01T00:01:00Z") == 60.0
+    assert gitlog.parse_time("60") == 60.0
+    assert gitlog.parse_time("1970-01-01T01:01:00+01:00") == 60.0
