@@ -358,3 +358,29 @@ def test_rollback_of_two_services_on_one_host_uses_it_from_one_thread(world):
         outcome = world.apply(environment(replace(api, image=BAD, rollout=Rollout(batch_size=3)), replace(db, image=DB2, rollout=Rollout(batch_size=3))), "r2")
         assert outcome.result == "rolled-back"
         assert world.snapshot() == before
+
+
+def test_switch_failing_after_the_old_one_retired_restores_it(world):
+    # start-first Switch: retire the old one (rename 1), promote -next (rename 2).
+    before = deployed(world, web())
+    world.hosts["h2"].fail("rename", on_call=2, error=EngineError)
+    outcome = world.apply(environment(web(V2)), "r2")
+    assert outcome.result == "rolled-back"
+    assert outcome.failure.startswith("h2: rename")
+    assert world.snapshot() == before
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_one_batch_over_all_hosts_failing_on_one_restores_all(world, strategy):
+    ports = STRATEGIES[strategy]
+    before = deployed(world, web(V1, ports=ports))
+    world.hosts["h2"].scripts[V2.digest] = NEVER_OK
+    outcome = world.apply(environment(web(V2, ports=ports, batch_size=3)), "r2")
+    assert outcome.result == "rolled-back" and outcome.failure.startswith("h2: ")
+    assert world.snapshot() == before
+
+
+def test_new_service_that_never_gets_healthy_leaves_nothing_behind(world):
+    outcome = world.apply(environment(web(BAD)), "r1")
+    assert outcome.result == "rolled-back"
+    assert world.snapshot() == {h: {} for h in HOSTS}
