@@ -81,21 +81,30 @@ def stop(host: HostLayout) -> None:
                                 cgroup_marks=[f"/{host.cgroup_parent}/"])
     procs.stop_pids(leftovers, grace=3)
     procs.unmount_under(host.root)
+    # The exec root is runtime state only.  Left behind, its containerd.pid
+    # can name a killed containerd still waiting as a zombie to be reaped,
+    # which the next dockerd takes for a live one and times out on.
+    shutil.rmtree(host.exec_root, ignore_errors=True)
     host.dockerd_pidfile.unlink(missing_ok=True)
     host.docker_socket.unlink(missing_ok=True)
 
 
-def start(host: HostLayout) -> None:
-    """Start dockerd in the background; ``wait_ready`` waits for it."""
+def start(host: HostLayout) -> int:
+    """Start dockerd in the background and return its pid; ``wait_ready`` waits for it."""
     host.root.mkdir(parents=True, exist_ok=True)
     host.daemon_json.write_text(json.dumps({}) + "\n")
     # A pidfile left by a dead dockerd makes the new one refuse to start.
     procs.live_pid(host.dockerd_pidfile)
     host.docker_socket.unlink(missing_ok=True)
-    procs.spawn_detached(dockerd_argv(host), host.dockerd_log)
+    # nsenter execs dockerd, so this pid is dockerd's own.
+    return procs.spawn_detached(dockerd_argv(host), host.dockerd_log)
 
 
-def wait_ready(host: HostLayout) -> None:
-    if not procs.wait_until(lambda: answers(host), timeout=START_TIMEOUT, interval=0.2):
-        raise SandboxError(f"dockerd for {host.name} did not answer on {host.docker_socket} "
-                           f"within {START_TIMEOUT:.0f}s; see {host.dockerd_log}")
+def wait_ready(host: HostLayout, pid: int | None = None) -> None:
+    """Wait for the engine to answer; fail at once if the process we started died."""
+    died = lambda: pid is not None and not procs.alive(pid)  # noqa: E731
+    procs.wait_until(lambda: died() or answers(host), timeout=START_TIMEOUT, interval=0.2)
+    if not answers(host):
+        why = "exited" if died() else f"did not answer on {host.docker_socket} within {START_TIMEOUT:.0f}s"
+        raise SandboxError(f"dockerd for {host.name} {why}; see {host.dockerd_log}:\n"
+                           + procs.tail(host.dockerd_log))

@@ -88,13 +88,14 @@ def _up(lay: Layout, hosts: int, started: float) -> description.Sandbox:
     sshd.write_client_files(lay)
     netns.ensure_bridge()
     registry.start(lay)
+    started_engines: dict[str, int] = {}
     for host in wanted:
         if not netns.host_network_healthy(host):
             _teardown_host(host)
             netns.create_host_network(host)
         if not engines.healthy(host):
             engines.stop(host)
-            engines.start(host)
+            started_engines[host.name] = engines.start(host)
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         # PostgreSQL listens on the bridge address too, so it starts after the bridge.
@@ -103,7 +104,7 @@ def _up(lay: Layout, hosts: int, started: float) -> description.Sandbox:
                                       images.push_demo_images(REGISTRY, IMAGE_REPOSITORY))[1])
         pinned = [sshd.ensure(host, lay) for host in wanted]
         for host in wanted:
-            engines.wait_ready(host)
+            engines.wait_ready(host, started_engines.get(host.name))
         refs, dsn = pushed.result(), database.result()
     sshd.write_known_hosts(lay, pinned)
 
@@ -228,10 +229,13 @@ def status() -> Status:
     lay = layout()
     try:
         sandbox = description.load(lay.description)
-        dsn, described = sandbox.database_dsn, True
+        dsn, described, names = sandbox.database_dsn, True, {h.name for h in sandbox.hosts}
     except SandboxError:
-        dsn, described = None, False
+        dsn, described, names = None, False, set()
     namespaces = set(netns.namespaces())
+    # The described hosts, and any other whose namespace is still there;
+    # not every h* directory (those keep host keys after a smaller ``up``).
+    ours = [h for h in _known_host_dirs(lay) if h.name in names or h.netns in namespaces]
     hosts = tuple(HostStatus(h.name, h.address, h.netns in namespaces, engines.healthy(h), sshd.healthy(h))
-                  for h in _known_host_dirs(lay))
+                  for h in ours)
     return Status(str(lay.root), hosts, registry.healthy(lay), _postgres_answers(dsn), described)

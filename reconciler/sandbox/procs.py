@@ -38,6 +38,14 @@ def spawn_detached(argv: Sequence[str], log: Path) -> int:
     return proc.pid
 
 
+def tail(log: Path, lines: int = 5) -> str:
+    """The last lines of a daemon's log, for error messages."""
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
 def alive(pid: int | None) -> bool:
     if not pid:
         return False

@@ -71,4 +71,4 @@ def start(layout: Layout) -> None:
 def wait_ready(layout: Layout) -> None:
     if not procs.wait_until(answers, timeout=START_TIMEOUT, interval=0.1):
         raise SandboxError(f"registry did not answer http://{REGISTRY}/v2/ within "
-                           f"{START_TIMEOUT:.0f}s; see {layout.registry_log}")
+                           f"{START_TIMEOUT:.0f}s; see {layout.registry_log}:\n" + procs.tail(layout.registry_log))

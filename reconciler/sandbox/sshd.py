@@ -101,7 +101,7 @@ def ensure(host: HostLayout, layout: Layout) -> str:
                    "-E", str(host.sshd_log)], what=f"sshd for {host.name} (see {host.sshd_log})")
         if not procs.wait_until(lambda: healthy(host), timeout=START_TIMEOUT):
             raise SandboxError(f"sshd for {host.name} did not answer on {host.address}:{SSH_PORT} "
-                               f"within {START_TIMEOUT:.0f}s; see {host.sshd_log}")
+                               f"within {START_TIMEOUT:.0f}s; see {host.sshd_log}:\n" + procs.tail(host.sshd_log))
     return known_hosts_line(host.address, SSH_PORT, public)
 
 
