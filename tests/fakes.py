@@ -91,11 +91,16 @@ class Registry:
     images: set[str] = field(default_factory=set)
     scripts: dict[str, Script] = field(default_factory=dict)  # by digest (or pull_ref when unpinned)
     logs: dict[str, str] = field(default_factory=dict)
+    # which checks an image can answer at all (e.g. only v2 serves /healthz)
+    answers: dict[str, Callable[[HealthCheck], bool]] = field(default_factory=dict)
 
-    def publish(self, ref: ImageRef, script: Script = ALWAYS_OK, logs: str = "") -> ImageRef:
+    def publish(
+        self, ref: ImageRef, script: Script = ALWAYS_OK, logs: str = "", answers: Callable[[HealthCheck], bool] = lambda check: True
+    ) -> ImageRef:
         self.images.add(ref.pull_ref)
         self.scripts[ref.digest or ref.pull_ref] = script
         self.logs[ref.digest or ref.pull_ref] = logs
+        self.answers[ref.digest or ref.pull_ref] = answers
         return ref
 
 
@@ -332,7 +337,7 @@ class FakeHost:
             if container.state == "running":
                 key = container.image.digest or container.image.pull_ref
                 script = self.scripts.get(key) or self.registry.scripts.get(key, ALWAYS_OK)
-                seen = script(container.probes)
+                seen = script(container.probes) if self.registry.answers.get(key, lambda c: True)(check) else False
                 container.probes += 1
                 if seen == "exit":
                     self._stop(container)

@@ -384,3 +384,19 @@ def test_new_service_that_never_gets_healthy_leaves_nothing_behind(world):
     outcome = world.apply(environment(web(BAD)), "r1")
     assert outcome.result == "rolled-back"
     assert world.snapshot() == {h: {} for h in HOSTS}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="design bug: rollback verifies the restored container with the NEW commit's health check; "
+    "the check the old container was deployed with is not recorded anywhere (labels omit it)",
+)
+def test_rollback_verifies_the_old_version_with_its_own_health_check(world):
+    v1_check = CHECK
+    v2_check = replace(CHECK, path="/healthz")
+    world.registry.publish(V1, answers=lambda check: check.path == "/")  # v1 has no /healthz
+    before = deployed(world, replace(web(V1), health=v1_check))
+    world.hosts["h2"].scripts[V2.digest] = NEVER_OK
+    outcome = world.apply(environment(replace(web(V2), health=v2_check)), "r2")
+    assert outcome.result == "rolled-back"
+    assert world.snapshot() == before

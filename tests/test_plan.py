@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
 from reconciler import model
 from reconciler.model import Environment, HealthCheck, Host, Policy, PortMapping, Rollout, Service
 from reconciler.plan import (
@@ -294,3 +296,12 @@ def test_explicit_strategy_overrides_auto():
 def test_planning_is_deterministic():
     world = running(web())
     assert world.plan(environment(web(V2)), "r2") == world.plan(environment(web(V2)), "r2")
+
+
+@pytest.mark.xfail(strict=True, reason="design gap: pruning a removed service leaves its retired containers (and images) for ever")
+def test_removed_service_with_prune_takes_its_retired_containers_too():
+    world = running(web())
+    names = _retired(world, "h1", ["a"])
+    plan = world.plan(environment(prune=True), "r2")
+    removed = {a.container for a in plan.actions if isinstance(a, Remove) and a.host == "h1"}
+    assert removed >= {"prod-web", *names}
