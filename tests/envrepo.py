@@ -9,9 +9,11 @@ import pygit2
 
 DIGEST1 = "sha256:" + "11" * 32
 DIGEST2 = "sha256:" + "22" * 32
+DIGEST3 = "sha256:" + "33" * 32  # never healthy in the fake registry
 
 
-def env_yaml(digest: str = DIGEST1, *, tag: str = "v1", on_failure: str = "revert", repository: str = "registry.example:5000/demo/web") -> str:
+def env_yaml(digest: str = DIGEST1, *, tag: str = "v1", on_failure: str = "revert", repository: str = "registry.example:5000/demo/web", ports: bool = False) -> str:
+    ports_text = '    ports:\n      - "8080:8080"\n' if ports else ""
     return f"""\
 # staging: one host
 hosts:
@@ -25,16 +27,16 @@ services:
     # the image is promoted from staging, never typed by hand
     image: {repository}:{tag}@{digest}
     hosts: [web]
-    env:
+{ports_text}    env:
       APP_ENV: test
     health:
       type: running
 """
 
 
-def files_for(env: str = "staging", **kwargs) -> dict[str, str]:
+def files_for(digest: str = DIGEST1, *, env: str = "staging", **kwargs) -> dict[str, str]:
     return {
-        f"environments/{env}/environment.yaml": env_yaml(**kwargs),
+        f"environments/{env}/environment.yaml": env_yaml(digest, **kwargs),
         f"environments/{env}/known_hosts": "# pinned keys\n",
     }
 

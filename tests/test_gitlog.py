@@ -23,7 +23,7 @@ def test_a_note_has_a_summary_first_and_json_after(repo):
 
 
 def test_notes_of_two_environments_on_one_commit_merge(repo):
-    c1 = commit(repo, {**files_for("staging"), **files_for("production")})
+    c1 = commit(repo, {**files_for(env="staging"), **files_for(env="production")})
     gitlog.write_note(repo, c1, "staging", {"result": "deployed"})
     gitlog.write_note(repo, c1, "production", {"result": "rolled-back", "failure": "health check failed\nmore"})
     doc = gitlog.read_note(repo, c1)
@@ -54,7 +54,7 @@ def test_superseded_marks_only_unnoted_commits_between(repo):
 
 
 def test_revert_after_a_failed_deploy_restores_only_that_environment(repo):
-    base = commit(repo, {**files_for("staging"), **files_for("production")}, "base")
+    base = commit(repo, {**files_for(env="staging"), **files_for(env="production")}, "base")
     failed = commit(
         repo,
         {"environments/staging/environment.yaml": env_yaml(DIGEST2, tag="v2"), "environments/production/environment.yaml": env_yaml(tag="p2")},
