@@ -5,11 +5,10 @@ from __future__ import annotations
 import sys
 import time
 
-from reconciler import fleet, report
-from reconciler.apply import run_plan
+from reconciler import report
 from reconciler.commands._common import add_target_arguments, is_tty, load_target
+from reconciler.deploy import deploy_target
 from reconciler.errors import StalledError
-from reconciler.plan import plan_deploy
 
 HELP = "deploy a commit of the environment repository to its hosts, health-gated, rolling back on failure"
 
@@ -37,29 +36,38 @@ def progress_printer():
 
 def run(args) -> int:
     target = load_target(args)
-    env = target.environment
-    hosts = fleet.open_hosts(env.hosts, identity_file=target.identity_file, known_hosts_file=target.known_hosts_file, timeout=args.timeout)
-    try:
-        plan = plan_deploy(env, fleet.observe_all(hosts), target.revision)
-        print(report.plan_text(plan))
-        if plan.in_sync:
-            print("apply: nothing to change")
-            return 0
-        if not args.yes:
-            if not (is_tty() and sys.stdin.isatty()):
-                raise StalledError("apply: not on a terminal; pass --yes to apply without asking")
-            if input("apply these changes? [y/N] ").strip().lower() not in ("y", "yes"):
-                print("apply: cancelled, nothing changed")
-                return 1
-        outcome = run_plan(env, hosts, plan, report=progress_printer())
-        rows = report.running_rows(env, fleet.observe_all(hosts))
-    finally:
-        fleet.close_hosts(hosts)
-    print(f"{env.name} @ {target.revision[:12]}: {outcome.result} in {outcome.finished - outcome.started:.1f}s")
-    if outcome.failure:
-        print(f"failure: {outcome.failure}")
-        for item in outcome.evidence:
-            print("  " + item.replace("\n", "\n  "))
+
+    def confirm(plan) -> bool:
+        if args.yes:
+            return True
+        if not (is_tty() and sys.stdin.isatty()):
+            raise StalledError("apply: not on a terminal; pass --yes to apply without asking")
+        return input("apply these changes? [y/N] ").strip().lower() in ("y", "yes")
+
+    result = deploy_target(
+        target,
+        report_progress=progress_printer(),
+        confirm=confirm,
+        show_plan=lambda plan: print(report.plan_text(plan)),
+        timeout=args.timeout,
+    )
+    return print_result(target, result)
+
+
+def print_result(target, result) -> int:
+    """The closing summary: the outcome, the evidence of a failure, what runs where."""
+    outcome = result.outcome
+    if result.plan.in_sync:
+        print("apply: nothing to change")
+    elif outcome is None:
+        print("apply: cancelled, nothing changed")
+        return 1
+    else:
+        print(f"{target.environment.name} @ {target.revision[:12]}: {outcome.result} in {outcome.finished - outcome.started:.1f}s")
+        if outcome.failure:
+            print(f"failure: {outcome.failure}")
+            for item in outcome.evidence:
+                print("  " + item.replace("\n", "\n  "))
     print("now running:")
-    print(report.running_text(rows))
-    return EXIT_ROLLED_BACK if outcome.result == "rolled-back" else 0
+    print(report.running_text(result.running))
+    return EXIT_ROLLED_BACK if outcome is not None and outcome.result == "rolled-back" else 0

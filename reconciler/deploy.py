@@ -1,0 +1,44 @@
+"""One deploy of a target (environment at a commit): open the hosts, plan, run.
+
+Shared by ``reconciler apply`` and ``reconciler demo``; the agent adds the
+lock, the journal and the note in git around the same steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from reconciler import fleet, report
+from reconciler.apply import Outcome, Reporter, run_plan
+from reconciler.commands._common import Target
+from reconciler.plan import Plan, plan_deploy
+
+
+@dataclass
+class DeployResult:
+    plan: Plan
+    outcome: Outcome | None  # None when nothing was applied (in sync, or declined)
+    running: list[dict]
+
+
+def deploy_target(
+    target: Target,
+    *,
+    report_progress: Reporter,
+    confirm: Callable[[Plan], bool] = lambda plan: True,
+    show_plan: Callable[[Plan], None] = lambda plan: None,
+    timeout: float = 10.0,
+) -> DeployResult:
+    env = target.environment
+    hosts = fleet.open_hosts(env.hosts, identity_file=target.identity_file, known_hosts_file=target.known_hosts_file, timeout=timeout)
+    try:
+        plan = plan_deploy(env, fleet.observe_all(hosts), target.revision)
+        show_plan(plan)
+        outcome = None
+        if not plan.in_sync and confirm(plan):
+            outcome = run_plan(env, hosts, plan, report=report_progress)
+        running = report.running_rows(env, fleet.observe_all(hosts))
+    finally:
+        fleet.close_hosts(hosts)
+    return DeployResult(plan, outcome, running)
