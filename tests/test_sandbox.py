@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.errors import HostKeyMismatch, SandboxError
+from reconciler.errors import HostKeyMismatch, SandboxError, UnknownHostKey
 from reconciler.sandbox import description, images, procs, sshd
 
 FAKE_BUSYBOX = b"\x7fELF fake busybox for tests" * 100
@@ -197,14 +197,21 @@ def test_image_by_digest_runs_on_two_hosts_with_the_same_version(fleet) -> None:
 def test_a_host_whose_key_differs_from_the_pinned_one_is_refused(fleet, tmp_path) -> None:
     from reconciler.ssh import connect
 
-    h1, h2 = fleet.hosts[0], fleet.hosts[1]
-    # Pin h2's (valid, but wrong) key for h1's address.
+    h1 = fleet.hosts[0]
+    # Pin h2's key (a valid key, but not h1's) for h1's address.
     h2_key = (Path(fleet.state_dir) / "h2" / "ssh_host_ed25519_key.pub").read_text()
     wrong = tmp_path / "known_hosts"
     wrong.write_text(sshd.known_hosts_line(h1.address, h1.port, h2_key) + "\n")
     with pytest.raises(HostKeyMismatch) as refused:
         connect(replace(h1.ssh_access(), known_hosts_file=str(wrong)))
     assert refused.value.host == "h1"
+    assert "mismatch" in str(refused.value) and str(wrong) in str(refused.value)
+
+    # And a host with no pinned key at all is refused too, not trusted on first use.
+    empty = tmp_path / "empty_known_hosts"
+    empty.write_text("")
+    with pytest.raises(UnknownHostKey):
+        connect(replace(h1.ssh_access(), known_hosts_file=str(empty)))
 
 
 @pytest.mark.fleet
