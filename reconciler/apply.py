@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping, Protocol, Sequence
 
 from reconciler import model
-from reconciler.errors import DeployFailed, ReconcilerError, RollbackFailed
+from reconciler.errors import DeployFailed, HostUnreachable, ReconcilerError, RollbackFailed
 from reconciler.health import CheckResult, Verdict, judge, next_check_at
 from reconciler.model import ContainerSpec, Environment, HealthCheck, ImageRef, ObservedContainer, ObservedHost, Service
 from reconciler.plan import Action, CheckHealth, Heal, Plan, Prune, Pull, Remove, Retire, Start, Switch
@@ -69,6 +69,10 @@ class Outcome:
     result: str  # in-sync, deployed, rolled-back, failed
     steps: list[dict] = field(default_factory=list)
     failure: str | None = None
+    # True when the failure was the network's, not the commit's: the same
+    # commit should be tried again (a host was unreachable), unlike a failed
+    # health check, which waits for a new commit.
+    transient: bool = False
     evidence: list[str] = field(default_factory=list)
     started: float = 0.0
     finished: float = 0.0
@@ -108,29 +112,43 @@ class Executor:
             if plan.in_sync:
                 return outcome
             self.preflight(plan)
-            work = [a for a in plan.actions if not isinstance(a, Pull)]
-            for _, group in itertools.groupby(work, key=_group_key):
-                group = list(group)
-                self._parallel_actions(group, self._run)
-                outcome.steps.extend({"step": a.step, "host": a.host, "service": a.service} for a in group)
+            deploy, maintenance = split_phases(plan.actions)
+            try:
+                self._run_groups(deploy, outcome)
+            except ReconcilerError as failure:
+                if not self.touched:
+                    raise  # nothing changed anywhere: the caller reports the cause
+                outcome.failure = str(failure)
+                outcome.evidence = list(getattr(failure, "evidence", []))
+                outcome.transient = failure.kind == "transient"
+                unreachable = self.rollback()
+                outcome.result = "rolled-back"
+                if unreachable:
+                    outcome.transient = True
+                    outcome.failure += "\nnot restored (unreachable; the next reconcile converges them): " + ", ".join(unreachable)
+                return outcome
             outcome.result = "deployed"
-            return outcome
-        except DeployFailed as failure:
-            outcome.failure = str(failure)
-            outcome.evidence = list(getattr(failure, "evidence", []))
-            self.rollback()
-            outcome.result = "rolled-back"
-            return outcome
-        except ReconcilerError as failure:
-            if not self.touched:
-                raise  # nothing changed anywhere: the caller reports the cause
-            outcome.failure = str(failure)
-            self.rollback()
-            outcome.result = "rolled-back"
+            # Healing drift, pruning and removing come after the deploy is
+            # complete and healthy: their failure is reported, but it is no
+            # reason to take back a good deploy.
+            try:
+                self._run_groups(maintenance, outcome)
+            except ReconcilerError as failure:
+                outcome.failure = str(failure)
+                outcome.evidence = list(getattr(failure, "evidence", []))
+                outcome.transient = failure.kind == "transient"
+                if not deploy:
+                    outcome.result = "failed"
             return outcome
         finally:
             outcome.finished = time.time()
             self.workers.shutdown(wait=True)
+
+    def _run_groups(self, actions: Sequence[Action], outcome: Outcome) -> None:
+        for _, group in itertools.groupby(actions, key=_group_key):
+            group = list(group)
+            self._parallel_actions(group, self._run)
+            outcome.steps.extend({"step": a.step, "host": a.host, "service": a.service} for a in group)
 
     def _parallel(self, hosts: Sequence[str], fn, what: str) -> None:
         futures = [(h, self.workers.submit(fn, h)) for h in hosts]
@@ -226,6 +244,8 @@ class Executor:
                 if c.name == action.container:
                     driver.stop(c.id, 10)
                     driver.remove(c.id)
+                    if c.image and c.role != model.ROLE_CANDIDATE:
+                        driver.remove_image(ImageRef.parse(c.image).pull_ref)  # refused while in use
         elif isinstance(action, Prune):
             self._prune(driver, action)
 
@@ -278,8 +298,13 @@ class Executor:
                 raise failure
 
     # ----------------------------------------------------------- rollback
-    def rollback(self) -> None:
-        """Restore every touched (host, service) to the container it had."""
+    def rollback(self) -> list[str]:
+        """Restore every touched (host, service) to the container it had.
+
+        Returns the hosts that could not be reached to restore: they come
+        back to the desired state at the next reconcile.  Any other failure
+        to restore raises ``RollbackFailed`` once; it never retries.
+        """
         self.report("rollback", hosts=sorted({h for h, _ in self.touched}))
         problems: list[str] = []
 
@@ -297,18 +322,36 @@ class Executor:
             if driver.inspect(touched.previous).name != name:
                 driver.rename(touched.previous, name)
             driver.start(touched.previous)
-            service = self._service(touched.service) if touched.service in {s.name for s in self.desired.services} else None
-            check = service.health if service else HealthCheck()
+            check = driver.inspect(touched.previous).health_check
+            if check is None:  # deployed before the check was recorded in a label
+                service = self._service(touched.service) if touched.service in {s.name for s in self.desired.services} else None
+                check = service.health if service else HealthCheck()
             self.wait_healthy(driver, touched.previous, check)
             self.report("restored", host=touched.host, service=touched.service)
 
         # Newest first (dependents before their dependencies); hosts in
         # parallel, one host's restores in order (see _per_host).
+        unreachable: list[str] = []
         for touched, exc in self._per_host(list(reversed(self.touched.values())), restore, catch=Exception):
-            if exc is not None:  # every host gets its try before we give up
+            if isinstance(exc, HostUnreachable):
+                unreachable.append(f"{touched.host}/{touched.service}")
+            elif exc is not None:  # every host gets its try before we give up
                 problems.append(f"{touched.host}/{touched.service}: {exc}")
         if problems:
             raise RollbackFailed("rollback failed; these hosts need a human now:\n" + "\n".join(problems))
+        return unreachable
+
+
+_DEPLOY_STEPS = (Retire, Start, CheckHealth, Switch)
+
+
+def split_phases(actions: Sequence[Action]) -> tuple[list[Action], list[Action]]:
+    """Deploy steps (rolled back together on failure) and the maintenance
+    after them (heal, prune, remove).  The planner puts maintenance last;
+    a Remove before the last deploy step clears a leftover for the deploy."""
+    work = [a for a in actions if not isinstance(a, Pull)]
+    last = max((i for i, a in enumerate(work) if isinstance(a, _DEPLOY_STEPS)), default=-1)
+    return work[: last + 1], work[last + 1 :]
 
 
 def _group_key(action: Action) -> tuple:

@@ -73,6 +73,7 @@ def container_labels(service: Service, environment: str, revision: str) -> dict[
             model.LABEL_CONFIG_HASH: model.config_hash(service),
             model.LABEL_IMAGE: str(service.image),
             model.LABEL_SPEC: json.dumps(model.spec_summary(service), sort_keys=True, separators=(",", ":")),
+            model.LABEL_HEALTH: model.health_to_label(service.health),
         }
     )
     return labels

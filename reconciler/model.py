@@ -22,6 +22,9 @@ LABEL_REVISION = LABEL_PREFIX + "revision"
 LABEL_CONFIG_HASH = LABEL_PREFIX + "config-hash"
 LABEL_IMAGE = LABEL_PREFIX + "image"
 LABEL_SPEC = LABEL_PREFIX + "spec"  # spec_summary as JSON, for diffs
+# The health check the container was deployed with: a rollback verifies the
+# restored container with its own check, not the failed commit's.
+LABEL_HEALTH = LABEL_PREFIX + "health"
 
 # Labels cannot change after a container is created, so a container's role
 # lives in its name, which can: the active one is ``<env>-<service>``, a new
@@ -289,6 +292,23 @@ def spec_summary(service: Service) -> dict:
     }
 
 
+def health_to_label(check: HealthCheck) -> str:
+    data = {k: (list(v) if isinstance(v, tuple) else v) for k, v in check.__dict__.items()}
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+def health_from_label(text: str | None) -> HealthCheck | None:
+    """The check stored by ``health_to_label``; None when absent or unreadable."""
+    if not text:
+        return None
+    try:
+        data = json.loads(text)
+        data["command"] = tuple(data.get("command") or ())
+        return HealthCheck(**data)
+    except (ValueError, TypeError):
+        return None
+
+
 def config_hash(service: Service) -> str:
     """A short stable hash of everything that shapes the container.
 
@@ -396,6 +416,10 @@ class ObservedContainer:
             return json.loads(raw) if raw else {}
         except ValueError:
             return {}
+
+    @property
+    def health_check(self) -> HealthCheck | None:
+        return health_from_label(self.label(LABEL_HEALTH))
 
     @property
     def running(self) -> bool:

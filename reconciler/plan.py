@@ -275,12 +275,18 @@ def plan_deploy(
         for container in host.unmanaged():
             findings.append(Finding(host_name, None, "unmanaged", f"{container.name} has no reconciler labels; left alone"))
         for container in host.managed(env):
-            if container.role != model.ROLE_ACTIVE or (host_name, container.service) in wanted:
+            if (host_name, container.service) in wanted:
                 continue
             if policy.prune:
-                changes.append(ServiceChange(host_name, container.service, "remove"))
-                tail.append(Remove(host_name, container.service, "no longer in the desired state", container=container.name))
-            else:
+                # Its retired copies go too: nothing can roll back to a
+                # service that is no longer desired, and they hold images.
+                if container.role == model.ROLE_ACTIVE:
+                    changes.append(ServiceChange(host_name, container.service, "remove"))
+                    reason = "no longer in the desired state"
+                else:
+                    reason = "kept copy of a service no longer desired"
+                tail.append(Remove(host_name, container.service, reason, container=container.name))
+            elif container.role == model.ROLE_ACTIVE:
                 findings.append(
                     Finding(host_name, container.service, "prune-disabled", f"{container.name} is no longer desired; policy prune is off")
                 )

@@ -298,7 +298,6 @@ def test_planning_is_deterministic():
     assert world.plan(environment(web(V2)), "r2") == world.plan(environment(web(V2)), "r2")
 
 
-@pytest.mark.xfail(strict=True, reason="design gap: pruning a removed service leaves its retired containers (and images) for ever")
 def test_removed_service_with_prune_takes_its_retired_containers_too():
     world = running(web())
     names = _retired(world, "h1", ["a"])
