@@ -44,8 +44,8 @@ from reconciler.journal import (
     write_status,
 )
 from reconciler.locks import Locks
-from reconciler.model import Environment, HealthCheck, ObservedHost
-from reconciler.plan import Action, Plan, plan_deploy
+from reconciler.model import Environment, ObservedHost
+from reconciler.plan import Action, CheckHealth, Plan, plan_deploy
 
 Log = Callable[..., None]
 OpenHosts = Callable[[Environment, str], Mapping[str, HostDriver]]
@@ -82,12 +82,14 @@ class Result:
     message: str = ""
     revert_commit: str | None = None
     superseded: tuple[str, ...] = ()
+    drift_interval: float | None = None  # the environment's policy, for the agent's timer
 
 
 @dataclass(frozen=True)
-class Resume(Action):
+class Resume(CheckHealth):
     """Finish what an interrupted run left half-done on one host: rename the
-    candidate in if there is no active container, start it, check health."""
+    candidate in if there is no active container, start it, check health.
+    A CheckHealth for the executor, so a failure rolls the deploy back."""
 
     container: str = ""  # id
     rename: bool = False
@@ -170,49 +172,11 @@ class JournaledExecutor(Executor):
             driver.start(action.container)
         self.wait_healthy(driver, action.container, self.desired.service(action.service).health)
 
-    def rollback(self) -> None:
-        """Like Executor.rollback, but safe to run again after a crash half-way:
-        every step checks what is there before acting."""
+    def rollback(self) -> list[str]:
         # The failing check goes on disk with the phase: a restart that
         # finishes this rollback still knows to revert and not to retry.
         self.journal.phase(PHASE_ROLLING_BACK, health=list(self.health_failure) if self.health_failure else None)
-        self.report("rollback", hosts=sorted({h for h, _ in self.touched}))
-        problems: list[str] = []
-        env = self.desired.name
-
-        def restore(touched: Touched) -> None:
-            driver = self.hosts[touched.host]
-            if touched.new is not None and touched.new != touched.previous:
-                driver.remove(touched.new)  # idempotent: a missing container is fine
-            if touched.previous is None:
-                return
-            current = {c.id: c for c in driver.observe().containers}
-            previous = current.get(touched.previous)
-            if previous is None:
-                raise RollbackFailed(f"container {touched.previous[:12]} to restore is gone", host=touched.host)
-            active_name = model.container_name(env, touched.service)
-            if previous.name != active_name:
-                for c in current.values():
-                    if c.name == active_name:
-                        driver.remove(c.id)  # a stray active of the failed version
-                driver.rename(touched.previous, active_name)
-            if not previous.running:
-                driver.start(touched.previous)
-            try:
-                check = self.desired.service(touched.service).health
-            except KeyError:
-                check = HealthCheck()
-            self.wait_healthy(driver, touched.previous, check)
-            self.report("restored", host=touched.host, service=touched.service)
-
-        futures = [(t, self.workers.submit(restore, t)) for t in reversed(list(self.touched.values()))]
-        for touched, future in futures:
-            try:
-                future.result()
-            except Exception as exc:  # every host gets its try before we give up
-                problems.append(f"{touched.host}/{touched.service}: {exc}")
-        if problems:
-            raise RollbackFailed("rollback failed; these hosts need a human now:\n" + "\n".join(problems))
+        return super().rollback()
 
 
 # ---------------------------------------------------------------- the shell
@@ -232,7 +196,7 @@ def reconcile(ctx: Context, env: str, *, commit: str | None = None, since: str |
     try:
         with locks.held(env, commit):
             run = _Run(ctx, repo, env, branch, commit, since, reason)
-            return run.go()
+            return dataclasses.replace(run.go(), drift_interval=run.drift_interval)
     except LockHeld as exc:
         frozen = locks.frozen(env) is not None
         return Result(env, commit, "frozen" if frozen else "locked", "waiting", "Frozen" if frozen else "LockHeld", str(exc))
@@ -248,7 +212,8 @@ class _Run:
         self.status = read_status(ctx.state_dir, env)
         self.since = since or self.status.last_attempted
         self.journal = Journal(ctx.state_dir, env, clock=ctx.clock, hook=ctx.journal_hook)
-        self.log = lambda event, **f: ctx.log(event, environment=env, commit=f.pop("commit", commit), **f)
+        self.log = lambda event, **f: ctx.log(event, environment=env, commit=f.pop("commit", self.commit), **f)
+        self.drift_interval: float | None = None
 
     # -------------------------------------------------------- steps
     def go(self) -> Result:
@@ -290,6 +255,7 @@ class _Run:
         if self.env not in schema.list_environments(snapshot):
             raise InvalidDesiredState([f"environments/{self.env}/environment.yaml:1:1: no environment {self.env!r} at {commit[:12]}"])
         environment = schema.load_environment(snapshot, self.env)
+        self.drift_interval = environment.policy.drift_interval
         pins = snapshot.files.get(environment.known_hosts)
         if pins is None:
             raise InvalidDesiredState([f"{environment.known_hosts}:1:1: known_hosts file is missing; pin every host's key there"])
@@ -344,13 +310,17 @@ class _Run:
                            health=list(health) if health else None)
         final = _observe(hosts)
         revert = self._record(environment, result, started=outcome.started, failure=outcome.failure,
-                              evidence=outcome.evidence, health=health, observed=final, changes=plan)
+                              evidence=outcome.evidence, health=health, observed=final, changes=plan,
+                              transient=getattr(outcome, "transient", False))
         if result == "deployed":
-            return Result(self.env, self.commit, "deployed", None, "ReconciliationSucceeded", superseded=superseded)
+            return Result(self.env, self.commit, "deployed", None, "ReconciliationSucceeded", outcome.failure or "", superseded=superseded)
         if health is not None:
             return Result(self.env, self.commit, "rolled-back", "stalled", "HealthCheckFailed", outcome.failure or "",
                           revert_commit=revert, superseded=superseded)
-        return Result(self.env, self.commit, "rolled-back", "transient", "DeployInterrupted", outcome.failure or "", superseded=superseded)
+        if result == "rolled-back":
+            return Result(self.env, self.commit, "rolled-back", "transient", "DeployInterrupted", outcome.failure or "", superseded=superseded)
+        kind = "transient" if getattr(outcome, "transient", False) else "stalled"
+        return Result(self.env, self.commit, result, kind, "MaintenanceFailed", outcome.failure or "", superseded=superseded)
 
     def _in_sync(self, environment: Environment, observed, superseded, drifted: bool) -> Result:
         if self.commit != self.status.last_applied:
@@ -430,7 +400,8 @@ class _Run:
             record["running"] = running
         return record
 
-    def _record(self, environment, result, *, started, failure=None, evidence=(), health=None, observed=None, changes=None) -> str | None:
+    def _record(self, environment, result, *, started, failure=None, evidence=(), health=None, observed=None, changes=None,
+                transient: bool = False) -> str | None:
         record = self._base_record(environment, result, started, observed)
         if changes is not None:
             record["services_changed"] = sorted({c.service for c in changes.changes})
@@ -450,7 +421,7 @@ class _Run:
                     self.log("reverted", revert=revert)
         gitlog.write_note(self.repo, self.commit, self.env, record, self._sig())
         self.log("outcome", result=result, failure=(failure or "").splitlines()[0] if failure else None)
-        stalled = health is not None or result == "failed"
+        stalled = health is not None or (result == "failed" and not transient)
         self._status(result=result, applied=result == "deployed", stalled=stalled,
                      reason={"deployed": "ReconciliationSucceeded"}.get(result, "HealthCheckFailed" if health else "DeployFailed"),
                      message=failure)
@@ -485,11 +456,7 @@ def _same(a: str | None, b: str) -> bool:
 
 
 def _seeds(interrupted: JournalState | None, observed: Mapping[str, ObservedHost]) -> tuple[TouchedRecord, ...]:
-    """The interrupted run's touched containers that still exist.
-
-    A candidate (``-next``) is dropped as a rollback target: the planner
-    removes it and the new run creates its own.
-    """
+    """The interrupted run's touched containers that still exist."""
     if interrupted is None:
         return ()
     out = []
@@ -497,8 +464,7 @@ def _seeds(interrupted: JournalState | None, observed: Mapping[str, ObservedHost
         host = observed.get(t.host)
         containers = host.containers if host else ()
         previous = next((c.id for c in containers if _same(t.previous, c.id)), None)
-        new_c = next((c for c in containers if _same(t.new, c.id)), None)
-        new = new_c.id if new_c is not None and new_c.role != model.ROLE_CANDIDATE else None
+        new = next((c.id for c in containers if _same(t.new, c.id)), None)
         if previous or new:
             out.append(TouchedRecord(t.host, t.service, previous, new))
     return tuple(out)

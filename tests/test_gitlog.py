@@ -6,7 +6,7 @@ import pygit2
 import pytest
 
 from reconciler import gitlog
-from envrepo import DIGEST1, DIGEST2, commit, env_yaml, files_for, init, read
+from agentrepo import DIGEST1, DIGEST2, commit, env_yaml, files_for, init, read
 
 
 @pytest.fixture
