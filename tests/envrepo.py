@@ -1,83 +1,100 @@
-"""Environment repositories made with pygit2 in a temporary directory, for
-the agent's tests (gitlog, reconcile, agent, hooks)."""
+"""Environment repositories for fleet tests: real git repositories (pygit2)
+whose hosts and pinned keys are the sandbox's, so every deploy in a test is a
+commit, as it is for users."""
 
 from __future__ import annotations
 
+import argparse
+import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 
 import pygit2
 
-DIGEST1 = "sha256:" + "11" * 32
-DIGEST2 = "sha256:" + "22" * 32
-DIGEST3 = "sha256:" + "33" * 32  # never healthy in the fake registry
+from reconciler.commands._common import Target, load_target
+
+_SIG = pygit2.Signature("test author", "author@reconciler.invalid")
 
 
-def env_yaml(digest: str = DIGEST1, *, tag: str = "v1", on_failure: str = "revert", repository: str = "registry.example:5000/demo/web", ports: bool = False) -> str:
-    ports_text = '    ports:\n      - "8080:8080"\n' if ports else ""
-    return f"""\
-# staging: one host
-hosts:
-  h1: {{address: 10.0.0.1, groups: [web]}}
+@dataclass
+class EnvRepo:
+    path: Path
+    env: str
+    sandbox: object  # reconciler.sandbox.description.Sandbox
 
-policy:
-  on_failure: {on_failure}   # revert | note
+    @property
+    def identity(self) -> str:
+        return self.sandbox.identity_file
 
-services:
-  web:
-    # the image is promoted from staging, never typed by hand
-    image: {repository}:{tag}@{digest}
-    hosts: [web]
-{ports_text}    env:
-      APP_ENV: test
-    health:
-      type: running
-"""
+    def commit(self, services_yaml: str, *, policy: str = "", message: str = "change") -> str:
+        """Write environment.yaml with these services (and policy lines), commit, return the id."""
+        env_dir = self.path / "environments" / self.env
+        hosts = "\n".join(
+            f"  {h.name}: {{address: {h.address}, port: {h.port}, user: {h.user}}}" for h in self.sandbox.hosts
+        )
+        policy_block = "policy:\n" + textwrap.indent(textwrap.dedent(policy).strip(), "  ") + "\n" if policy.strip() else ""
+        (env_dir / "environment.yaml").write_text(
+            f"hosts:\n{hosts}\n{policy_block}services:\n" + textwrap.indent(textwrap.dedent(services_yaml).strip(), "  ") + "\n"
+        )
+        repo = pygit2.Repository(str(self.path))
+        repo.index.add_all()
+        repo.index.write()
+        tree = repo.index.write_tree()
+        parents = [] if repo.head_is_unborn else [repo.head.target]
+        return str(repo.create_commit("HEAD", _SIG, _SIG, message, tree, parents))
 
-
-def files_for(digest: str = DIGEST1, *, env: str = "staging", **kwargs) -> dict[str, str]:
-    return {
-        f"environments/{env}/environment.yaml": env_yaml(digest, **kwargs),
-        f"environments/{env}/known_hosts": "# pinned keys\n",
-    }
-
-
-def init(path: Path, *, bare: bool = False) -> pygit2.Repository:
-    repo = pygit2.init_repository(str(path), bare=bare, initial_head="main")
-    repo.config["user.name"] = "Test User"
-    repo.config["user.email"] = "user@example.com"
-    return repo
+    def target(self, rev: str = "HEAD") -> Target:
+        return load_target(argparse.Namespace(repo=str(self.path), env=self.env, rev=rev, identity=self.identity, worktree=False))
 
 
-def commit(
-    repo: pygit2.Repository,
-    files: dict[str, str | None],
-    message: str = "change",
-    *,
-    branch: str = "refs/heads/main",
-    author: tuple[str, str] = ("Alice", "alice@example.com"),
-    committer: tuple[str, str] | None = None,
-    when: int | None = None,
-) -> str:
-    """A commit on ``branch`` setting (or, with None, deleting) ``files``; no checkout."""
-    index = pygit2.Index()
-    parents = []
-    if branch in repo.references:
-        parent = repo.references[branch].peel(pygit2.Commit)
-        index.read_tree(parent.tree)
-        parents = [parent.id]
-    for path, text in files.items():
-        if text is None:
-            index.remove(path)
-        else:
-            blob = repo.create_blob(text.encode())
-            index.add(pygit2.IndexEntry(path, blob, pygit2.enums.FileMode.BLOB))
-    tree = index.write_tree(repo)
-    kw = {} if when is None else {"time": when, "offset": 0}
-    a = pygit2.Signature(*author, **kw)
-    c = pygit2.Signature(*(committer or author), **kw)
-    return str(repo.create_commit(branch, a, c, message, tree, parents))
+def make_env_repo(root: Path, sandbox, env: str) -> EnvRepo:
+    env_dir = root / "environments" / env
+    env_dir.mkdir(parents=True)
+    (env_dir / "known_hosts").write_text(Path(sandbox.known_hosts_file).read_text())
+    pygit2.init_repository(str(root), initial_head="main")
+    return EnvRepo(root, env, sandbox)
 
 
-def read(repo: pygit2.Repository, rev: str, path: str) -> str:
-    tree = repo.revparse_single(rev).peel(pygit2.Commit).tree
-    return repo[tree[path].id].data.decode()
+def serving(sandbox, port: int) -> dict[str, str]:
+    """What each sandbox host answers on ``port`` (sandbox addresses only)."""
+    import urllib.request
+
+    answers = {}
+    for host in sandbox.hosts:
+        try:
+            with urllib.request.urlopen(f"http://{host.address}:{port}/", timeout=3) as response:
+                answers[host.name] = response.read().decode().strip()
+        except OSError as exc:
+            answers[host.name] = f"no answer ({type(exc).__name__})"
+    return answers
+
+
+def containers(sandbox, prefix: str) -> dict[str, list[tuple[str, str, str]]]:
+    """Per host, (name, id, status) of containers whose name starts with
+    ``prefix``, read through the engine's local socket: an observer
+    independent of the product's SSH path."""
+    import docker
+
+    seen = {}
+    for host in sandbox.hosts:
+        client = docker.DockerClient(base_url=f"unix://{host.docker_socket}", version="1.41")
+        try:
+            seen[host.name] = sorted(
+                (c.name, c.id, c.status) for c in client.containers.list(all=True) if c.name.startswith(prefix)
+            )
+        finally:
+            client.close()
+    return seen
+
+
+def remove_containers(sandbox, prefix: str) -> None:
+    import docker
+
+    for host in sandbox.hosts:
+        client = docker.DockerClient(base_url=f"unix://{host.docker_socket}", version="1.41")
+        try:
+            for c in client.containers.list(all=True):
+                if c.name.startswith(prefix):
+                    c.remove(force=True)
+        finally:
+            client.close()

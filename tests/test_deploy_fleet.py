@@ -1,0 +1,159 @@
+"""The deploy engine on the real fleet: three hosts with their own dockerd and
+sshd, images pulled by digest from the local registry.
+
+Each test uses its own environment name and host port, so tests of other
+modules sharing the fleet never see its containers.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from reconciler.cli import main
+from reconciler.deploy import deploy_target
+from reconciler.errors import HostUnreachable
+from tests.envrepo import containers, make_env_repo, remove_containers, serving
+
+pytestmark = [pytest.mark.fleet, pytest.mark.slow]
+
+
+def service(image: str, port: int, *, batch: int = 1, extra: str = "") -> str:
+    return f"""
+    web:
+      image: {image}
+      hosts: all
+      ports: ["{port}:8080"]
+      health: {{type: http, path: /health, interval: 500ms, successes: 2, deadline: 8s}}
+      rollout: {{batch_size: {batch}}}
+      stop_timeout: 2s
+    {extra}
+    """
+
+
+@pytest.fixture
+def env_repo(fleet, tmp_path, request):
+    name = "t" + request.node.name.replace("test_", "").replace("_", "")[:10]
+    repo = make_env_repo(tmp_path / "envrepo", fleet, name)
+    yield repo
+    remove_containers(fleet, f"{name}-")
+
+
+def deploy(repo):
+    return deploy_target(repo.target(), report_progress=lambda *a, **k: None)
+
+
+def test_v1_then_v2_every_host_answers_v2_and_keeps_v1_for_rollback(fleet, env_repo):
+    env_repo.commit(service(fleet.images["v1"], 18101))
+    first = deploy(env_repo)
+    assert first.outcome.result == "deployed"
+    assert set(serving(fleet, 18101).values()) == {"demo-web v1"}
+
+    env_repo.commit(service(fleet.images["v2"], 18101, batch=2), message="web v2")
+    second = deploy(env_repo)
+    assert second.outcome.result == "deployed", second.outcome.failure
+    assert serving(fleet, 18101) == {h.name: "demo-web v2" for h in fleet.hosts}
+    for host, seen in containers(fleet, env_repo.env).items():
+        names = sorted(name for name, _, _ in seen)
+        assert names[0] == f"{env_repo.env}-web" and names[1].startswith(f"{env_repo.env}-web-old-"), (host, names)
+
+    # In sync now: apply changes nothing and says so.
+    before = containers(fleet, env_repo.env)
+    third = deploy(env_repo)
+    assert third.plan.in_sync and third.outcome is None
+    assert containers(fleet, env_repo.env) == before
+
+
+def test_never_healthy_image_rolls_back_every_host(fleet, env_repo):
+    env_repo.commit(service(fleet.images["v1"], 18102))
+    assert deploy(env_repo).outcome.result == "deployed"
+    env_repo.commit(service(fleet.images["v3-unhealthy"], 18102), message="bad web")
+    # Through the CLI, for the exit status and the printed evidence.
+    code = main(["apply", "--repo", str(env_repo.path), "--env", env_repo.env, "--identity", env_repo.identity, "--yes"])
+    assert code == 3
+    assert serving(fleet, 18102) == {h.name: "demo-web v1" for h in fleet.hosts}
+    result = deploy(env_repo)  # the same commit again: it fails the same way, evidence included
+    assert result.outcome.result == "rolled-back"
+    assert "health check failed" in result.outcome.failure
+    assert any("/health -> 500" in line for line in result.outcome.evidence), result.outcome.evidence
+    assert any(line.startswith("logs:") for line in result.outcome.evidence)
+    assert serving(fleet, 18102) == {h.name: "demo-web v1" for h in fleet.hosts}
+
+
+def test_image_missing_from_registry_changes_nothing(fleet, env_repo):
+    env_repo.commit(service(fleet.images["v1"], 18103))
+    deploy(env_repo)
+    before = containers(fleet, env_repo.env)
+    missing = fleet.image_repository + ":gone@sha256:" + "1" * 64
+    env_repo.commit(service(missing, 18103), message="missing image")
+    with pytest.raises(Exception) as raised:
+        deploy(env_repo)
+    assert "h1" in str(raised.value) or "h2" in str(raised.value) or "h3" in str(raised.value)
+    assert "gone" in str(raised.value) or "1111" in str(raised.value)
+    assert containers(fleet, env_repo.env) == before
+
+
+def test_unreachable_host_before_the_run_changes_nothing(fleet, env_repo):
+    from reconciler.sandbox import fleet as sandbox_fleet
+    from reconciler.sandbox import sshd
+    from reconciler.sandbox.layout import layout
+
+    env_repo.commit(service(fleet.images["v1"], 18104))
+    deploy(env_repo)
+    before = containers(fleet, env_repo.env)
+    env_repo.commit(service(fleet.images["v2"], 18104), message="web v2")
+    sshd.stop(layout().host(2))
+    try:
+        with pytest.raises(HostUnreachable) as raised:
+            deploy(env_repo)
+        assert raised.value.host == "h2" or "h2" in str(raised.value)
+        assert containers(fleet, env_repo.env) == before
+    finally:
+        sandbox_fleet.up(len(fleet.hosts))
+    # Back again: the next reconcile converges every host.
+    assert deploy(env_repo).outcome.result == "deployed"
+    assert serving(fleet, 18104) == {h.name: "demo-web v2" for h in fleet.hosts}
+
+
+def test_container_stopped_by_hand_is_drift_healed_when_policy_says_so(fleet, env_repo):
+    import docker
+
+    env_repo.commit(service(fleet.images["v1"], 18105), policy="drift: report")
+    deploy(env_repo)
+    host = fleet.hosts[0]
+    client = docker.DockerClient(base_url=f"unix://{host.docker_socket}", version="1.41")
+    client.containers.get(f"{env_repo.env}-web").stop(timeout=2)
+    client.close()
+
+    reported = deploy(env_repo)
+    assert reported.plan.in_sync and reported.outcome is None
+    assert [(f.host, f.kind) for f in reported.plan.findings] == [("h1", "drift")]
+    assert serving(fleet, 18105)["h1"].startswith("no answer")
+
+    env_repo.commit(service(fleet.images["v1"], 18105), policy="drift: heal", message="heal drift")
+    healed = deploy(env_repo)
+    assert healed.outcome.result == "deployed"
+    assert serving(fleet, 18105) == {h.name: "demo-web v1" for h in fleet.hosts}
+
+
+def test_removed_service_is_removed_only_with_pruning_on(fleet, env_repo):
+    two = service(fleet.images["v1"], 18106) + f"""
+    api:
+      image: {fleet.images["v2"]}
+      hosts: [h1]
+      health: {{type: tcp, port: 8080, interval: 500ms, deadline: 8s}}
+    """
+    env_repo.commit(two)
+    deploy(env_repo)
+    api = f"{env_repo.env}-api"
+    assert any(name == api for name, _, _ in containers(fleet, env_repo.env)["h1"])
+
+    env_repo.commit(service(fleet.images["v1"], 18106), policy="prune: false", message="drop api")
+    kept = deploy(env_repo)
+    assert [(f.host, f.kind) for f in kept.plan.findings] == [("h1", "prune-disabled")]
+    assert any(name == api for name, _, _ in containers(fleet, env_repo.env)["h1"])
+
+    env_repo.commit(service(fleet.images["v1"], 18106), policy="prune: true", message="prune api")
+    pruned = deploy(env_repo)
+    assert pruned.outcome.result == "deployed"
+    assert not any(name.startswith(api) for name, _, _ in containers(fleet, env_repo.env)["h1"])
+    assert set(serving(fleet, 18106).values()) == {"demo-web v1"}
