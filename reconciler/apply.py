@@ -88,8 +88,13 @@ class Executor:
         report: Reporter = _quiet,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        before_deploy: Callable[[Plan], None] | None = None,
     ) -> None:
         self.desired = desired
+        # Runs after pre-flight and before the first change to a container:
+        # the database phase (backup, verify, expand migrations) goes here,
+        # so a failure in it still leaves every host untouched.
+        self.before_deploy = before_deploy
         self.hosts = hosts
         self.revision = revision
         self.report = report
@@ -113,6 +118,8 @@ class Executor:
                 return outcome
             self.preflight(plan)
             deploy, maintenance = split_phases(plan.actions)
+            if deploy and self.before_deploy is not None:
+                self.before_deploy(plan)
             try:
                 self._run_groups(deploy, outcome)
             except ReconcilerError as failure:
