@@ -29,6 +29,13 @@ COMMANDS = (
     "status",
     "rollback",
     "demo",
+    "run",
+    "lock",
+    "unlock",
+    "history",
+    "promote",
+    "revert",
+    "install-hooks",
 )
 
 EXIT_ERROR = 1
