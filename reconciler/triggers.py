@@ -95,7 +95,9 @@ class _Handler(FileSystemEventHandler):
         self.on_trigger = on_trigger
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.is_directory:
+        # Reads (git itself opening HEAD) are events too on inotify; only
+        # writes move a ref.
+        if event.is_directory or event.event_type not in ("created", "modified", "moved", "deleted"):
             return
         for path in (event.src_path, getattr(event, "dest_path", "") or ""):
             if path and _is_ref_event(self.git_dir, os.fsdecode(path)):

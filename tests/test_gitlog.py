@@ -110,3 +110,49 @@ def test_parse_time():
     assert gitlog.parse_time("1970-01-01T00:01:00Z") == 60.0
     assert gitlog.parse_time("60") == 60.0
     assert gitlog.parse_time("1970-01-01T01:01:00+01:00") == 60.0
+
+
+def test_promote_copies_the_proven_digest_keeping_comments(repo, capsys):
+    from reconciler.cli import main
+
+    base = commit(repo, {**files_for(env="staging"), **files_for(env="production")}, "both v1")
+    staged = commit(repo, files_for(DIGEST2, tag="v2", env="staging"), "staging v2")
+    gitlog.write_note(repo, staged, "staging", {"result": "deployed", "finished": 7, "digests": {"web": f"registry.example:5000/demo/web:v2@{DIGEST2}"}})
+    assert main(["promote", "web", "--from", "staging", "--to", "production", "--repo", repo.path]) == 0
+    head = gitlog.branch_head(repo, "refs/heads/main")
+    text = read(repo, head, "environments/production/environment.yaml")
+    assert text == env_yaml(DIGEST2, tag="v2")  # every comment and blank line where it was
+    assert repo[head].message.startswith("Promote web to production: v2 (sha256:222222222222)")
+    assert f"proven healthy in staging at {staged}" in repo[head].message
+    assert base != head
+
+
+def test_promote_refuses_what_never_ran_healthy(repo):
+    commit(repo, {**files_for(env="staging"), **files_for(env="production")}, "v1")
+    with pytest.raises(Exception, match="no healthy deploy"):
+        gitlog.promote(repo, "web", "staging", "production")
+
+
+def test_revert_is_an_ordinary_commit_keeping_the_file_as_written(repo):
+    commit(repo, files_for(), "v1")
+    bad = commit(repo, files_for(DIGEST2, tag="v2"), "v2")
+    commit(repo, {"README": "x"}, "docs")
+    new = gitlog.revert(repo, bad, "refs/heads/main")
+    assert read(repo, new, "environments/staging/environment.yaml") == env_yaml()
+    assert read(repo, new, "README") == "x"
+    assert repo[new].message == f'Revert "v2"\n\nThis reverts commit {bad}.\n'
+
+
+def test_history_command_prints_the_log_and_what_ran_at_a_moment(repo, capsys):
+    from reconciler.cli import main
+
+    c1 = commit(repo, files_for(), "web v1", when=1000)
+    gitlog.write_note(repo, c1, "staging", {"result": "deployed", "started": 1001, "finished": 1002, "digests": {"web": "r/web:v1"}})
+    c2 = commit(repo, files_for(DIGEST2, tag="v2"), "web v2", when=2000, committer=("Merger", "m@x"))
+    gitlog.write_note(repo, c2, "staging", {"result": "rolled-back", "started": 2001, "finished": 2002, "failure": "health check failed"})
+    assert main(["history", "--repo", repo.path, "--env", "staging"]) == 0
+    out = capsys.readouterr().out
+    assert f"{c2[:12]} web v2" in out and "merged by Merger <m@x>" in out and "staging rolled-back" in out
+    assert "health check failed" in out and "changed: environments/staging/environment.yaml" in out
+    assert main(["history", "--repo", repo.path, "--env", "staging", "--at", "1970-01-01T00:40:00Z"]) == 0
+    assert f"ran {c1[:12]}" in capsys.readouterr().out
