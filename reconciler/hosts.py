@@ -92,6 +92,35 @@ def _observed(attrs: dict) -> ObservedContainer:
         health=health,
         restart_count=int(attrs.get("RestartCount") or 0),
         finished_at=state.get("FinishedAt") or "",
+        created=_epoch(attrs.get("Created") or ""),
+    )
+
+
+def _epoch(rfc3339: str) -> float:
+    import datetime
+
+    try:
+        return datetime.datetime.fromisoformat(rfc3339[:26].rstrip("Z") + "+00:00").timestamp()
+    except ValueError:
+        return 0.0
+
+
+def _summarised(summary: dict) -> ObservedContainer:
+    """An ObservedContainer from one entry of the engine's container list."""
+    status = summary.get("Status") or ""
+    health = None
+    for word, value in (("(healthy)", "healthy"), ("(unhealthy)", "unhealthy"), ("(health: starting)", "starting")):
+        if word in status:
+            health = value
+    names = summary.get("Names") or ["/" + summary["Id"][:12]]
+    return ObservedContainer(
+        id=summary["Id"],
+        name=names[0].lstrip("/"),
+        state=summary.get("State", "unknown"),
+        labels=tuple(sorted((summary.get("Labels") or {}).items())),
+        image_id=summary.get("ImageID", ""),
+        health=health,
+        created=float(summary.get("Created") or 0),
     )
 
 
@@ -125,18 +154,17 @@ class DockerHost:
         return self._call("engine version", self.engine.api.version)["Version"]
 
     def observe(self) -> ObservedHost:
-        """Every container on the host (managed or not) and the image digests present."""
+        """Every container on the host (managed or not) and the image digests present.
+
+        Two Engine API calls whatever the number of containers: the
+        container list carries names, labels and state; inspecting each
+        container would cost a round trip apiece on every drift check.
+        """
         summaries = self._call("list containers", self.engine.api.containers, all=True)
-        containers = []
-        for summary in summaries:
-            try:
-                attrs = self.engine.api.inspect_container(summary["Id"])
-            except docker.errors.NotFound:
-                continue  # removed between list and inspect
-            containers.append(_observed(attrs))
+        containers = tuple(sorted((_summarised(s) for s in summaries), key=lambda c: c.name))
         images = self._call("list images", self.engine.api.images)
         digests = sorted({d for image in images for d in (image.get("RepoDigests") or ())})
-        return ObservedHost(name=self.name, containers=tuple(sorted(containers, key=lambda c: c.name)), images=tuple(digests))
+        return ObservedHost(name=self.name, containers=containers, images=tuple(digests))
 
     def has_image(self, image: ImageRef) -> bool:
         try:

@@ -363,7 +363,8 @@ class ObservedContainer:
     image_id: str = ""
     health: str | None = None  # the engine's HEALTHCHECK status, if the image has one
     restart_count: int = 0
-    finished_at: str = ""  # RFC 3339 from the engine; orders retired containers
+    finished_at: str = ""  # RFC 3339, when known; orders retired containers
+    created: float = 0.0  # seconds since the epoch; orders them when finished_at is unknown
 
     def label(self, key: str, default: str | None = None) -> str | None:
         for k, v in self.labels:

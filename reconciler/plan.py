@@ -188,9 +188,12 @@ def _containers(host: ObservedHost | None, env: str, service: str) -> list[Obser
 
 
 def _retired_in_order(containers: list[ObservedContainer]) -> list[ObservedContainer]:
-    """Retired containers, newest first (by the time they stopped)."""
+    """Retired containers, newest first: by the time they stopped when the
+    observation has it, else by when they were created (the engine's
+    container list, which observing uses to stay one call per host, gives
+    only that; creation order is release order)."""
     retired = [c for c in containers if c.role == model.ROLE_RETIRED]
-    return sorted(retired, key=lambda c: (c.finished_at, c.name), reverse=True)
+    return sorted(retired, key=lambda c: (c.finished_at, c.created, c.name), reverse=True)
 
 
 def plan_deploy(
