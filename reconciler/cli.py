@@ -36,6 +36,7 @@ COMMANDS = (
     "promote",
     "revert",
     "install-hooks",
+    "db",
 )
 
 EXIT_ERROR = 1

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from reconciler import fleet, report
+from reconciler import dbphase, fleet, report
 from reconciler.apply import Outcome, Reporter, run_plan
 from reconciler.commands._common import Target
 from reconciler.plan import Plan, plan_deploy
@@ -37,7 +37,7 @@ def deploy_target(
         show_plan(plan)
         outcome = None
         if not plan.in_sync and confirm(plan):
-            outcome = run_plan(env, hosts, plan, report=report_progress)
+            outcome = run_plan(env, hosts, plan, report=report_progress, before_deploy=dbphase.DatabasePhase(env, hosts, target.revision, report=report_progress))
         running = report.running_rows(env, fleet.observe_all(hosts))
     finally:
         fleet.close_hosts(hosts)

@@ -1,0 +1,146 @@
+"""Contract migrations: run late, on purpose, and never rolled back past.
+
+A contract file (``NNNN_slug.contract.sql``) removes what the previous
+release still used, so it waits until the release that no longer uses it has
+been healthy in the environment for ``migrations.soak`` seconds AND the
+desired state says ``migrations.allow_contract: true`` ("only drop the old
+columns after everything is working correctly in production").  It runs in a
+later reconcile, one that finds the environment in sync, never in the deploy.
+
+Once a contract has run, a release older than it (an image whose migration
+files stop below the contract's number) may read what was dropped: the
+database phase refuses to deploy it (``refuse_older_release``), reading the
+fact from the tracking table, so the refusal survives the agent's state.
+
+Errors: ``ContractRollbackRefused`` (stalled); the database adapter's
+``BackupFailed``, ``MigrationFailed``, ``DatabaseError`` (stalled) and
+``LockHeld`` (waiting).
+"""
+
+from __future__ import annotations
+
+import pathlib
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from reconciler import model
+from reconciler.db import applied_migrations, pending
+from reconciler.db.migrate import _CREATE_TABLE, TABLE, _advisory_lock, _connect, _pending, _applied, run_file
+from reconciler.dbphase import _quiet, database_dsn, read_image_migrations, run_migration_command, take_verified_backup
+from reconciler.errors import StalledError
+from reconciler.migrations import MigrationFile
+from reconciler.model import Environment, Service
+
+
+class ContractRollbackRefused(StalledError):
+    """The release is older than a contract migration that already ran."""
+
+
+@dataclass(frozen=True)
+class ContractResult:
+    """What one service's contract step decided; ``state`` is one of
+    ran, waiting (soak not over: retry after ``wait_seconds``), not-allowed,
+    nothing-pending, unhealthy, no-database."""
+
+    service: str
+    state: str
+    reason: str = ""
+    applied: tuple[str, ...] = ()
+    wait_seconds: float | None = None
+    backup: str | None = None
+
+
+def refuse_older_release(dsn: str, service: Service, files: tuple[MigrationFile, ...]) -> None:
+    """Raise when a contract newer than everything ``files`` knows has run."""
+    known = max((f.version for f in files), default=0)
+    newer = [row for row in applied_migrations(dsn).values() if row.phase == "contract" and row.version > known]
+    if not newer:
+        return
+    names = ", ".join(row.name for row in newer)
+    raise ContractRollbackRefused(
+        f"{service.name}: the image {service.image} ships migrations up to {known:04d}, but the contract "
+        f"migration(s) {names} already ran on this database: this release is older than that contract and "
+        "may use what it removed, so it is not deployed. Deploy a release that ships those files (revert "
+        "the revert), or, to go back for real, restore a backup taken before the contract: "
+        "`reconciler db backups --env ENV`, then `reconciler db restore BACKUP --env ENV`")
+
+
+def run_contracts(environment: Environment, hosts: Mapping[str, Any], commit: str, *,
+                  healthy_since: float, now: float, store_dir: pathlib.Path | None = None,
+                  report=_quiet) -> tuple[ContractResult, ...]:
+    """Run the pending contract migrations of every service whose turn it is.
+
+    ``healthy_since`` is when the running release finished deploying healthy
+    in this environment (the ``finished`` time of the commit's note); the
+    caller calls this only when the environment is in sync.
+    """
+    if environment.database is None:
+        return tuple(ContractResult(s.name, "no-database") for s in environment.services if s.migrations)
+    results = []
+    for service in environment.services:
+        if service.migrations is None:
+            continue
+        results.append(_one(environment, hosts, commit, service, healthy_since, now, store_dir, report))
+    return tuple(results)
+
+
+def _one(environment: Environment, hosts: Mapping[str, Any], commit: str, service: Service,
+         healthy_since: float, now: float, store_dir, report) -> ContractResult:
+    migrations = service.migrations
+    if not migrations.allow_contract:
+        return ContractResult(service.name, "not-allowed", "migrations.allow_contract is false")
+    unhealthy = _not_running(environment, hosts, service)
+    if unhealthy:
+        return ContractResult(service.name, "unhealthy", f"not running: {', '.join(unhealthy)}")
+    dsn = database_dsn(environment.database)
+    driver = hosts[service.hosts[0]]
+    todo: tuple[MigrationFile, ...] = ()
+    if migrations.path:
+        todo = pending(dsn, read_image_migrations(driver, service.image, migrations.path), "contract")
+        if not todo and not migrations.command:
+            return ContractResult(service.name, "nothing-pending")
+    soaked = now - healthy_since
+    if soaked < migrations.soak:
+        wait = round(migrations.soak - soaked, 3)
+        return ContractResult(service.name, "waiting", f"healthy for {soaked:.0f}s of the {migrations.soak:.0f}s soak",
+                              wait_seconds=wait)
+    backup = take_verified_backup(dsn, environment, commit, store_dir)
+    report("done", step="db-backup", service=service.name, reason=f"{backup.backup} verified before contract")
+    applied = apply_contract(dsn, todo) if todo else ()
+    if migrations.command:
+        run_migration_command(driver, service, "contract")
+        applied += (f"command:{service.name}",)
+    report("done", step="db-contract", service=service.name, reason="applied " + ", ".join(applied))
+    return ContractResult(service.name, "ran", applied=applied, backup=backup.backup)
+
+
+def apply_contract(dsn: str, files: tuple[MigrationFile, ...], *, lock_timeout: str = "2s",
+                   retries: int = 5, advisory_wait: float = 60.0) -> tuple[str, ...]:
+    """Apply pending contract files under the advisory lock; return their names.
+
+    The adapter (db.migrate) only offers ``apply_expand``, which refuses
+    contract statements by design; this reuses its lock and runner.
+    """
+    done = []
+    with _connect(dsn) as conn, _advisory_lock(conn, advisory_wait):
+        conn.execute(_CREATE_TABLE)
+        # Re-read under the lock: another agent may have run them meanwhile.
+        for migration in _pending(_applied(conn), tuple(files), "contract"):
+            result = run_file(conn, migration, lock_timeout=lock_timeout, retries=retries)
+            conn.execute(
+                f"INSERT INTO {TABLE} (version, name, phase, sha256, duration_ms, lock_wait_ms, attempts)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                (result.version, result.name, result.phase, result.sha256, result.duration_ms,
+                 result.lock_wait_ms, result.attempts))
+            done.append(result.name)
+    return tuple(done)
+
+
+def _not_running(environment: Environment, hosts: Mapping[str, Any], service: Service) -> list[str]:
+    bad = []
+    for host in service.hosts:
+        active = [c for c in hosts[host].observe().managed(environment.name)
+                  if c.service == service.name and c.role == model.ROLE_ACTIVE]
+        if not active or not active[0].running or active[0].image != str(service.image):
+            bad.append(f"{host}/{service.name}")
+    return bad
