@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,6 +127,8 @@ class JournaledExecutor(Executor):
     def __init__(self, desired: Environment, hosts, revision: str, *, journal: Journal, seeds=(), **kwargs) -> None:
         super().__init__(desired, hosts, revision, **kwargs)
         self.journal = journal
+        # Workers of different hosts add entries while another journals them.
+        self._touched_lock = threading.RLock()
         self.health_failure: tuple[str, str, str] | None = None  # host, service, check
         for seed in seeds:
             touched = self._track(seed.host, seed.service)
@@ -133,15 +136,18 @@ class JournaledExecutor(Executor):
             object.__setattr__(touched, "new", seed.new)
 
     def _track(self, host: str, service: str) -> Touched:
-        touched = self.touched.get((host, service))
-        if touched is None:
-            touched = _JournaledTouched(host, service)
-            object.__setattr__(touched, "_sink", self._journal_touched)
-            self.touched[(host, service)] = touched
-        return touched
+        with self._touched_lock:
+            touched = self.touched.get((host, service))
+            if touched is None:
+                touched = _JournaledTouched(host, service)
+                object.__setattr__(touched, "_sink", self._journal_touched)
+                self.touched[(host, service)] = touched
+            return touched
 
     def _journal_touched(self) -> None:
-        self.journal.set_touched(TouchedRecord(t.host, t.service, t.previous, t.new) for t in self.touched.values())
+        with self._touched_lock:
+            records = [TouchedRecord(t.host, t.service, t.previous, t.new) for t in list(self.touched.values())]
+        self.journal.set_touched(records)
 
     def _run(self, action: Action) -> None:
         try:
