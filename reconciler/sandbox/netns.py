@@ -44,8 +44,20 @@ def netns_inode(name: str) -> int | None:
         return None
 
 
+# Frames between two ports of our bridge pass the root FORWARD chain when
+# br_netfilter is loaded, and a system dockerd sets its policy to DROP: this
+# lets host talk to host.  It accepts nothing that leaves the bridge.
+_INTRA_BRIDGE = ["FORWARD", "-i", BRIDGE, "-o", BRIDGE, "-j", "ACCEPT"]
+
+
+def _allow_intra_bridge() -> None:
+    if run(["iptables", "-C", *_INTRA_BRIDGE], what="network", check=False).returncode != 0:
+        run(["iptables", "-I", *_INTRA_BRIDGE], what="network", check=False)
+
+
 def ensure_bridge() -> None:
     links = _links()
+    _allow_intra_bridge()
     if _has_address(links, BRIDGE, BRIDGE_ADDRESS):
         return
     if not any(link.get("ifname") == BRIDGE for link in links):
@@ -87,3 +99,5 @@ def delete_host_network(netns: str) -> None:
 
 def delete_bridge() -> None:
     run(["ip", "link", "del", BRIDGE], what="network", check=False)
+    while run(["iptables", "-D", *_INTRA_BRIDGE], what="network", check=False).returncode == 0:
+        pass

@@ -23,7 +23,11 @@ CGROUP_MARK = "/rcl-h"
 
 def run(argv: Sequence[str], *, what: str, check: bool = True) -> subprocess.CompletedProcess:
     """Run a short infrastructure command; a failure names ``what`` and stderr."""
-    proc = subprocess.run(list(argv), capture_output=True, text=True)
+    try:
+        proc = subprocess.run(list(argv), capture_output=True, text=True)
+    except FileNotFoundError:
+        proc = subprocess.CompletedProcess(list(argv), 127, "", f"{argv[0]}: not installed "
+                                           "(scripts/setup-system.sh installs it)")
     if check and proc.returncode != 0:
         raise SandboxError(f"{what}: `{' '.join(argv)}` exited {proc.returncode}: {proc.stderr.strip()}")
     return proc
