@@ -24,7 +24,7 @@ from reconciler import model
 from reconciler.errors import DeployFailed, HostUnreachable, ReconcilerError, RollbackFailed
 from reconciler.health import CheckResult, Verdict, judge, next_check_at
 from reconciler.model import ContainerSpec, Environment, HealthCheck, ImageRef, ObservedContainer, ObservedHost, Service
-from reconciler.plan import Action, CheckHealth, Heal, Plan, Prune, Pull, Remove, Retire, Start, Switch
+from reconciler.plan import Action, CheckHealth, Heal, Plan, Prune, Pull, Remove, Restore, Retire, Start, Switch
 
 
 class HostDriver(Protocol):
@@ -59,7 +59,10 @@ class Touched:
     host: str
     service: str
     previous: str | None = None  # id of the container that was active
-    new: str | None = None  # id of the container this run created
+    new: str | None = None  # id of the container this run created or restored
+    # A restored container was a retired one: undoing the restore retires it
+    # again under this name instead of removing it.
+    new_was: str | None = None
 
 
 @dataclass
@@ -241,6 +244,8 @@ class Executor:
                 touched.previous = active.id
                 self._retire(driver, active)
             driver.rename(touched.new, model.container_name(self.desired.name, action.service))
+        elif isinstance(action, Restore):
+            self._restore(driver, action)
         elif isinstance(action, Heal):
             container = self._find(action.host, action.service, model.ROLE_ACTIVE)
             if container is not None:
@@ -264,6 +269,21 @@ class Executor:
         service = self._service(active.service) if active.service in {s.name for s in self.desired.services} else None
         driver.stop(active.id, service.stop_timeout if service else 10)
         driver.rename(active.id, name)
+
+    def _restore(self, driver: HostDriver, action: Restore) -> None:
+        env = self.desired.name
+        containers = {c.name: c for c in driver.observe().managed(env)}
+        target = containers[action.container]
+        touched = self._track(action.host, action.service)
+        active = containers.get(model.container_name(env, action.service))
+        if active is not None:
+            touched.previous = active.id
+            self._retire(driver, active)
+        touched.new, touched.new_was = target.id, target.name
+        driver.rename(target.id, model.container_name(env, action.service))
+        driver.start(target.id)
+        check = target.health_check or self._service(action.service).health
+        self.wait_healthy(driver, target.id, check)
 
     def _start(self, driver: HostDriver, service: Service, action: Start) -> None:
         role = model.ROLE_CANDIDATE if action.beside else model.ROLE_ACTIVE
@@ -318,7 +338,10 @@ class Executor:
         def restore(touched: Touched) -> None:
             driver = self.hosts[touched.host]
             env = self.desired.name
-            if touched.new is not None:
+            if touched.new is not None and touched.new_was is not None:
+                driver.stop(touched.new, 10)
+                driver.rename(touched.new, touched.new_was)
+            elif touched.new is not None:
                 driver.remove(touched.new)
             if touched.previous is None:
                 return
@@ -349,7 +372,7 @@ class Executor:
         return unreachable
 
 
-_DEPLOY_STEPS = (Retire, Start, CheckHealth, Switch)
+_DEPLOY_STEPS = (Retire, Start, CheckHealth, Switch, Restore)
 
 
 def split_phases(actions: Sequence[Action]) -> tuple[list[Action], list[Action]]:

@@ -71,6 +71,13 @@ class Switch(Action):
 
 
 @dataclass(frozen=True)
+class Restore(Action):
+    """Put a retained (retired) container back in service: the rollback lever."""
+
+    container: str = ""
+
+
+@dataclass(frozen=True)
 class Heal(Action):
     """Start the desired container that was stopped by hand, then check it."""
 
@@ -301,3 +308,38 @@ def plan_deploy(
         changes=tuple(changes),
         findings=tuple(findings),
     )
+
+
+def plan_rollback(desired: Environment, observed: Mapping[str, ObservedHost], to_revision: str | None = None) -> Plan:
+    """Restore a retained previous version of every service on every host.
+
+    Without ``to_revision``: on each host, the newest retired container that
+    differs from the active one.  With it: the retired container deployed
+    from that commit (a prefix of the id is enough).  A host that has no
+    such container is a finding, and the caller refuses the whole rollback:
+    half a fleet rolled back is worse than none.
+    """
+    env = desired.name
+    actions: list[Action] = []
+    changes: list[ServiceChange] = []
+    findings: list[Finding] = []
+    for service in order_services(desired.services):
+        for host in service.hosts:
+            seen = _containers(observed.get(host), env, service.name)
+            active = next((c for c in seen if c.role == model.ROLE_ACTIVE), None)
+            candidates = [
+                c
+                for c in _retired_in_order(seen)
+                if (to_revision is None and (active is None or c.config_hash != active.config_hash))
+                or (to_revision is not None and (c.revision or "").startswith(to_revision))
+            ]
+            if not candidates:
+                wanted = f"from revision {to_revision}" if to_revision else "older than the running one"
+                findings.append(Finding(host, service.name, "no-rollback-target", f"no retained container {wanted}"))
+                continue
+            target = candidates[0]
+            if active is not None and active.config_hash == target.config_hash:
+                continue  # already runs that version
+            changes.append(ServiceChange(host, service.name, "update", diff_spec(active.spec if active else {}, target.spec)))
+            actions.append(Restore(host, service.name, f"roll back to {target.image} (rev {str(target.revision)[:12]})", container=target.name))
+    return Plan(environment=env, revision=to_revision or "previous", actions=tuple(actions), changes=tuple(changes), findings=tuple(findings))

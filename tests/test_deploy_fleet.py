@@ -157,3 +157,21 @@ def test_removed_service_is_removed_only_with_pruning_on(fleet, env_repo):
     assert pruned.outcome.result == "deployed"
     assert not any(name.startswith(api) for name, _, _ in containers(fleet, env_repo.env)["h1"])
     assert set(serving(fleet, 18106).values()) == {"demo-web v1"}
+
+
+def test_rollback_command_restores_the_retained_version_on_every_host(fleet, env_repo):
+    first = env_repo.commit(service(fleet.images["v1"], 18107))
+    deploy(env_repo)
+    env_repo.commit(service(fleet.images["v2"], 18107), message="web v2")
+    deploy(env_repo)
+    assert set(serving(fleet, 18107).values()) == {"demo-web v2"}
+    argv = ["rollback", "--repo", str(env_repo.path), "--env", env_repo.env, "--identity", env_repo.identity, "--yes"]
+    assert main(argv + ["--to", first[:10]]) == 0
+    assert serving(fleet, 18107) == {h.name: "demo-web v1" for h in fleet.hosts}
+    # Back to v2 the same way: v2 is now the retained one.
+    assert main(argv) == 0
+    assert serving(fleet, 18107) == {h.name: "demo-web v2" for h in fleet.hosts}
+    # A revision nobody deployed: refused, nothing changes.
+    before = containers(fleet, env_repo.env)
+    assert main(argv + ["--to", "deadbeef"]) == 1
+    assert containers(fleet, env_repo.env) == before

@@ -397,3 +397,42 @@ def test_rollback_verifies_the_old_version_with_its_own_health_check(world):
     outcome = world.apply(environment(replace(web(V2), health=v2_check)), "r2")
     assert outcome.result == "rolled-back"
     assert world.snapshot() == before
+
+
+def _rollback(world: World, env, to_revision=None):
+    from reconciler.plan import plan_rollback
+
+    plan = plan_rollback(env, world.observe(), to_revision)
+    return plan, world.executor(env, plan.revision).apply(plan)
+
+
+def test_rollback_lever_restores_the_retained_version_everywhere_and_back(world):
+    world.apply(environment(web(V1)), "r1")
+    world.apply(environment(web(V2)), "r2")
+    plan, outcome = _rollback(world, environment(web(V2)), "r1")
+    assert outcome.result == "deployed" and not plan.findings
+    assert world.active(ENV, "web") == {h: (str(V1), "running") for h in HOSTS}
+    # v2 was kept in turn: rolling "back" again returns to it.
+    _, outcome = _rollback(world, environment(web(V2)))
+    assert outcome.result == "deployed"
+    assert world.active(ENV, "web") == {h: (str(V2), "running") for h in HOSTS}
+    assert not world.concurrent_use
+
+
+def test_rollback_lever_that_fails_its_check_puts_everything_back(world):
+    world.apply(environment(web(V1)), "r1")
+    before = deployed(world, web(V2))
+    world.hosts["h3"].scripts[V1.digest] = NEVER_OK  # v1 no longer starts healthy on h3
+    _, outcome = _rollback(world, environment(web(V2)), "r1")
+    assert outcome.result == "rolled-back"
+    assert world.snapshot() == before
+
+
+def test_rollback_lever_without_a_target_on_some_host_is_a_finding(world):
+    world.apply(environment(web(V1)), "r1")
+    world.apply(environment(web(V2)), "r2")
+    from reconciler.plan import plan_rollback
+
+    plan = plan_rollback(environment(web(V2)), world.observe(), "nope")
+    assert {(f.host, f.kind) for f in plan.findings} == {(h, "no-rollback-target") for h in HOSTS}
+    assert plan.actions == ()
