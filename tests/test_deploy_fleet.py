@@ -175,3 +175,20 @@ def test_rollback_command_restores_the_retained_version_on_every_host(fleet, env
     before = containers(fleet, env_repo.env)
     assert main(argv + ["--to", "deadbeef"]) == 1
     assert containers(fleet, env_repo.env) == before
+
+
+def test_plan_exit_codes_follow_terraform_detailed_exitcode(fleet, env_repo, capsys):
+    env_repo.commit(service(fleet.images["v1"], 18108))
+    argv = ["plan", "--repo", str(env_repo.path), "--env", env_repo.env, "--identity", env_repo.identity]
+    assert main(argv) == 2
+    out = capsys.readouterr().out
+    assert "+ h1/web: create" in out and fleet.images["v1"] in out
+    deploy(env_repo)
+    assert main(argv) == 0
+    assert "in sync" in capsys.readouterr().out
+    assert main(argv + ["--json"]) == 0
+    import json
+
+    assert json.loads(capsys.readouterr().out)["in_sync"] is True
+    # Bad input: an unknown environment is an error (1), and changes nothing.
+    assert main(["plan", "--repo", str(env_repo.path), "--env", "nope", "--identity", env_repo.identity]) == 1
