@@ -1,0 +1,96 @@
+"""The database phase on the real fleet: the deploy takes a verified backup,
+checks and applies expand migrations shipped in the new image, and keeps the
+expanded schema when the containers roll back.
+
+Each test has its own environment, database and host port (18200-18299).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from reconciler.db import list_backups, verify
+from reconciler.deploy import deploy_target
+from tests.dbfleet import columns, create_database, drop_database, fingerprint, make_db_env_repo, migrating_image, sql, web
+from tests.envrepo import containers, remove_containers, serving
+
+pytestmark = [pytest.mark.fleet, pytest.mark.slow]
+
+ADD_TAG = {"0001_add_tag.expand.sql": "-- a nullable column: old code ignores it\nALTER TABLE notes ADD COLUMN tag text;\n"}
+
+
+@pytest.fixture
+def db_env(fleet, tmp_path, request, monkeypatch):
+    name = "d" + request.node.name.replace("test_", "").replace("_", "")[:10].lower()
+    name = "".join(c for c in name if c.isalnum())
+    dsn = create_database(fleet, f"rdb_{name}")
+    sql(dsn, "CREATE TABLE notes (id int PRIMARY KEY, body text NOT NULL)")
+    sql(dsn, "INSERT INTO notes SELECT g, md5(g::text) FROM generate_series(1, 500) g")
+    monkeypatch.setenv("RECONCILER_BACKUP_DIR", str(tmp_path / "backups"))
+    repo = make_db_env_repo(tmp_path / "envrepo", fleet, name, dsn)
+    repo.dsn = dsn
+    repo.store = tmp_path / "backups"
+    yield repo
+    remove_containers(fleet, f"{name}-")
+    drop_database(fleet, f"rdb_{name}")
+
+
+def deploy(repo):
+    return deploy_target(repo.target(), report_progress=lambda *a, **k: None)
+
+
+def test_expand_migration_backup_verifies_column_added_new_version_serves(fleet, db_env):
+    db_env.commit(web(migrating_image(fleet, {}, version="v1"), 18201))
+    assert deploy(db_env).outcome.result == "deployed"
+    commit = db_env.commit(web(migrating_image(fleet, ADD_TAG, version="v2"), 18201), message="web v2 + tag")
+    before = fingerprint(db_env.dsn)
+
+    result = deploy(db_env)
+
+    assert result.outcome.result == "deployed", result.outcome.failure
+    assert serving(fleet, 18201) == {h.name: "demo-web v2" for h in fleet.hosts}
+    assert columns(db_env.dsn, "notes")["tag"] == ("text", "YES")
+    assert fingerprint(db_env.dsn) == before
+    ours = [b for b in list_backups(db_env.store) if b.commit == commit]
+    assert len(ours) == 1 and ours[0].path.name.endswith(f"_{commit[:12]}_pre-deploy.dump")
+    assert ours[0].environment == db_env.env
+    verify(ours[0])
+    assert sql(db_env.dsn, "SELECT name, phase FROM reconciler_migrations") == [("0001_add_tag.expand.sql", "expand")]
+    # No one-off container left behind on any host.
+    assert all(len(seen) == 2 for seen in containers(fleet, db_env.env).values())
+
+
+def test_never_healthy_release_rolls_back_containers_and_keeps_the_expanded_schema(fleet, db_env):
+    db_env.commit(web(migrating_image(fleet, {}, version="v1"), 18202))
+    assert deploy(db_env).outcome.result == "deployed"
+    before = fingerprint(db_env.dsn)
+    db_env.commit(web(migrating_image(fleet, ADD_TAG, version="v3", mode="unhealthy"), 18202), message="bad web")
+
+    result = deploy(db_env)
+
+    assert result.outcome.result == "rolled-back"
+    assert serving(fleet, 18202) == {h.name: "demo-web v1" for h in fleet.hosts}
+    assert "tag" in columns(db_env.dsn, "notes")  # kept: never a down-migration
+    assert fingerprint(db_env.dsn) == before
+    # The previous release's queries still work against the expanded table.
+    sql(db_env.dsn, "INSERT INTO notes (id, body) VALUES (501, 'written by v1 after the rollback')")
+    assert fingerprint(db_env.dsn)[0] == before[0] + 1
+
+
+@pytest.mark.parametrize("sql_text, line, what", [
+    ("ALTER TABLE notes ADD COLUMN tag text;\n\nALTER TABLE notes DROP COLUMN body;\n", 3, "DROP COLUMN body"),
+    ("-- sneaky\nDO $$ BEGIN\n  ALTER TABLE notes RENAME COLUMN body TO text;\nEND $$;\n", 2, "DO blocks"),
+    ("ALTER TABLE notes ADD COLUMN tag text;\nALTER TABLE notes ALTER COLUMN tag SET NOT NULL;\n", 2, "SET NOT NULL"),
+], ids=["drop-column", "rename-in-do", "set-not-null"])
+def test_non_additive_expand_is_refused_before_any_change(fleet, db_env, sql_text, line, what):
+    db_env.commit(web(migrating_image(fleet, {}, version="v1"), 18203))
+    assert deploy(db_env).outcome.result == "deployed"
+    before = (containers(fleet, db_env.env), columns(db_env.dsn, "notes"), fingerprint(db_env.dsn))
+    db_env.commit(web(migrating_image(fleet, {"0001_bad.expand.sql": sql_text}, version="v2"), 18203))
+
+    with pytest.raises(Exception) as raised:
+        deploy(db_env)
+
+    assert f"0001_bad.expand.sql:{line}:" in str(raised.value) and what in str(raised.value), str(raised.value)
+    assert (containers(fleet, db_env.env), columns(db_env.dsn, "notes"), fingerprint(db_env.dsn)) == before
+    assert serving(fleet, 18203) == {h.name: "demo-web v1" for h in fleet.hosts}
