@@ -11,6 +11,7 @@ same time never overwrite each other's images.
 from __future__ import annotations
 
 import hashlib
+import json
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,7 @@ def migrating_image(fleet, files: dict[str, str], *, version: str = "v2", mode: 
     variant = images.Variant(f"{version}-{mode}-{digest}", version, mode)
     built = images.build_image(variant, base, images.docker_arch())
     layers = (*built.layers, images.Blob(images.LAYER_TYPE, images._gzip(extra)))
-    config = __import__("json").loads(built.config.data)
+    config = json.loads(built.config.data)
     config["rootfs"]["diff_ids"].append(images.sha256_digest(extra))
     config["history"].append({"created": images.CREATED, "created_by": "tests: migrations"})
     config_blob = images.Blob(images.CONFIG_TYPE, images._canonical_json(config))
