@@ -116,54 +116,93 @@ def run(reps: int = 5, profile: bool = True) -> list[Row]:
     o, b = median(s.wall for s in ours), median(s.wall for s in base)
     note = f"median of {reps} (v1<->v2); baseline = docker-py by hand, own SSH connections, HTTP poll every 200 ms"
     if extra.get("calls"):
-        note += "; Engine API calls per deploy: " + extra["calls"]
+        note += "; profiled deploy: " + extra["phases"] + "; Engine API calls: " + extra["calls"]
     return [ratio_row("deploy 1 svc x 3 hosts (stop-first)", o, b, LIMIT, note=note,
                       ours_cpu=median(s.cpu for s in ours), baseline_cpu=median(s.cpu for s in base), **extra)]
 
 
 def profile_deploy(repo, image: str) -> dict:
-    """One more deploy with every Engine API request counted (and profiled when
-    pyinstrument is installed; the report goes to bench/results/)."""
+    """One more deploy, instrumented: every Engine API request counted, the
+    deploy's phases and each executor step timed (from the report events), and
+    ``DockerHost.observe`` calls counted.  Written to bench/results/deploy-profile.txt."""
     import collections
     import re
 
     import requests
 
+    from reconciler import deploy as deploy_mod
+    from reconciler import fleet
+    from reconciler.hosts import DockerHost
+
     counts: collections.Counter = collections.Counter()
-    original = requests.Session.send
+    phases: dict[str, float] = collections.defaultdict(float)
+    observes = collections.Counter()
+    steps: dict[tuple[str, str], float] = {}
+    step_time: dict[str, list[float]] = collections.defaultdict(list)
+    originals = {}
 
     def counting(self, request, **kwargs):
         path = re.sub(r"/v1\.\d+", "", request.path_url.split("?")[0])
-        path = re.sub(r"/containers/[^/]+", "/containers/{id}", path)
+        path = re.sub(r"/containers/(?!json\b)[^/]+", "/containers/{id}", path)
         path = re.sub(r"/images/.+/json", "/images/{ref}/json", path)
         counts[f"{request.method} {path}"] += 1
-        return original(self, request, **kwargs)
+        return originals["send"](self, request, **kwargs)
 
+    def timed(name, fn):
+        def wrapper(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                phases[name] += time.perf_counter() - t0
+        return wrapper
+
+    def observe(self):
+        observes[self.name] += 1
+        return originals["observe"](self)
+
+    def report(event, **fields):
+        key = (fields.get("host", ""), fields.get("step", ""))
+        if event == "begin":
+            steps[key] = time.perf_counter()
+        elif event in ("done", "failed") and key in steps:
+            step_time[key[1]].append(time.perf_counter() - steps.pop(key))
+
+    originals.update(send=requests.Session.send, observe=DockerHost.observe, open=fleet.open_hosts,
+                     observe_all=fleet.observe_all, run_plan=deploy_mod.run_plan)
     requests.Session.send = counting
-    profiler = None
+    DockerHost.observe = observe
+    fleet.open_hosts = timed("open_hosts (SSH + first Engine API channel)", originals["open"])
+    fleet.observe_all = timed("observe_all (before plan and after run)", originals["observe_all"])
+    deploy_mod.run_plan = timed("run_plan (executor)", originals["run_plan"])
     try:
-        try:
-            from pyinstrument import Profiler
-
-            profiler = Profiler(interval=0.001)
-            profiler.start()
-        except ImportError:
-            pass
+        repo.commit(service_yaml(image), message="web (profiled)")
+        target = repo.target()
         t0 = time.perf_counter()
-        ours_once(repo, image)
+        result = deploy_mod.deploy_target(target, report_progress=report)
         wall = time.perf_counter() - t0
     finally:
-        requests.Session.send = original
-        if profiler is not None:
-            profiler.stop()
-    out = {"profile_wall": wall}
-    top = ", ".join(f"{n}x {k}" for k, n in counts.most_common(6))
-    out["calls"] = f"{sum(counts.values())} total ({top})"
-    if profiler is not None:
-        from bench.common import REPO
+        requests.Session.send = originals["send"]
+        DockerHost.observe = originals["observe"]
+        fleet.open_hosts = originals["open"]
+        fleet.observe_all = originals["observe_all"]
+        deploy_mod.run_plan = originals["run_plan"]
+    if result.outcome is None or result.outcome.result != "deployed":
+        raise RuntimeError("profiled deploy did not deploy")
+    lines = [f"deploy_target wall {wall * 1000:.0f} ms"]
+    lines += [f"  {name}: {sec * 1000:.0f} ms" for name, sec in phases.items()]
+    lines += ["executor steps (per host, median ms; max):"]
+    lines += [f"  {step}: {median(v) * 1000:.0f} ms (max {max(v) * 1000:.0f}) x{len(v)}" for step, v in step_time.items()]
+    lines += [f"DockerHost.observe calls: {dict(observes)} (each = list + inspect of every container + image list)"]
+    lines += [f"Engine API requests: {sum(counts.values())}"] + [f"  {n:3d} {k}" for k, n in counts.most_common()]
+    from bench.common import REPO
 
-        results = REPO / "bench" / "results"
-        results.mkdir(exist_ok=True)
-        (results / "deploy-profile.txt").write_text(profiler.output_text(unicode=False, color=False, show_all=False))
-        log(f"deploy: profile written to {results / 'deploy-profile.txt'}")
-    return out
+    results = REPO / "bench" / "results"
+    results.mkdir(exist_ok=True)
+    (results / "deploy-profile.txt").write_text("\n".join(lines) + "\n")
+    log("deploy profile:\n" + "\n".join(lines))
+    top = ", ".join(f"{n}x {k}" for k, n in counts.most_common(4))
+    steps_short = ", ".join(f"{k} {median(v) * 1000:.0f} ms" for k, v in step_time.items())
+    phase_short = ", ".join(f"{k.split(' ')[0]} {v * 1000:.0f} ms" for k, v in phases.items())
+    return {"profile_wall": wall, "calls": f"{sum(counts.values())} total ({top})",
+            "phases": f"{phase_short}; steps: {steps_short}"}
