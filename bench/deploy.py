@@ -193,7 +193,7 @@ def profile_deploy(repo, image: str) -> dict:
     lines += [f"  {name}: {sec * 1000:.0f} ms" for name, sec in phases.items()]
     lines += ["executor steps (per host, median ms; max):"]
     lines += [f"  {step}: {median(v) * 1000:.0f} ms (max {max(v) * 1000:.0f}) x{len(v)}" for step, v in step_time.items()]
-    lines += [f"DockerHost.observe calls: {dict(observes)} (each = list + inspect of every container + image list)"]
+    lines += [f"DockerHost.observe calls: {dict(observes)} (each = container list + image list)"]
     lines += [f"Engine API requests: {sum(counts.values())}"] + [f"  {n:3d} {k}" for k, n in counts.most_common()]
     from bench.common import REPO
 
