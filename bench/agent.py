@@ -121,7 +121,12 @@ def run(pushes: int = 50, idle_seconds: float = 60.0, gap: float = 1.2) -> list[
         EnvRepo(work.path, env, sb).commit(service_yaml(sb.images["v1"]), message=f"{env}: web v1")
     bare = root / "central.git"
     _git(root, "init", "-q", "--bare", "-b", "main", str(bare))
-    if cli(["install-hooks", str(bare)]) != 0:
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):  # stdout is for the one table
+        installed = cli(["install-hooks", str(bare)])
+    if installed != 0:
         raise RuntimeError("install-hooks failed")
     _git(work.path, "remote", "add", "origin", str(bare))
     _git(work.path, "push", "-q", "origin", "main")

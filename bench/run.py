@@ -45,7 +45,7 @@ def _figure(name: str, args) -> list[Row]:
     if name == "backup":
         from bench import backup
 
-        return backup.run(reps=reps or 2, size_mb=args.db_mb)
+        return backup.run(reps=reps or 3, size_mb=args.db_mb)
     if name == "agent":
         from bench import agent
 
