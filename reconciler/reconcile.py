@@ -294,11 +294,18 @@ class _Run:
             if interrupted is not None:
                 self.journal.begin(self.commit, previous_commit=self.status.last_applied)
                 self.journal.phase(PHASE_FINISHED, result="in-sync")
-            return self._in_sync(environment, observed, superseded, drifted=bool(plan.findings))
+            result = self._in_sync(environment, observed, superseded, drifted=bool(plan.findings))
+            self._contracts(environment, hosts)
+            return result
         self.journal.begin(self.commit, previous_commit=self.status.last_applied, touched=seeds)
         self.log("deploy", actions=len(plan.actions), reason=self.reason)
+        # Backup, verify and expand migrations run between pre-flight and the
+        # first container change (no verified backup: no deploy).
+        from reconciler import dbphase
+
+        phase = dbphase.DatabasePhase(environment, hosts, self.commit, report=self._reporter())
         executor = JournaledExecutor(environment, hosts, self.commit, journal=self.journal, seeds=seeds,
-                                     report=self._reporter(), **self.ctx.executor_options)
+                                     report=self._reporter(), before_deploy=phase, **self.ctx.executor_options)
         try:
             outcome = executor.apply(plan)
         except RollbackFailed as exc:
@@ -317,7 +324,8 @@ class _Run:
         final = _observe(hosts)
         revert = self._record(environment, result, started=outcome.started, failure=outcome.failure,
                               evidence=outcome.evidence, health=health, observed=final, changes=plan,
-                              transient=getattr(outcome, "transient", False))
+                              transient=getattr(outcome, "transient", False),
+                              database=phase.result.record() if phase.result else None)
         if result == "deployed":
             return Result(self.env, self.commit, "deployed", None, "ReconciliationSucceeded", outcome.failure or "", superseded=superseded)
         if health is not None:
@@ -327,6 +335,20 @@ class _Run:
             return Result(self.env, self.commit, "rolled-back", "transient", "DeployInterrupted", outcome.failure or "", superseded=superseded)
         kind = "transient" if getattr(outcome, "transient", False) else "stalled"
         return Result(self.env, self.commit, result, kind, "MaintenanceFailed", outcome.failure or "", superseded=superseded)
+
+    def _contracts(self, environment: Environment, hosts) -> None:
+        """Contract migrations get their turn only in a reconcile that found
+        the environment in sync: the release has been running and healthy."""
+        if environment.database is None or not any(s.migrations and s.migrations.allow_contract for s in environment.services):
+            return
+        from reconciler import contract
+
+        record = gitlog.env_record(self.repo, self.commit, self.env)
+        if not record or record.get("result") != "deployed" or "finished" not in record:
+            return
+        for outcome in contract.run_contracts(environment, hosts, self.commit, healthy_since=record["finished"],
+                                              now=self.ctx.clock(), report=self._reporter()):
+            self.log("contract", service=outcome.service, state=outcome.state)
 
     def _in_sync(self, environment: Environment, observed, superseded, drifted: bool) -> Result:
         if self.commit != self.status.last_applied:
@@ -407,8 +429,10 @@ class _Run:
         return record
 
     def _record(self, environment, result, *, started, failure=None, evidence=(), health=None, observed=None, changes=None,
-                transient: bool = False) -> str | None:
+                transient: bool = False, database: dict | None = None) -> str | None:
         record = self._base_record(environment, result, started, observed)
+        if database:
+            record["database"] = database
         if changes is not None:
             record["services_changed"] = sorted({c.service for c in changes.changes})
         if failure:

@@ -111,9 +111,6 @@ print(reconcile(ctx, sys.argv[5]))
 """
 
 
-@pytest.mark.xfail(strict=False, reason="open: kills 1-17 converge; after the 18th (stop-first, around Start on the "
-                   "last host) the restart's Start meets an existing active container (name conflict) and rolls back "
-                   "with no previous recorded; under investigation, see the agent report")
 def test_sigkill_at_every_journal_step_then_restart_converges(fleet, setup, tmp_path):
     work, bare = setup
     port = 18302
