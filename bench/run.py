@@ -53,7 +53,7 @@ def _figure(name: str, args) -> list[Row]:
     if name == "peer":
         from bench import peer
 
-        return peer.run()
+        return peer.run(reps=reps or 2)
     raise ValueError(name)
 
 
