@@ -7,7 +7,10 @@ host that failed, so a run either has all its hosts or touches none.
 
 from __future__ import annotations
 
+import hashlib
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Iterable, Mapping
 
 from reconciler.errors import HostKeyMismatch, ReconcilerError, UnknownHostKey
@@ -86,3 +89,61 @@ def observe_all(hosts: Mapping[str, DockerHost]) -> dict[str, ObservedHost]:
     with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_CONNECTS, max(1, len(hosts)))) as pool:
         futures = {name: pool.submit(driver.observe) for name, driver in hosts.items()}
         return {name: future.result() for name, future in futures.items()}
+
+
+class ConnectionCache:
+    """Host connections kept open between reconciles, for the agent.
+
+    Opening is most of a drift check's cost (an SSH handshake, then a
+    `docker system dial-stdio` on the host for the first Engine API call), so
+    the agent keeps each host's connection for the next reconcile.  A cached
+    connection is reused only for the same environment, host address, user
+    and *the same pinned keys*: a commit that changes a pin gets a fresh
+    connection, verified against the new pin.  A cached connection that no
+    longer answers is dropped and opened again.
+    """
+
+    def __init__(self, *, identity_file: str, timeout: float = 10.0) -> None:
+        self.identity_file = identity_file
+        self.timeout = timeout
+        self._open: dict[tuple, DockerHost] = {}
+        self._lock = threading.Lock()
+
+    def open(self, environment, known_hosts_file: str) -> dict[str, DockerHost]:
+        pins = hashlib.sha256(Path(known_hosts_file).read_bytes()).hexdigest()
+        key = lambda h: (environment.name, h.name, h.address, h.port, h.user, pins)  # noqa: E731
+        reused: dict[str, DockerHost] = {}
+        with self._lock:
+            for host in environment.hosts:
+                driver = self._open.pop(key(host), None)
+                if driver is None:
+                    continue
+                transport = driver.conn.transport
+                if transport is not None and transport.is_active():
+                    reused[host.name] = driver
+                else:
+                    close_hosts({host.name: driver})
+            self._forget_others(environment.name, {key(h) for h in environment.hosts})
+        missing = [h for h in environment.hosts if h.name not in reused]
+        try:
+            opened = open_hosts(missing, identity_file=self.identity_file, known_hosts_file=known_hosts_file, timeout=self.timeout) if missing else {}
+        except ReconcilerError:
+            close_hosts(reused)
+            raise
+        hosts = {**reused, **opened}
+        with self._lock:
+            for host in environment.hosts:
+                self._open[key(host)] = hosts[host.name]
+        return {h.name: hosts[h.name] for h in environment.hosts}
+
+    def release(self, hosts: Mapping[str, DockerHost]) -> None:
+        """Kept open on purpose; ``close_all`` ends them."""
+
+    def _forget_others(self, environment: str, keep: set) -> None:
+        for stale in [k for k in self._open if k[0] == environment and k not in keep]:
+            close_hosts({stale[1]: self._open.pop(stale)})
+
+    def close_all(self) -> None:
+        with self._lock:
+            close_hosts({str(k): d for k, d in self._open.items()})
+            self._open.clear()

@@ -192,3 +192,45 @@ def test_plan_exit_codes_follow_terraform_detailed_exitcode(fleet, env_repo, cap
     assert json.loads(capsys.readouterr().out)["in_sync"] is True
     # Bad input: an unknown environment is an error (1), and changes nothing.
     assert main(["plan", "--repo", str(env_repo.path), "--env", "nope", "--identity", env_repo.identity]) == 1
+
+
+def _cut_ssh(netns: str) -> None:
+    """Kill every sshd of one sandbox host, its open sessions included: the
+    host drops off the network for reconciler like a crashed machine would."""
+    import os
+    import signal
+    import subprocess
+
+    pids = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True, check=True).stdout.split()
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/comm") as fh:
+                if fh.read().strip() == "sshd":
+                    os.kill(int(pid), signal.SIGKILL)
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+
+
+def test_host_lost_mid_deploy_others_roll_back_and_next_reconcile_converges(fleet, env_repo):
+    from reconciler.sandbox import fleet as sandbox_fleet
+
+    env_repo.commit(service(fleet.images["v1"], 18109))
+    deploy(env_repo)
+    env_repo.commit(service(fleet.images["v2"], 18109), message="web v2")
+
+    def cut_h2(event, **fields):
+        if event == "begin" and fields.get("step") == "CheckHealth" and fields.get("host") == "h2":
+            _cut_ssh(fleet.host("h2").netns)
+
+    try:
+        result = deploy_target(env_repo.target(), report_progress=cut_h2)
+        assert result.outcome.result == "rolled-back" and result.outcome.transient
+        assert "h2" in result.outcome.failure
+        answers = serving(fleet, 18109)
+        assert answers["h1"] == "demo-web v1" and answers["h3"] == "demo-web v1"
+        assert answers["h2"] in ("demo-web v1", "demo-web v2")  # never a host with neither
+    finally:
+        sandbox_fleet.up(len(fleet.hosts))
+    again = deploy(env_repo)
+    assert again.outcome.result == "deployed", again.outcome.failure
+    assert serving(fleet, 18109) == {h.name: "demo-web v2" for h in fleet.hosts}

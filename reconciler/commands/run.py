@@ -28,7 +28,7 @@ def run(args) -> int:
     from reconciler import fleet, gitlog, schema, source
     from reconciler.agent import Agent, EnvLoop, make_logger
     from reconciler.errors import StalledError
-    from reconciler.reconcile import Context, fleet_opener, reconcile
+    from reconciler.reconcile import Context, reconcile
     from reconciler.triggers import NudgeSocket, RefWatcher, RemoteTracker, default_socket_path
 
     if not args.identity:
@@ -37,7 +37,10 @@ def run(args) -> int:
     gdir = git_dir(args.repo)
     state = state_dir(args)
     state.mkdir(parents=True, exist_ok=True)
-    ctx = Context(repo=gdir, state_dir=state, open_hosts=fleet_opener(args.identity, args.timeout), close_hosts=fleet.close_hosts, log=log)
+    # Connections stay open between reconciles: a drift check then costs
+    # an Engine API call per host, not an SSH handshake.
+    connections = fleet.ConnectionCache(identity_file=args.identity, timeout=args.timeout)
+    ctx = Context(repo=gdir, state_dir=state, open_hosts=connections.open, close_hosts=connections.release, log=log)
 
     def environments() -> list[str]:
         if args.env:
@@ -73,4 +76,5 @@ def run(args) -> int:
             if part is not None:
                 part.stop()
         agent.stop()  # lets a reconcile in progress finish; the journal covers a kill
+        connections.close_all()
     return 0
