@@ -169,14 +169,17 @@ def diff_spec(observed: dict, desired: dict) -> tuple[tuple[str, object, object]
     """
     out: list[tuple[str, object, object]] = []
     for key in sorted(set(observed) | set(desired)):
-        old, new = observed.get(key), desired.get(key)
-        if old == new:
+        new = desired.get(key)
+        # A new container: compare maps key by key against an empty map, and
+        # leave out fields that are empty anyway.
+        old = observed.get(key, {} if isinstance(new, dict) else None)
+        if old == new or (old is None and new in (None, [], {})):
             continue
-        if isinstance(old, dict) and isinstance(new, dict) and key in ("env", "secrets", "labels"):
+        if isinstance(old, dict) and isinstance(new, dict) and key in ("env", "secrets", "labels", "resources"):
             for sub in sorted(set(old) | set(new)):
                 if old.get(sub) != new.get(sub):
-                    shown = key != "labels"
-                    out.append((f"{key}.{sub}", _mask(old.get(sub), shown), _mask(new.get(sub), shown)))
+                    secret = key in ("env", "secrets")
+                    out.append((f"{key}.{sub}", _mask(old.get(sub), secret), _mask(new.get(sub), secret)))
         else:
             out.append((key, old, new))
     return tuple(out)
