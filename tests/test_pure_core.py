@@ -1,4 +1,5 @@
-"""The pure core (model, schema, plan, health) does no I/O: it imports none of it."""
+"""The pure core (model, schema, plan, health, report, migrations, errors)
+does no I/O: it imports none of it."""
 
 from __future__ import annotations
 
@@ -12,8 +13,16 @@ from pathlib import Path
 import pytest
 
 FORBIDDEN = ("docker", "fabric", "paramiko", "pygit2", "subprocess", "socket", "invoke")
-REQUIRED = ("reconciler.model", "reconciler.schema")
-OPTIONAL = ("reconciler.plan", "reconciler.health")
+REQUIRED = (
+    "reconciler.model",
+    "reconciler.schema",
+    "reconciler.plan",
+    "reconciler.health",
+    "reconciler.report",
+    "reconciler.migrations",
+    "reconciler.errors",
+)
+OPTIONAL = ()
 PACKAGE = Path(__file__).resolve().parents[1] / "reconciler"
 
 
