@@ -25,7 +25,7 @@ from typing import Any, Mapping
 
 from reconciler import model
 from reconciler.db import applied_migrations, pending
-from reconciler.db.migrate import _CREATE_TABLE, TABLE, _advisory_lock, _connect, _pending, _applied, run_file
+from reconciler.db.migrate import apply_contract
 from reconciler.dbphase import _quiet, database_dsn, read_image_migrations, run_migration_command, take_verified_backup
 from reconciler.errors import StalledError
 from reconciler.migrations import MigrationFile
@@ -106,34 +106,12 @@ def _one(environment: Environment, hosts: Mapping[str, Any], commit: str, servic
                               wait_seconds=wait)
     backup = take_verified_backup(dsn, environment, commit, store_dir)
     report("done", step="db-backup", service=service.name, reason=f"{backup.backup} verified before contract")
-    applied = apply_contract(dsn, todo) if todo else ()
+    applied = tuple(m.name for m in apply_contract(dsn, todo)) if todo else ()
     if migrations.command:
         run_migration_command(driver, service, "contract")
         applied += (f"command:{service.name}",)
     report("done", step="db-contract", service=service.name, reason="applied " + ", ".join(applied))
     return ContractResult(service.name, "ran", applied=applied, backup=backup.backup)
-
-
-def apply_contract(dsn: str, files: tuple[MigrationFile, ...], *, lock_timeout: str = "2s",
-                   retries: int = 5, advisory_wait: float = 60.0) -> tuple[str, ...]:
-    """Apply pending contract files under the advisory lock; return their names.
-
-    The adapter (db.migrate) only offers ``apply_expand``, which refuses
-    contract statements by design; this reuses its lock and runner.
-    """
-    done = []
-    with _connect(dsn) as conn, _advisory_lock(conn, advisory_wait):
-        conn.execute(_CREATE_TABLE)
-        # Re-read under the lock: another agent may have run them meanwhile.
-        for migration in _pending(_applied(conn), tuple(files), "contract"):
-            result = run_file(conn, migration, lock_timeout=lock_timeout, retries=retries)
-            conn.execute(
-                f"INSERT INTO {TABLE} (version, name, phase, sha256, duration_ms, lock_wait_ms, attempts)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                (result.version, result.name, result.phase, result.sha256, result.duration_ms,
-                 result.lock_wait_ms, result.attempts))
-            done.append(result.name)
-    return tuple(done)
 
 
 def _not_running(environment: Environment, hosts: Mapping[str, Any], service: Service) -> list[str]:

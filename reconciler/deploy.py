@@ -6,7 +6,7 @@ lock, the journal and the note in git around the same steps.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from reconciler import dbphase, fleet, report
@@ -20,6 +20,7 @@ class DeployResult:
     plan: Plan
     outcome: Outcome | None  # None when nothing was applied (in sync, or declined)
     running: list[dict]
+    unreachable: list[str] = field(default_factory=list)  # hosts not observed after the run
 
 
 def deploy_target(
@@ -38,7 +39,8 @@ def deploy_target(
         outcome = None
         if not plan.in_sync and confirm(plan):
             outcome = run_plan(env, hosts, plan, report=report_progress, before_deploy=dbphase.DatabasePhase(env, hosts, target.revision, report=report_progress))
-        running = report.running_rows(env, fleet.observe_all(hosts))
+        unreachable: list[str] = []
+        running = report.running_rows(env, fleet.observe_all(hosts, unreachable=unreachable))
     finally:
         fleet.close_hosts(hosts)
-    return DeployResult(plan, outcome, running)
+    return DeployResult(plan, outcome, running, unreachable)

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from reconciler.errors import HostKeyMismatch, ReconcilerError, UnknownHostKey
+from reconciler.errors import HostKeyMismatch, HostUnreachable, ReconcilerError, UnknownHostKey
 from reconciler.hosts import DockerHost
 from reconciler.model import Host, ObservedHost
 from reconciler.ssh import SSHAccess, connect
@@ -84,11 +84,24 @@ def close_hosts(hosts: Mapping[str, DockerHost]) -> None:
             pass  # closing is best effort; the process may be ending anyway
 
 
-def observe_all(hosts: Mapping[str, DockerHost]) -> dict[str, ObservedHost]:
-    """Every host's containers, observed in parallel (read-only)."""
+def observe_all(hosts: Mapping[str, DockerHost], *, unreachable: list[str] | None = None) -> dict[str, ObservedHost]:
+    """Every host's containers, observed in parallel (read-only).
+
+    With an ``unreachable`` list, a host that cannot be reached is named
+    there and left out instead of failing the whole observation: for the
+    report after a run, which must still say what the others run.
+    """
     with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_CONNECTS, max(1, len(hosts)))) as pool:
         futures = {name: pool.submit(driver.observe) for name, driver in hosts.items()}
-        return {name: future.result() for name, future in futures.items()}
+        observed = {}
+        for name, future in futures.items():
+            try:
+                observed[name] = future.result()
+            except HostUnreachable:
+                if unreachable is None:
+                    raise
+                unreachable.append(name)
+        return observed
 
 
 class ConnectionCache:

@@ -16,6 +16,7 @@ import logging
 import time
 import docker
 import docker.errors
+import paramiko
 import requests.exceptions
 from docker.transport.sshconn import SSHHTTPAdapter
 from fabric import Connection
@@ -146,12 +147,23 @@ class DockerHost:
         self.engine = engine_client(conn, host=name, timeout=timeout)
 
     # ------------------------------------------------------------ helpers
-    def _call(self, what: str, fn, *args, **kwargs):
+    def _call(self, what: str, fn, *args, missing_ok: bool = False, **kwargs):
+        """Run one Engine API call; errors become the product's.
+
+        A lost SSH connection surfaces from paramiko (SSHException,
+        EOFError) or from requests; all of them mean the host is
+        unreachable, which the executor treats as transient.  With
+        ``missing_ok``, a 404 (no such container or image) returns None.
+        """
         try:
             return fn(*args, **kwargs)
+        except docker.errors.NotFound as exc:
+            if missing_ok:
+                return None
+            raise EngineError(f"{what}: {exc.explanation or exc}", host=self.name) from None
         except docker.errors.APIError as exc:
             raise EngineError(f"{what}: {exc.explanation or exc}", host=self.name) from None
-        except (requests.exceptions.ConnectionError, OSError) as exc:
+        except (requests.exceptions.ConnectionError, paramiko.SSHException, EOFError, OSError) as exc:
             raise HostUnreachable(f"{what}: engine unreachable over SSH: {exc}", host=self.name) from None
 
     def close(self) -> None:
@@ -179,27 +191,27 @@ class DockerHost:
         return ObservedHost(name=self.name, containers=containers, images=tuple(digests))
 
     def has_image(self, image: ImageRef) -> bool:
-        try:
-            self.engine.api.inspect_image(image.pull_ref)
-            return True
-        except docker.errors.ImageNotFound:
-            return False
-        except docker.errors.APIError as exc:
-            raise EngineError(f"inspect image {image}: {exc.explanation or exc}", host=self.name) from None
+        found = self._call(f"inspect image {image}", self.engine.api.inspect_image, image.pull_ref, missing_ok=True)
+        return found is not None
 
     def pull(self, image: ImageRef) -> None:
         """Pull by digest (by tag only when the policy allowed an unpinned image)."""
         repository, _, ref = image.pull_ref.rpartition("@") if image.digest else image.pull_ref.rpartition(":")
-        for event in self._call("pull " + image.pull_ref, self.engine.api.pull, repository, tag=ref, stream=True, decode=True):
-            if "error" in event:
-                raise EngineError(f"pull {image.pull_ref}: {event['error']}", host=self.name)
+        def pull_all() -> None:
+            # The stream is read inside _call: the connection can fail mid-pull.
+            for event in self.engine.api.pull(repository, tag=ref, stream=True, decode=True):
+                if "error" in event:
+                    raise EngineError(f"pull {image.pull_ref}: {event['error']}", host=self.name)
+
+        self._call("pull " + image.pull_ref, pull_all)
         if not self.has_image(image):
             raise EngineError(f"pull {image.pull_ref}: the engine reports success but has no such image", host=self.name)
 
     def logs_tail(self, container_id: str, lines: int = 30) -> str:
+        """Evidence for a report: best effort, never the reason a run fails."""
         try:
-            raw = self.engine.api.logs(container_id, tail=lines, stdout=True, stderr=True)
-        except docker.errors.APIError:
+            raw = self._call("logs", self.engine.api.logs, container_id, tail=lines, stdout=True, stderr=True)
+        except (EngineError, HostUnreachable):
             return ""
         return raw.decode("utf-8", "replace")
 
@@ -254,19 +266,14 @@ class DockerHost:
         self._call(f"rename {container_id[:12]} to {name}", self.engine.api.rename, container_id, name)
 
     def remove(self, container_id: str) -> None:
-        try:
-            self.engine.api.remove_container(container_id, force=True)
-        except docker.errors.NotFound:
-            pass
-        except docker.errors.APIError as exc:
-            raise EngineError(f"remove {container_id[:12]}: {exc.explanation or exc}", host=self.name) from None
+        self._call(f"remove {container_id[:12]}", self.engine.api.remove_container, container_id, force=True, missing_ok=True)
 
     def remove_image(self, reference: str) -> None:
         """Remove an image no retained container uses; in use or gone is fine."""
         try:
-            self.engine.api.remove_image(reference)
-        except docker.errors.APIError:
-            pass
+            self._call(f"remove image {reference}", self.engine.api.remove_image, reference, missing_ok=True)
+        except EngineError:
+            pass  # 409: a container still uses it
 
     # ------------------------------------------------------------ health
     def inspect(self, container_id: str) -> ObservedContainer:
@@ -304,7 +311,7 @@ class DockerHost:
         api = self.engine.api
         exec_id = self._call("exec create", api.exec_create, container_id, list(check.command))["Id"]
         output = self._call("exec start", api.exec_start, exec_id).decode("utf-8", "replace")
-        code = api.exec_inspect(exec_id).get("ExitCode")
+        code = self._call("exec inspect", api.exec_inspect, exec_id).get("ExitCode")
         return CheckResult(code == 0, f"exit {code}: {output.strip()[-300:]}", now)
 
     def _probe_socket(self, container_id: str, check: HealthCheck, now: float) -> CheckResult:

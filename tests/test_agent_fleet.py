@@ -132,3 +132,32 @@ def test_sigkill_at_every_journal_step_then_restart_converges(fleet, setup, tmp_
         assert serving(fleet, port) == {h.name: f"demo-web {want}" for h in fleet.hosts}, n
     else:
         pytest.fail("a deploy never finished within 40 journal writes")
+
+
+def test_pushes_during_a_slow_deploy_coalesce_into_one_reconcile_of_the_newest(fleet, setup, tmp_path):
+    work, bare = setup
+    port = 18303
+    work.commit(service(fleet.images["v1"], port), message="web v1")
+    git(work.path, "push", "-q", "origin", "main")
+    log = tmp_path / "agent.log"
+    proc = agent(bare, work.env, work.identity, log)
+    slow = service(fleet.images["v2"], port).replace("successes: 2", "successes: 6").replace("batch_size: 3", "batch_size: 1")
+    try:
+        assert wait_for(lambda: set(serving(fleet, port).values()) == {"demo-web v1"}), log.read_text()
+        first = work.commit(slow, message="web v2, slow to prove healthy")
+        git(work.path, "push", "-q", "origin", "main")
+        assert wait_for(lambda: f'"commit": "{first[:12]}"' in log.read_text() and "step-begin" in log.read_text(), timeout=30)
+        middle = work.commit(service(fleet.images["v1"], port), message="back to v1")
+        git(work.path, "push", "-q", "origin", "main")
+        newest = work.commit(service(fleet.images["v2"], port) + "\n  # newest\n", message="v2 again, newest")
+        git(work.path, "push", "-q", "origin", "main")
+        repo = pygit2.Repository(str(bare))
+        assert wait_for(lambda: (gitlog.env_record(repo, newest, work.env) or {}).get("result") in ("deployed", "in-sync"), timeout=120), log.read_text()
+        assert (gitlog.env_record(repo, first, work.env) or {}).get("result") == "deployed"
+        assert (gitlog.env_record(repo, middle, work.env) or {}).get("result") == "superseded"
+        assert serving(fleet, port) == {h.name: "demo-web v2" for h in fleet.hosts}
+        # The middle commit was never deployed: no reconcile began for it.
+        assert f'"commit": "{middle[:12]}", "reason"' not in log.read_text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)

@@ -70,4 +70,6 @@ def print_result(target, result) -> int:
                 print("  " + item.replace("\n", "\n  "))
     print("now running:")
     print(report.running_text(result.running))
+    for host in result.unreachable:
+        print(f"  {host:<8} UNREACHABLE: not observed after the run; the next reconcile converges it")
     return EXIT_ROLLED_BACK if outcome is not None and outcome.result == "rolled-back" else 0

@@ -83,11 +83,27 @@ def apply_expand(dsn: str, files: Iterable[MigrationFile], *, lock_timeout: str 
     so a migration never queues behind a long query while blocking the
     application's own queries behind it.
     """
-    files = tuple(files)
+    return _apply_phase(dsn, tuple(files), "expand", lock_timeout=lock_timeout, retries=retries, advisory_wait=advisory_wait)
+
+
+def apply_contract(dsn: str, files: Iterable[MigrationFile], *, lock_timeout: str = "2s",
+                   retries: int = 5, advisory_wait: float = 60.0) -> tuple[AppliedMigration, ...]:
+    """Apply the pending contract files under the advisory lock.
+
+    Only the caller knows when a contract may run (soak time and an explicit
+    flag: see reconciler.contract); this applies them the way expand files are.
+    """
+    return _apply_phase(dsn, tuple(files), "contract", lock_timeout=lock_timeout, retries=retries, advisory_wait=advisory_wait)
+
+
+def _apply_phase(dsn: str, files: tuple[MigrationFile, ...], phase: str, *, lock_timeout: str,
+                 retries: int, advisory_wait: float) -> tuple[AppliedMigration, ...]:
     with _connect(dsn) as conn, _advisory_lock(conn, advisory_wait):
         conn.execute(_CREATE_TABLE)
-        todo = _pending(_applied(conn), files, "expand")
-        check_expand(todo)  # callers check first; this keeps a direct call from skipping it
+        # Re-read under the lock: another agent may have applied some meanwhile.
+        todo = _pending(_applied(conn), files, phase)
+        if phase == "expand":
+            check_expand(todo)  # callers check first; this keeps a direct call from skipping it
         done = []
         for migration in todo:
             result = run_file(conn, migration, lock_timeout=lock_timeout, retries=retries)
