@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 import docker
 import docker.errors
@@ -118,6 +119,27 @@ def _epoch(rfc3339: str) -> float:
         return 0.0
 
 
+class _background:
+    """Run one call on a thread; ``result()`` returns it or raises its error."""
+
+    def __init__(self, fn, *args, **kwargs) -> None:
+        self._value = self._error = None
+        self._thread = threading.Thread(target=self._run, args=(fn, args, kwargs), daemon=True)
+        self._thread.start()
+
+    def _run(self, fn, args, kwargs) -> None:
+        try:
+            self._value = fn(*args, **kwargs)
+        except BaseException as exc:  # handed to the caller by result()
+            self._error = exc
+
+    def result(self):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
 def _summarised(summary: dict) -> ObservedContainer:
     """An ObservedContainer from one entry of the engine's container list."""
     status = summary.get("Status") or ""
@@ -184,9 +206,12 @@ class DockerHost:
         container list carries names, labels and state; inspecting each
         container would cost a round trip apiece on every drift check.
         """
+        # The two lists go out at once, on two channels of the same
+        # connection: a drift check then costs one round trip, not two.
+        images_call = _background(self._call, "list images", self.engine.api.images)
         summaries = self._call("list containers", self.engine.api.containers, all=True)
         containers = tuple(sorted((_summarised(s) for s in summaries), key=lambda c: c.name))
-        images = self._call("list images", self.engine.api.images)
+        images = images_call.result()
         digests = sorted({d for image in images for d in (image.get("RepoDigests") or ())})
         return ObservedHost(name=self.name, containers=containers, images=tuple(digests))
 
