@@ -6,8 +6,8 @@
 - ``RefWatcher``: watchdog on the repository's refs, so a ref moved by any
   route (push, local commit, ``git fetch``, a pack-refs run) is seen.  Notes
   refs are ignored: the agent writes those itself.
-- ``RemoteTracker``: optional; fetches a remote with pygit2 on a jittered
-  interval and when poked (a webhook handler can call ``poke``).
+- ``RemoteTracker``: optional; syncs with a hosted remote (``mirror.sync``)
+  on a jittered interval and when poked by the ``Webhook``.
 
 Each calls ``on_trigger(reason)`` from its own thread; the agent coalesces.
 """
@@ -126,11 +126,11 @@ class RefWatcher:
 
 
 class RemoteTracker:
-    """Fetch ``remote`` every ``interval`` seconds (+-20% jitter) and on ``poke``.
+    """Sync with ``remote`` every ``interval`` seconds (+-20% jitter) and on ``poke``.
 
-    The fetch moves refs/remotes/..., which the RefWatcher reports; this
-    class only fetches.  Credentials come from the remote URL's usual means
-    (an SSH agent or key for ssh:// remotes).
+    ``reconciler.mirror.sync`` fetches, fast-forwards local branches and
+    pushes the agent's own commits and notes; a moved branch is then seen by
+    the RefWatcher, so this class never triggers a reconcile itself.
     """
 
     def __init__(self, repo_path: str | os.PathLike[str], remote: str, interval: float, log: Callable[..., None]) -> None:
@@ -155,15 +155,50 @@ class RemoteTracker:
         self._thread.join(timeout=5)
 
     def _loop(self) -> None:
-        import pygit2
+        from reconciler import mirror
 
         while not self._stop.is_set():
-            self._poked.wait(self.interval * random.uniform(0.8, 1.2))
-            self._poked.clear()
-            if self._stop.is_set():
-                return
             try:
-                repo = pygit2.Repository(self.repo_path)
-                repo.remotes[self.remote].fetch()
+                mirror.sync(self.repo_path, self.remote, self.log)
             except Exception as exc:  # the next round tries again; a bad network is normal
                 self.log("fetch-failed", remote=self.remote, error=str(exc))
+            self._poked.wait(self.interval * random.uniform(0.8, 1.2))
+            self._poked.clear()
+
+
+class Webhook:
+    """A loopback HTTP endpoint a hosting service's webhook (through a
+    reverse proxy) calls: ``POST /hook`` pokes the remote tracker.
+
+    It carries no payload into the agent: like every trigger, it only says
+    "look again", so a forged call costs a fetch, nothing more.
+    """
+
+    def __init__(self, port: int, poke: Callable[[], None], address: str = "127.0.0.1") -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (the stdlib's name)
+                if self.path.rstrip("/") != "/hook":
+                    self.send_error(404)
+                    return
+                length = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(min(length, 1 << 20))
+                poke()
+                self.send_response(202)
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass  # the agent logs the fetch, not each request
+
+        self.server = ThreadingHTTPServer((address, port), Handler)
+        self.port = self.server.server_address[1]
+        self._thread = threading.Thread(target=self.server.serve_forever, name="webhook", daemon=True)
+
+    def start(self) -> "Webhook":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -22,6 +22,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-watch", action="store_true", help="do not watch the refs with inotify (nudges and timers only)")
     parser.add_argument("--remote", help="also fetch this remote on a jittered interval (teams whose repository is hosted elsewhere)")
     parser.add_argument("--fetch-interval", type=float, default=60.0)
+    parser.add_argument("--webhook-port", type=int, help="with --remote: listen on 127.0.0.1:PORT for POST /hook to fetch at once")
 
 
 def run(args) -> int:
@@ -29,7 +30,7 @@ def run(args) -> int:
     from reconciler.agent import Agent, EnvLoop, make_logger
     from reconciler.errors import StalledError
     from reconciler.reconcile import Context, reconcile
-    from reconciler.triggers import NudgeSocket, RefWatcher, RemoteTracker, default_socket_path
+    from reconciler.triggers import NudgeSocket, RefWatcher, RemoteTracker, Webhook, default_socket_path
 
     if not args.identity:
         raise StalledError("no SSH identity: pass --identity FILE or set RECONCILER_IDENTITY")
@@ -67,12 +68,13 @@ def run(args) -> int:
     sock = NudgeSocket(args.socket or default_socket_path(gdir), agent.trigger).start()
     watcher = None if args.no_watch else RefWatcher(gdir, agent.trigger).start()
     tracker = RemoteTracker(gdir, args.remote, args.fetch_interval, log).start() if args.remote else None
+    webhook = Webhook(args.webhook_port, tracker.poke).start() if tracker and args.webhook_port else None
     log("agent-started", repo=str(gdir), state=str(state), socket=str(sock.path), pid=os.getpid())
     try:
         stop.wait()  # blocks; the loops and triggers run in their threads
     finally:
         log("agent-stopping")
-        for part in (tracker, watcher, sock):
+        for part in (webhook, tracker, watcher, sock):
             if part is not None:
                 part.stop()
         agent.stop()  # lets a reconcile in progress finish; the journal covers a kill

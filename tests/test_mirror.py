@@ -1,0 +1,103 @@
+"""Following a hosted environment repository: fetch and fast-forward, push
+the agent's own commits and notes, the remote wins a divergence, and the
+webhook pokes a fetch.  Real git repositories (pygit2), local file remotes."""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.request
+
+import pygit2
+import pytest
+
+from reconciler import mirror
+from reconciler.triggers import Webhook
+
+SIG = pygit2.Signature("someone", "someone@reconciler.invalid")
+
+
+def commit(repo: pygit2.Repository, text: str, ref: str = "refs/heads/main") -> str:
+    builder = repo.TreeBuilder()
+    builder.insert("environment.yaml", repo.create_blob(text.encode()), pygit2.enums.FileMode.BLOB)
+    parents = [repo.references[ref].target] if ref in repo.references else []
+    return str(repo.create_commit(ref, SIG, SIG, text, builder.write(), parents))
+
+
+@pytest.fixture
+def repos(tmp_path):
+    hosted = pygit2.init_repository(str(tmp_path / "hosted.git"), bare=True, initial_head="main")
+    commit(hosted, "v1")
+    local = pygit2.clone_repository(str(tmp_path / "hosted.git"), str(tmp_path / "agent.git"), bare=True)
+    return hosted, local
+
+
+def head(repo) -> str:
+    return str(repo.references["refs/heads/main"].target)
+
+
+def test_a_merge_on_the_hosted_repository_fast_forwards_the_agents_branch(repos):
+    hosted, local = repos
+    merged = commit(hosted, "v2")
+    results = mirror.sync(local.path, "origin")
+    assert head(local) == merged
+    assert [(r.branch, r.action) for r in results] == [("refs/heads/main", "fast-forward")]
+    assert [r.action for r in mirror.sync(local.path, "origin")] == ["up-to-date"]
+
+
+def test_the_agents_revert_commit_and_notes_reach_the_hosted_repository(repos):
+    hosted, local = repos
+    revert = commit(local, "v1 again (revert)")
+    local.create_note("deployed", SIG, SIG, revert, mirror.NOTES_REF)
+    results = mirror.sync(local.path, "origin")
+    assert [r.action for r in results] == ["pushed"]
+    assert head(pygit2.Repository(hosted.path)) == revert
+    assert pygit2.Repository(hosted.path).lookup_note(revert, mirror.NOTES_REF).message == "deployed"
+
+
+def test_diverged_the_hosted_repository_wins_and_the_drop_is_logged(repos):
+    hosted, local = repos
+    theirs = commit(hosted, "v3 merged meanwhile")
+    ours = commit(local, "agent revert")
+    events = []
+    results = mirror.sync(local.path, "origin", lambda event, **f: events.append((event, f)))
+    assert [r.action for r in results] == ["reset-to-remote"]
+    assert head(local) == theirs
+    assert ("mirror-diverged", {"branch": "refs/heads/main", "dropped": ours, "remote": theirs}) in events
+
+
+def test_the_webhook_pokes_and_other_paths_are_refused():
+    poked = threading.Event()
+    hook = Webhook(0, poked.set).start()
+    try:
+        url = f"http://127.0.0.1:{hook.port}"
+        with urllib.request.urlopen(urllib.request.Request(url + "/hook", data=b"{}", method="POST"), timeout=5) as response:
+            assert response.status == 202
+        assert poked.wait(5)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(urllib.request.Request(url + "/other", data=b"", method="POST"), timeout=5)
+        assert refused.value.code == 404
+    finally:
+        hook.stop()
+
+
+def test_a_poked_tracker_syncs_and_the_ref_watcher_wakes_the_agent(repos):
+    from reconciler.triggers import RefWatcher, RemoteTracker
+
+    hosted, local = repos
+    woken = threading.Event()
+    watcher = RefWatcher(local.path, lambda reason: woken.set()).start()
+    tracker = RemoteTracker(local.path, "origin", interval=3600, log=lambda *a, **k: None).start()
+    try:
+        woken.wait(2)  # the tracker's first round at start may already wake it
+        woken.clear()
+        merged = commit(hosted, "v2 merged on the hosting service")
+        tracker.poke()
+        assert woken.wait(10), "the fetch moved the branch but the agent was not woken"
+        deadline = time.monotonic() + 10  # the fetch's own ref write may wake it a moment first
+        while head(local) != merged and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert head(local) == merged
+    finally:
+        tracker.stop()
+        watcher.stop()
