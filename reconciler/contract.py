@@ -26,7 +26,7 @@ from typing import Any, Mapping
 from reconciler import model
 from reconciler.db import applied_migrations, pending
 from reconciler.db.migrate import apply_contract
-from reconciler.dbphase import _quiet, database_dsn, read_image_migrations, run_migration_command, take_verified_backup
+from reconciler.dbphase import _quiet, database_connection, read_image_migrations, run_migration_command, take_verified_backup
 from reconciler.errors import StalledError
 from reconciler.migrations import MigrationFile
 from reconciler.model import Environment, Service
@@ -92,7 +92,12 @@ def _one(environment: Environment, hosts: Mapping[str, Any], commit: str, servic
     unhealthy = _not_running(environment, hosts, service)
     if unhealthy:
         return ContractResult(service.name, "unhealthy", f"not running: {', '.join(unhealthy)}")
-    dsn = database_dsn(environment.database)
+    with database_connection(environment.database, hosts) as dsn:
+        return _contract(environment, hosts, commit, service, dsn, healthy_since, now, store_dir, report)
+
+
+def _contract(environment, hosts, commit, service, dsn, healthy_since, now, store_dir, report) -> ContractResult:
+    migrations = service.migrations
     driver = hosts[service.hosts[0]]
     todo: tuple[MigrationFile, ...] = ()
     if migrations.path:

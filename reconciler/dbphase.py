@@ -32,13 +32,15 @@ Errors (all raised before any container changes): ``BackupFailed``,
 
 from __future__ import annotations
 
+import contextlib
+
 import io
 import os
 import pathlib
 import tarfile
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import docker.errors
 
@@ -117,11 +119,23 @@ def backup_dir() -> pathlib.Path:
     return pathlib.Path(os.environ.get(BACKUP_DIR_ENV) or DEFAULT_BACKUP_DIR)
 
 
+@contextlib.contextmanager
+def database_connection(database: Database, hosts: Mapping[str, Any]) -> Iterator[str]:
+    """The DSN to use for this run: as written, or through ``via_host``'s
+    SSH connection (a loopback tunnel, closed when the block ends)."""
+    dsn = database_dsn(database)
+    if not database.via_host:
+        yield dsn
+        return
+    from reconciler.db.tunnel import tunnel_for
+
+    with tunnel_for(dsn, hosts, database.via_host) as tunnel:
+        yield tunnel.dsn(dsn)
+
+
 def database_dsn(database: Database) -> str:
-    """The DSN from the file the environment names (never from the repository)."""
-    if database.via_host:
-        raise DatabaseError(f"database.via_host ({database.via_host}) is not supported yet: reach the "
-                            "database directly (remove via_host and name a reachable host in the DSN file)")
+    """The DSN from the file the environment names (never from the repository),
+    as written there: reach it through ``database_connection``."""
     if not database.dsn_file:
         raise DatabaseError("database: no dsn_file; write the DSN to a file on the agent's machine "
                             "(mode 0600) and name it in database.dsn_file")
@@ -160,7 +174,12 @@ def run_phase(environment: Environment, plan: Plan, hosts: Mapping[str, Any], co
         return PhaseResult(skipped="no database declared")
     if not services and database.backup != "always":
         return PhaseResult(skipped="no migrations in this deploy (backup: when-migrating)")
-    dsn = database_dsn(database)
+    with database_connection(database, hosts) as dsn:
+        return _run_phase(environment, services, database, dsn, plan, hosts, commit, store_dir, report)
+
+
+def _run_phase(environment, services, database, dsn, plan, hosts, commit, store_dir, report) -> PhaseResult:
+    from reconciler import contract
 
     files: list[MigrationFile] = []
     commands: list[tuple[Service, str]] = []

@@ -9,6 +9,7 @@ as it was), and records the restore in git on the environment's commit.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pathlib
@@ -33,12 +34,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         command.add_argument("--env", required=True, help="environment whose database to use")
         command.add_argument("--repo", default=os.environ.get("RECONCILER_REPO", "."), help="environment repository (default: .)")
         command.add_argument("--rev", "--commit", dest="rev", default="HEAD", help="commit whose database block to use (default: HEAD)")
+        command.add_argument("--identity", default=os.environ.get("RECONCILER_IDENTITY"),
+                             help="SSH key, when the database is reached through database.via_host")
     for command in (listing, restore, drill):
         command.add_argument("--store", help="backup store (default: $RECONCILER_BACKUP_DIR or /var/lib/reconciler/backups)")
 
 
 def run(args) -> int:
-    return {"backups": _backups, "restore": _restore, "drill": _drill}[args.db_command](args)
+    if args.db_command == "backups":
+        return _backups(args)
+    environment, revision, pins = _load(args)
+    with _database(args, environment, pins) as dsn:
+        args.loaded = (environment, revision, dsn)
+        return {"restore": _restore, "drill": _drill}[args.db_command](args)
+
+
+@contextlib.contextmanager
+def _database(args, environment, pins: bytes | None):
+    """The environment's DSN for this command, tunnelled through
+    ``database.via_host``'s pinned SSH connection when it names one."""
+    from reconciler import fleet
+    from reconciler.commands._common import _pinned_keys_file
+    from reconciler.dbphase import database_connection
+    from reconciler.errors import StalledError
+
+    hosts = {}
+    via = environment.database.via_host
+    if via:
+        if not args.identity:
+            raise StalledError(f"database.via_host is {via}: pass --identity FILE (or set RECONCILER_IDENTITY) to reach it over SSH")
+        if pins is None:
+            raise StalledError(f"{environment.known_hosts} is missing: pin {via}'s key there")
+        hosts = fleet.open_hosts([environment.host(via)], identity_file=args.identity, known_hosts_file=_pinned_keys_file(pins))
+    try:
+        with database_connection(environment.database, hosts) as dsn:
+            yield dsn
+    finally:
+        if hosts:
+            fleet.close_hosts(hosts)
 
 
 def _store(args) -> pathlib.Path:
@@ -47,8 +80,8 @@ def _store(args) -> pathlib.Path:
     return pathlib.Path(args.store) if args.store else backup_dir()
 
 
-def _environment(args):
-    """The environment at the commit (no SSH needed: the database is reached from here)."""
+def _load(args):
+    """The environment at the commit, and its pinned keys (for via_host)."""
     from reconciler import schema, source
     from reconciler.errors import StalledError
 
@@ -59,7 +92,7 @@ def _environment(args):
     environment = schema.load_environment(snapshot, args.env)
     if environment.database is None:
         raise StalledError(f"environment {args.env} declares no database at {revision[:12]}: add a database block")
-    return environment, revision
+    return environment, revision, snapshot.files.get(environment.known_hosts)
 
 
 def _backups(args) -> int:
@@ -93,11 +126,10 @@ def _find(store: pathlib.Path, name: str):
 def _restore(args) -> int:
     from reconciler.db import verify
     from reconciler.db.connection import database_name, redacted
-    from reconciler.dbphase import database_dsn, take_verified_backup
+    from reconciler.dbphase import take_verified_backup
     from reconciler.errors import StalledError
 
-    environment, revision = _environment(args)
-    dsn = database_dsn(environment.database)
+    environment, revision, dsn = args.loaded
     store = _store(args)
     item = _find(store, args.backup)
     if item.database != database_name(dsn):
@@ -156,11 +188,9 @@ def _drill(args) -> int:
 
     from reconciler.db import list_backups, verify
     from reconciler.db.connection import database_name, with_database
-    from reconciler.dbphase import database_dsn
     from reconciler.errors import StalledError
 
-    environment, _ = _environment(args)
-    dsn = database_dsn(environment.database)
+    environment, _, dsn = args.loaded
     found = list_backups(_store(args), database_name(dsn))
     if not found:
         raise StalledError(f"no backup of {database_name(dsn)} in {_store(args)} to drill with; deploy once first")
