@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -114,13 +115,21 @@ class ConnectionCache:
     and *the same pinned keys*: a commit that changes a pin gets a fresh
     connection, verified against the new pin.  A cached connection that no
     longer answers is dropped and opened again.
+
+    An open paramiko connection is not free while idle (its transport thread
+    wakes several times a second), so connections unused for ``idle``
+    seconds are closed: bursts of pushes share them, a drift check every few
+    minutes opens its own.
     """
 
-    def __init__(self, *, identity_file: str, timeout: float = 10.0) -> None:
+    def __init__(self, *, identity_file: str, timeout: float = 10.0, idle: float = 60.0) -> None:
         self.identity_file = identity_file
         self.timeout = timeout
+        self.idle = idle
         self._open: dict[tuple, DockerHost] = {}
+        self._used: dict[tuple, float] = {}
         self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
 
     def open(self, environment, known_hosts_file: str) -> dict[str, DockerHost]:
         pins = hashlib.sha256(Path(known_hosts_file).read_bytes()).hexdigest()
@@ -147,16 +156,44 @@ class ConnectionCache:
         with self._lock:
             for host in environment.hosts:
                 self._open[key(host)] = hosts[host.name]
+                self._used[key(host)] = time.monotonic()
         return {h.name: hosts[h.name] for h in environment.hosts}
 
     def release(self, hosts: Mapping[str, DockerHost]) -> None:
-        """Kept open on purpose; ``close_all`` ends them."""
+        """Kept open for the next reconcile, until ``idle`` seconds pass unused."""
+        released = {id(d) for d in hosts.values()}
+        with self._lock:
+            now = time.monotonic()
+            for key, driver in self._open.items():
+                if id(driver) in released:
+                    self._used[key] = now
+            if self._timer is None:
+                self._timer = threading.Timer(self.idle, self._expire)
+                self._timer.daemon = True
+                self._timer.start()
+
+    def _expire(self) -> None:
+        with self._lock:
+            self._timer = None
+            cutoff = time.monotonic() - self.idle
+            for key in [k for k, used in self._used.items() if used <= cutoff and k in self._open]:
+                close_hosts({key[1]: self._open.pop(key)})
+                self._used.pop(key, None)
+            if self._open:
+                self._timer = threading.Timer(self.idle, self._expire)
+                self._timer.daemon = True
+                self._timer.start()
 
     def _forget_others(self, environment: str, keep: set) -> None:
         for stale in [k for k in self._open if k[0] == environment and k not in keep]:
             close_hosts({stale[1]: self._open.pop(stale)})
+            self._used.pop(stale, None)
 
     def close_all(self) -> None:
         with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
             close_hosts({str(k): d for k, d in self._open.items()})
             self._open.clear()
+            self._used.clear()

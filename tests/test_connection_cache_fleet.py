@@ -48,3 +48,22 @@ def test_connections_are_reused_until_the_pins_change_or_the_connection_dies(fle
             cache.open(env, str(pins))
     finally:
         cache.close_all()
+
+
+def test_connections_unused_for_the_idle_time_are_closed(fleet):
+    import time
+
+    env = _env(fleet)
+    cache = ConnectionCache(identity_file=fleet.identity_file, idle=0.5)
+    try:
+        opened = cache.open(env, fleet.known_hosts_file)
+        cache.release(opened)
+        deadline = time.monotonic() + 10
+        while any(d.conn.transport.is_active() for d in opened.values()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(d.conn.transport.is_active() for d in opened.values())
+        again = cache.open(env, fleet.known_hosts_file)  # opened afresh, and working
+        assert all(again[name] is not opened[name] for name in opened)
+        assert all(d.ping() for d in again.values())
+    finally:
+        cache.close_all()

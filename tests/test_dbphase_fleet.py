@@ -94,3 +94,22 @@ def test_non_additive_expand_is_refused_before_any_change(fleet, db_env, sql_tex
     assert f"0001_bad.expand.sql:{line}:" in str(raised.value) and what in str(raised.value), str(raised.value)
     assert (containers(fleet, db_env.env), columns(db_env.dsn, "notes"), fingerprint(db_env.dsn)) == before
     assert serving(fleet, 18203) == {h.name: "demo-web v1" for h in fleet.hosts}
+
+
+def test_a_migration_command_runs_in_a_one_off_container_told_the_phase(fleet, db_env):
+    image = fleet.images["v2"]
+    ok = '{command: ["sh", "-c", "echo phase=$RECONCILER_MIGRATION_PHASE; test \\"$RECONCILER_MIGRATION_PHASE\\" = expand"]}'
+    db_env.commit(web(image, 18205, migrations=ok))
+    result = deploy(db_env)
+    assert result.outcome.result == "deployed", result.outcome.failure
+    assert set(serving(fleet, 18205).values()) == {"demo-web v2"}
+    assert all(len(seen) == 1 for seen in containers(fleet, db_env.env).values())  # the one-off is gone
+
+    before = containers(fleet, db_env.env)
+    failing = '{command: ["sh", "-c", "echo cannot migrate; exit 3"]}'
+    db_env.commit(web(fleet.images["v1"], 18205, migrations=failing), message="v1 with a failing migration")
+    with pytest.raises(Exception) as raised:
+        deploy(db_env)
+    assert "exit 3" in str(raised.value) and "cannot migrate" in str(raised.value)
+    assert containers(fleet, db_env.env) == before  # nothing deployed
+    assert set(serving(fleet, 18205).values()) == {"demo-web v2"}

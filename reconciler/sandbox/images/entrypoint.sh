@@ -2,6 +2,11 @@
 # PID 1 of the demo image.  busybox servers as PID 1 ignore SIGTERM (the
 # kernel drops signals PID 1 has no handler for), which turns every stop into
 # a 10 s wait; this shell traps TERM, stops the server and exits at once.
+# With arguments, run them instead of the server (the docker-entrypoint
+# convention): one-off containers, such as a migration command, use this.
+if [ "$#" -gt 0 ]; then
+    exec "$@"
+fi
 VERSION=$(cat /etc/demo/version)
 MODE=$(cat /etc/demo/mode)
 echo "demo-web $VERSION mode=$MODE starting on port ${PORT:-8080}"
