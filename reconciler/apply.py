@@ -112,7 +112,12 @@ class Executor:
         needed = sorted({a.host for a in plan.actions})
         self._parallel(needed, lambda h: self.hosts[h].ping(), "preflight")
         pulls = [a for a in plan.actions if isinstance(a, Pull)]
-        self._parallel_actions(pulls, lambda a: self.hosts[a.host].pull(a.image))
+        self._parallel_actions(pulls, self._ensure_image)
+
+    def _ensure_image(self, action: Pull) -> None:
+        driver = self.hosts[action.host]
+        if not driver.has_image(action.image):
+            driver.pull(action.image)
 
     def apply(self, plan: Plan) -> Outcome:
         outcome = Outcome(plan.environment, plan.revision, "in-sync", started=time.time())

@@ -178,20 +178,15 @@ class DockerHost:
         return self._call("engine version", self.engine.api.version)["Version"]
 
     def observe(self) -> ObservedHost:
-        """Every container on the host (managed or not) and the image digests present.
+        """Every container on the host, managed or not: one Engine API call.
 
-        Two Engine API calls whatever the number of containers: the
-        container list carries names, labels and state; inspecting each
+        The container list carries names, labels and state; inspecting each
         container would cost a round trip apiece on every drift check.
+        Images are not listed: pre-flight asks for the ones a deploy needs.
         """
-        # One after the other on one channel: sending them at once would save
-        # a few ms on an open connection but start a second `docker system
-        # dial-stdio` (~0.3 s) on every new one.
         summaries = self._call("list containers", self.engine.api.containers, all=True)
         containers = tuple(sorted((_summarised(s) for s in summaries), key=lambda c: c.name))
-        images = self._call("list images", self.engine.api.images)
-        digests = sorted({d for image in images for d in (image.get("RepoDigests") or ())})
-        return ObservedHost(name=self.name, containers=containers, images=tuple(digests))
+        return ObservedHost(name=self.name, containers=containers, images=None)
 
     def has_image(self, image: ImageRef) -> bool:
         found = self._call(f"inspect image {image}", self.engine.api.inspect_image, image.pull_ref, missing_ok=True)

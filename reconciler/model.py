@@ -433,7 +433,10 @@ class ObservedHost:
 
     name: str
     containers: tuple[ObservedContainer, ...] = ()
-    images: tuple[str, ...] = ()  # repo@digest references present on the host
+    # repo@digest references present on the host; None when not observed
+    # (the real driver skips that list: a no-op reconcile needs only the
+    # containers, and a deploy's pre-flight checks each image it needs).
+    images: tuple[str, ...] | None = ()
 
     def managed(self, environment: str) -> tuple[ObservedContainer, ...]:
         return tuple(c for c in self.containers if c.environment == environment)

@@ -191,10 +191,16 @@ def _mask(value: object, masked: bool) -> object:
     return "(set)"
 
 
-def _containers(host: ObservedHost | None, env: str, service: str) -> list[ObservedContainer]:
-    if host is None:
-        return []
-    return [c for c in host.managed(env) if c.service == service]
+def _index(observed: Mapping[str, ObservedHost], env: str) -> dict[tuple[str, str], list[ObservedContainer]]:
+    """(host, service) -> the environment's containers of that service there.
+
+    Built once per plan: looking them up per pair would scan every container
+    of the host for every service (the drift check of a large fleet)."""
+    index: dict[tuple[str, str], list[ObservedContainer]] = {}
+    for name, host in observed.items():
+        for c in host.managed(env):
+            index.setdefault((name, c.service or ""), []).append(c)
+    return index
 
 
 def _retired_in_order(containers: list[ObservedContainer]) -> list[ObservedContainer]:
@@ -220,13 +226,14 @@ def plan_deploy(
     changes: list[ServiceChange] = []
     findings: list[Finding] = []
     pulled: set[tuple[str, str]] = set()
+    by_pair = _index(observed, env)
 
     for service in order_services(desired.services):
         want_hash = model.config_hash(service)
         want_spec = model.spec_summary(service)
         to_deploy: list[str] = []
         for host in service.hosts:
-            seen = _containers(observed.get(host), env, service.name)
+            seen = by_pair.get((host, service.name), [])
             active = next((c for c in seen if c.role == model.ROLE_ACTIVE), None)
             leftover = next((c for c in seen if c.role == model.ROLE_CANDIDATE), None)
             if leftover is not None:
@@ -266,12 +273,14 @@ def plan_deploy(
                 continue
             pulled.add(key)
             obs = observed.get(host)
-            if obs is None or service.image.pull_ref not in obs.images:
+            if obs is None or obs.images is None:
+                pulls.append(Pull(host, service.name, f"make sure {service.image} is on {host}", image=service.image))
+            elif service.image.pull_ref not in obs.images:
                 pulls.append(Pull(host, service.name, f"{service.image} is not on {host}", image=service.image))
         for index, batch in enumerate(batches(tuple(to_deploy), service.rollout.batch_size)):
             beside = service.strategy == "start-first"
             for host in batch:
-                has_active = any(c.role == model.ROLE_ACTIVE for c in _containers(observed.get(host), env, service.name))
+                has_active = any(c.role == model.ROLE_ACTIVE for c in by_pair.get((host, service.name), []))
                 if not beside and has_active:
                     deploys.append(Retire(host, service.name, "free the host port for the new version", batch=index))
             for host in batch:
@@ -326,9 +335,10 @@ def plan_rollback(desired: Environment, observed: Mapping[str, ObservedHost], to
     actions: list[Action] = []
     changes: list[ServiceChange] = []
     findings: list[Finding] = []
+    by_pair = _index(observed, env)
     for service in order_services(desired.services):
         for host in service.hosts:
-            seen = _containers(observed.get(host), env, service.name)
+            seen = by_pair.get((host, service.name), [])
             active = next((c for c in seen if c.role == model.ROLE_ACTIVE), None)
             candidates = [
                 c

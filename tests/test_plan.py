@@ -304,3 +304,17 @@ def test_removed_service_with_prune_takes_its_retired_containers_too():
     plan = world.plan(environment(prune=True), "r2")
     removed = {a.container for a in plan.actions if isinstance(a, Remove) and a.host == "h1"}
     assert removed >= {"prod-web", *names}
+
+
+def test_unobserved_images_are_ensured_in_preflight_not_assumed():
+    # The real driver does not list images (a drift check needs only the
+    # containers): every host to deploy gets a pre-flight Pull, which the
+    # executor skips where the image is already present.
+    from dataclasses import replace
+
+    world = World(*HOSTS)
+    observed = {h: replace(o, images=None) for h, o in world.observe().items()}
+    plan = plan_deploy(environment(web()), observed, "r1")
+    assert [(a.host, a.reason) for a in plan.actions if isinstance(a, Pull)] == [
+        (h, f"make sure {V1} is on {h}") for h in HOSTS
+    ]
