@@ -118,8 +118,8 @@ class ConnectionCache:
 
     An open paramiko connection is not free while idle (its transport thread
     wakes several times a second), so connections unused for ``idle``
-    seconds are closed: bursts of pushes share them, a drift check every few
-    minutes opens its own.
+    seconds are closed.  The agent's default (600 s) outlasts the default
+    drift interval, so drift checks find their connections open.
     """
 
     def __init__(self, *, identity_file: str, timeout: float = 10.0, idle: float = 60.0) -> None:

@@ -22,6 +22,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-watch", action="store_true", help="do not watch the refs with inotify (nudges and timers only)")
     parser.add_argument("--remote", help="also fetch this remote on a jittered interval (teams whose repository is hosted elsewhere)")
     parser.add_argument("--fetch-interval", type=float, default=60.0)
+    parser.add_argument("--keep-connections", type=float, default=600.0, metavar="SECONDS",
+                        help="keep host connections open this long unused (default 600: across drift checks; "
+                             "each open connection costs a little idle CPU)")
     parser.add_argument("--webhook-port", type=int, help="with --remote: listen on 127.0.0.1:PORT for POST /hook to fetch at once")
 
 
@@ -40,7 +43,7 @@ def run(args) -> int:
     state.mkdir(parents=True, exist_ok=True)
     # Connections stay open between reconciles: a drift check then costs
     # an Engine API call per host, not an SSH handshake.
-    connections = fleet.ConnectionCache(identity_file=args.identity, timeout=args.timeout)
+    connections = fleet.ConnectionCache(identity_file=args.identity, timeout=args.timeout, idle=args.keep_connections)
     ctx = Context(repo=gdir, state_dir=state, open_hosts=connections.open, close_hosts=connections.release, log=log)
 
     def environments() -> list[str]:
