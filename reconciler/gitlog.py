@@ -381,8 +381,10 @@ def set_scalar(text: str, keys: tuple[str, ...], value: str) -> str:
     """
     from ruamel.yaml import YAML
 
-    yaml = YAML(typ="rt")
-    node = yaml.load(text)
+    # The round-trip loader builds plain mappings and scalars only (never
+    # arbitrary objects); it is what gives each value its line and column.
+    round_trip = YAML(typ="rt")
+    node = round_trip.load(text)
     for key in keys[:-1]:
         node = node[key]
     last = keys[-1]
@@ -402,7 +404,7 @@ def set_scalar(text: str, keys: tuple[str, ...], value: str) -> str:
         end = len(body[:end].rstrip())
     lines[line_no] = body[:col] + f"{quote}{value}{quote}" + body[end:] + ending
     new = "".join(lines)
-    check = yaml.load(new)
+    check = round_trip.load(new)
     for key in keys:
         check = check[key]
     if str(check) != value:

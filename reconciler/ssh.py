@@ -2,8 +2,8 @@
 
 Every connection reconciler opens goes through ``connect``: the host key must
 match the key pinned in the environment's ``known_hosts`` file, an unknown
-key is refused (paramiko's ``RejectPolicy``; fabric's default would be
-``AutoAddPolicy``, which trusts whoever answers), nothing is read from the
+key is refused (paramiko's ``RejectPolicy``; fabric's default policy would
+trust whoever answers and remember its key), nothing is read from the
 user's ``~/.ssh`` (no system known_hosts, no agent, no ssh config), and
 every phase has a timeout.
 """
