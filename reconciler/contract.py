@@ -127,3 +127,32 @@ def _not_running(environment: Environment, hosts: Mapping[str, Any], service: Se
         if not active or not active[0].running or active[0].image != str(service.image):
             bad.append(f"{host}/{service.name}")
     return bad
+
+
+def refuse_rollback_past_contracts(environment: Environment, hosts: Mapping[str, Any], plan, observed) -> None:
+    """The rollback lever's guard: restoring a retained container whose image
+    is older than a contract that already ran is refused, as a deploy of it
+    would be (``refuse_older_release``), before any host changes."""
+    from dataclasses import replace
+
+    from reconciler.model import ImageRef
+    from reconciler.plan import Restore
+
+    if environment.database is None:
+        return
+    targets: dict[tuple[str, str], tuple[Service, str]] = {}
+    for action in plan.actions:
+        if not isinstance(action, Restore):
+            continue
+        service = environment.service(action.service)
+        if not (service.migrations and service.migrations.path):
+            continue
+        container = next(c for c in observed[action.host].containers if c.name == action.container)
+        targets.setdefault((service.name, container.image or ""), (service, action.host))
+    if not targets:
+        return
+    with database_connection(environment.database, hosts) as dsn:
+        for (_, image_text), (service, host) in targets.items():
+            image = ImageRef.parse(image_text)
+            shipped = read_image_migrations(hosts[host], image, service.migrations.path)
+            refuse_older_release(dsn, replace(service, image=image), shipped)

@@ -90,3 +90,11 @@ def test_contract_waits_for_flag_and_soak_then_runs_and_blocks_older_releases(fl
     assert "reconciler db restore" in message
     assert (containers(fleet, db_env.env), columns(db_env.dsn, "notes"), fingerprint(db_env.dsn)) == before
     assert serving(fleet, PORT) == {h.name: "demo-web v2" for h in fleet.hosts}
+
+    # The emergency lever too: v1's retained containers may not come back.
+    from reconciler.cli import main
+
+    argv = ["rollback", "--repo", str(db_env.path), "--env", db_env.env, "--identity", db_env.identity, "--yes"]
+    assert main(argv) == 1
+    assert (containers(fleet, db_env.env), columns(db_env.dsn, "notes")) == before[:2]
+    assert serving(fleet, PORT) == {h.name: "demo-web v2" for h in fleet.hosts}

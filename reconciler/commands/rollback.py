@@ -25,7 +25,8 @@ def run(args) -> int:
     env = target.environment
     hosts = fleet.open_hosts(env.hosts, identity_file=target.identity_file, known_hosts_file=target.known_hosts_file, timeout=args.timeout)
     try:
-        plan = plan_rollback(env, fleet.observe_all(hosts), args.to_revision)
+        observed = fleet.observe_all(hosts)
+        plan = plan_rollback(env, observed, args.to_revision)
         print(report.plan_text(plan))
         missing = [f for f in plan.findings if f.kind == "no-rollback-target"]
         if missing:
@@ -36,6 +37,9 @@ def run(args) -> int:
         if plan.in_sync:
             print("rollback: every host already runs that version")
             return 0
+        from reconciler.contract import refuse_rollback_past_contracts
+
+        refuse_rollback_past_contracts(env, hosts, plan, observed)
         if not args.yes:
             if not (is_tty() and sys.stdin.isatty()):
                 raise StalledError("rollback: not on a terminal; pass --yes")
