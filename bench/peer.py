@@ -13,7 +13,12 @@ once into its own venv, ``/var/tmp/reconciler-bench-ansible``; the sandbox
 hosts share this machine's filesystem, so that venv's python is also the
 managed hosts' interpreter.
 
-Not measured yet: the one-service change with Ansible.
+The one-service change: image v1 <-> v2 of one service with a published
+port on the 3 hosts (recreate).  Ours: ``deploy.deploy_target`` (as in
+``deploy.py``: open, plan, pre-flight, stop-first, health verdict on every
+host).  Ansible: one ``docker_container`` task (image by digest,
+published port, ``state: started``), which recreates the container when
+the image differs and does not wait for health, so Ansible does less.
 """
 
 from __future__ import annotations
@@ -91,7 +96,68 @@ def run(reps: int = 2) -> list[Row]:
         cleanup(sb, f"{noop.ENV}-")
         subprocess.run(["rm", "-rf", str(work)], check=False)
     o, t = median(s.wall for s in ours), median(theirs)
-    return [Row("vs Ansible no-op check 3x20 (ours / ansible)", ms(o), ms(t), o / t, target_text, "n/a",
+    rows = [Row("vs Ansible no-op check 3x20 (ours / ansible)", ms(o), ms(t), o / t, target_text, "n/a",
                 f"median of {reps}; ansible-playbook --check, 20 community.docker.docker_container tasks, "
-                f"pipelining, 3 forks; ours = open+observe+plan; the one-service change with Ansible is not "
-                f"measured yet", {"ours": o, "baseline": t})]
+                f"pipelining, 3 forks; ours = open+observe+plan", {"ours": o, "baseline": t})]
+    return rows + [_change(sb, playbook_bin, env, reps)]
+
+
+CHANGE_ENV = "bench-peer"
+CHANGE_NAME = "bench-peer-ansible-web"
+PORT_OURS, PORT_ANSIBLE = 18332, 18333
+
+
+def _change(sb, playbook_bin: Path, env: dict, reps: int) -> Row:
+    """The same one-service change (v1 <-> v2, 3 hosts, published port) both ways."""
+    from bench import deploy
+
+    figure = "vs Ansible one-service change 3 hosts (ours / ansible)"
+    repo = env_repo(sb, CHANGE_ENV)
+    work = Path(tempfile.mkdtemp(prefix="bench-ansible-change-"))
+    inventory, _ = _files(sb, work, "unused", 0)
+
+    def play(image_ref: str) -> float:
+        name, _, digest = image_ref.rpartition("@")
+        pinned = f"{name.rsplit(':', 1)[0]}@{digest}"
+        book = work / "change.yml"
+        book.write_text("- hosts: fleet\n  gather_facts: false\n  tasks:\n"
+                        f'    - community.docker.docker_container: {{name: {CHANGE_NAME}, image: "{pinned}", '
+                        f'published_ports: ["{PORT_ANSIBLE}:8080"], state: started, stop_timeout: 2}}\n')
+        t0 = time.perf_counter()
+        out = subprocess.run([str(playbook_bin), "-i", str(inventory), str(book)], env=env, capture_output=True, text=True)
+        took = time.perf_counter() - t0
+        if out.returncode != 0:
+            raise RuntimeError("ansible-playbook failed: " + " / ".join((out.stdout + out.stderr).strip().splitlines()[-3:]))
+        return took
+
+    def ours_once(image_ref: str) -> float:
+        from reconciler.deploy import deploy_target
+
+        repo.commit(deploy.service_yaml(image_ref, PORT_OURS), message="peer change")
+        t0 = time.perf_counter()
+        result = deploy_target(repo.target(), report_progress=lambda *a, **k: None)
+        took = time.perf_counter() - t0
+        if result.outcome is None or result.outcome.result != "deployed":
+            raise RuntimeError(f"our deploy did not deploy: {result.outcome and result.outcome.failure}")
+        return took
+
+    ours, theirs = [], []
+    try:
+        images = [sb.images["v1"], sb.images["v2"]]
+        ours_once(images[0])  # both start from v1, untimed
+        play(images[0])
+        for i in range(reps * 2):
+            image = images[(i + 1) % 2]
+            ours.append(ours_once(image))
+            theirs.append(play(image))
+    except RuntimeError as exc:
+        return Row.na(figure, "report the ratio", str(exc))
+    finally:
+        cleanup(sb, f"{CHANGE_ENV}-")
+        cleanup(sb, CHANGE_NAME)
+        subprocess.run(["rm", "-rf", str(work)], check=False)
+    o, t = median(ours), median(theirs)
+    return Row(figure, ms(o), ms(t), o / t, "report the ratio", "n/a",
+               f"median of {len(ours)} (v1<->v2); ansible: one docker_container task, recreate on image change, "
+               f"no health wait; ours: deploy_target, stop-first, health verdict on every host",
+               {"ours": o, "baseline": t})
