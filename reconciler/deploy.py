@@ -11,7 +11,7 @@ from typing import Callable
 
 from reconciler import dbphase, fleet, report
 from reconciler.apply import Outcome, Reporter, run_plan
-from reconciler.commands._common import Target
+from reconciler.target import Target
 from reconciler.plan import Plan, plan_deploy
 
 

@@ -54,7 +54,7 @@ def _database(args, environment, pins: bytes | None):
     """The environment's DSN for this command, tunnelled through
     ``database.via_host``'s pinned SSH connection when it names one."""
     from reconciler import fleet
-    from reconciler.commands._common import _pinned_keys_file
+    from reconciler.target import pinned_keys_file
     from reconciler.dbphase import database_connection
     from reconciler.errors import StalledError
 
@@ -65,7 +65,7 @@ def _database(args, environment, pins: bytes | None):
             raise StalledError(f"database.via_host is {via}: pass --identity FILE (or set RECONCILER_IDENTITY) to reach it over SSH")
         if pins is None:
             raise StalledError(f"{environment.known_hosts} is missing: pin {via}'s key there")
-        hosts = fleet.open_hosts([environment.host(via)], identity_file=args.identity, known_hosts_file=_pinned_keys_file(pins))
+        hosts = fleet.open_hosts([environment.host(via)], identity_file=args.identity, known_hosts_file=pinned_keys_file(pins))
     try:
         with database_connection(environment.database, hosts) as dsn:
             yield dsn
