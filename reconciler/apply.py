@@ -108,11 +108,21 @@ class Executor:
 
     # ----------------------------------------------------------- running
     def preflight(self, plan: Plan) -> None:
-        """Engines answer and images are present; raises before any change."""
+        """Engines answer and images are present; raises before any change,
+        naming every host that failed (not only the first)."""
         needed = sorted({a.host for a in plan.actions})
-        self._parallel(needed, lambda h: self.hosts[h].ping(), "preflight")
+        pings = [Action(h, "", "engine answers") for h in needed]
+        errors = [exc for _, exc in self._per_host(pings, lambda a: self.hosts[a.host].ping()) if exc]
         pulls = [a for a in plan.actions if isinstance(a, Pull)]
-        self._parallel_actions(pulls, self._ensure_image)
+        if not errors:
+            for action, exc in self._per_host(pulls, self._ensure_image):
+                outcome = {"error": str(exc)} if exc else {"reason": action.reason}
+                self.report("failed" if exc else "done", step=action.step, host=action.host, service=action.service, **outcome)
+                errors += [exc] if exc else []
+        if len(errors) == 1:
+            raise errors[0]
+        if errors:
+            raise type(errors[0])(f"pre-flight failed on {len(errors)} hosts, nothing changed:\n" + "\n".join(map(str, errors)))
 
     def _ensure_image(self, action: Pull) -> None:
         driver = self.hosts[action.host]
@@ -164,17 +174,6 @@ class Executor:
             group = list(group)
             self._parallel_actions(group, self._run)
             outcome.steps.extend({"step": a.step, "host": a.host, "service": a.service} for a in group)
-
-    def _parallel(self, hosts: Sequence[str], fn, what: str) -> None:
-        futures = [(h, self.workers.submit(fn, h)) for h in hosts]
-        errors = []
-        for host, future in futures:
-            try:
-                future.result()
-            except ReconcilerError as exc:
-                errors.append(exc)
-        if errors:
-            raise errors[0]
 
     def _per_host(self, items: Sequence, fn, catch: type[Exception] = ReconcilerError) -> list[tuple[object, Exception | None]]:
         """Run ``fn`` on every item, hosts in parallel, one host's items in order.

@@ -436,3 +436,13 @@ def test_rollback_lever_without_a_target_on_some_host_is_a_finding(world):
     plan = plan_rollback(environment(web(V2)), world.observe(), "nope")
     assert {(f.host, f.kind) for f in plan.findings} == {(h, "no-rollback-target") for h in HOSTS}
     assert plan.actions == ()
+
+
+def test_preflight_names_every_host_that_failed(world):
+    before = deployed(world, web(V1))
+    world.hosts["h1"].fail("pull", error=EngineError)
+    world.hosts["h3"].fail("pull", error=EngineError)
+    with pytest.raises(EngineError) as raised:
+        world.apply(environment(web(V2)), "r2")
+    assert "2 hosts" in str(raised.value) and "h1" in str(raised.value) and "h3" in str(raised.value)
+    assert world.snapshot() == before
