@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 
 from reconciler import report
 from reconciler.commands._common import add_target_arguments, is_tty, load_target
@@ -21,17 +20,10 @@ def add_arguments(parser) -> None:
 
 
 def progress_printer():
-    start = time.monotonic()
+    """The run's live progress: a board on a terminal, plain lines otherwise."""
+    from reconciler.progress import for_terminal
 
-    def show(event: str, **fields) -> None:
-        elapsed = time.monotonic() - start
-        where = "/".join(str(fields[k]) for k in ("host", "service") if fields.get(k))
-        detail = fields.get("error") or fields.get("reason") or ""
-        if event == "rollback":
-            where, detail = "", f"rolling back on {', '.join(fields.get('hosts', []))}"
-        print(f"[{elapsed:6.1f}s] {event:<8} {fields.get('step', ''):<12} {where:<20} {detail}", flush=True)
-
-    return show
+    return for_terminal()
 
 
 def run(args) -> int:
