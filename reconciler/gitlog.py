@@ -347,6 +347,27 @@ def proven_image(repo: pygit2.Repository, env: str, service: str) -> tuple[str, 
     return best["digests"][service], best
 
 
+def healthy_since(repo: pygit2.Repository, env: str, service: str, image: str) -> float | None:
+    """Since when ``service`` has run ``image`` in ``env`` without a break.
+
+    Walks the deployment log back from the newest record while the service
+    kept that image, and returns the earliest such deploy's end: a commit
+    that changes only a flag (allow_contract) does not restart the soak.
+    """
+    ran = sorted(
+        (record for entry in history(repo, env=env, limit=10_000) for record in entry.records
+         if record.get("result") in RAN and service in record.get("digests", {})),
+        key=lambda record: record.get("finished") or 0,
+        reverse=True,
+    )
+    since = None
+    for record in ran:  # newest deploy first
+        if record["digests"][service] != image:
+            break
+        since = record.get("finished") or since
+    return since
+
+
 def iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts)) if ts else "-"
 

@@ -346,7 +346,12 @@ class _Run:
         record = gitlog.env_record(self.repo, self.commit, self.env)
         if not record or record.get("result") != "deployed" or "finished" not in record:
             return
-        for outcome in contract.run_contracts(environment, hosts, self.commit, healthy_since=record["finished"],
+        # The soak counts from when the running images started running, not
+        # from this commit (which may only have set allow_contract).
+        starts = [gitlog.healthy_since(self.repo, self.env, s.name, str(s.image)) for s in environment.services
+                  if s.migrations and s.migrations.allow_contract]
+        healthy_since = max((t for t in starts if t is not None), default=record["finished"])
+        for outcome in contract.run_contracts(environment, hosts, self.commit, healthy_since=healthy_since,
                                               now=self.ctx.clock(), report=self._reporter()):
             self.log("contract", service=outcome.service, state=outcome.state)
 

@@ -156,3 +156,15 @@ def test_history_command_prints_the_log_and_what_ran_at_a_moment(repo, capsys):
     assert "health check failed" in out and "changed: environments/staging/environment.yaml" in out
     assert main(["history", "--repo", repo.path, "--env", "staging", "--at", "1970-01-01T00:40:00Z"]) == 0
     assert f"ran {c1[:12]}" in capsys.readouterr().out
+
+
+def test_healthy_since_is_the_start_of_the_current_image_streak(repo):
+    v1, v2 = f"r/web:v1@{DIGEST1}", f"r/web:v2@{DIGEST2}"
+    c1 = commit(repo, files_for(), "v1")
+    c2 = commit(repo, files_for(DIGEST2, tag="v2"), "v2")
+    c3 = commit(repo, files_for(DIGEST2, tag="v2") | {"README": "allow contract"}, "allow_contract only")
+    gitlog.write_note(repo, c1, "staging", {"result": "deployed", "finished": 10, "digests": {"web": v1}})
+    gitlog.write_note(repo, c2, "staging", {"result": "deployed", "finished": 20, "digests": {"web": v2}})
+    gitlog.write_note(repo, c3, "staging", {"result": "deployed", "finished": 30, "digests": {"web": v2}})
+    assert gitlog.healthy_since(repo, "staging", "web", v2) == 20  # not 30: the flag commit kept v2
+    assert gitlog.healthy_since(repo, "staging", "web", v1) is None  # v1 is not what runs now
