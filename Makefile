@@ -6,12 +6,15 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup system demo test bench clean
 
-setup: $(STAMP)
+setup: system $(STAMP)
+
+# Debian packages first: the virtualenv needs python3-venv on a fresh machine.
+system:
 	@bash scripts/setup-system.sh
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml | system
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
