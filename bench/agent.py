@@ -31,7 +31,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.common import Row, cleanup, env_repo, log, median, ms, p
+from bench.common import Row, cleanup, env_repo, ms, p
 
 ENVS = ("bench-agent-a", "bench-agent-b", "bench-agent-c")
 P50_TARGET = 0.050

@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import REPO, Row, log, median, ms, ratio_row
+from bench.common import REPO, Row, log, median, ratio_row
 
 LIMIT = 1.05
 RSS_LIMIT = 1.10  # peak RSS at 500 MB within 10% of that at 100 MB

@@ -17,7 +17,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
-from bench.common import Row, Sample, close_engines, cleanup, env_repo, log, measured, median, ms, open_engines, \
+from bench.common import Row, Sample, close_engines, cleanup, env_repo, log, measured, median, open_engines, \
     ratio_row
 
 ENV = "bench-noop"

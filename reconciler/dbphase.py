@@ -163,8 +163,6 @@ def first_target(plan: Plan, service: Service) -> str:
 
 def run_phase(environment: Environment, plan: Plan, hosts: Mapping[str, Any], commit: str, *,
               store_dir: pathlib.Path | None = None, report: Reporter = _quiet) -> PhaseResult:
-    from reconciler import contract  # contract reads images through this module
-
     database = environment.database
     services = deployed_services(environment, plan)
     if database is None:
@@ -179,7 +177,7 @@ def run_phase(environment: Environment, plan: Plan, hosts: Mapping[str, Any], co
 
 
 def _run_phase(environment, services, database, dsn, plan, hosts, commit, store_dir, report) -> PhaseResult:
-    from reconciler import contract
+    from reconciler import contract  # imported here: contract imports this module
 
     files: list[MigrationFile] = []
     commands: list[tuple[Service, str]] = []

@@ -32,8 +32,7 @@ def deploy_target(
     timeout: float = 10.0,
 ) -> DeployResult:
     env = target.environment
-    hosts = fleet.open_hosts(env.hosts, identity_file=target.identity_file, known_hosts_file=target.known_hosts_file, timeout=timeout)
-    try:
+    with target.connect(timeout) as hosts:
         plan = plan_deploy(env, fleet.observe_all(hosts), target.revision)
         show_plan(plan)
         outcome = None
@@ -41,6 +40,4 @@ def deploy_target(
             outcome = run_plan(env, hosts, plan, report=report_progress, before_deploy=dbphase.DatabasePhase(env, hosts, target.revision, report=report_progress))
         unreachable: list[str] = []
         running = report.running_rows(env, fleet.observe_all(hosts, unreachable=unreachable))
-    finally:
-        fleet.close_hosts(hosts)
     return DeployResult(plan, outcome, running, unreachable)

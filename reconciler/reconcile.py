@@ -40,7 +40,6 @@ from reconciler.journal import (
     JournalState,
     Status,
     TouchedRecord,
-    atomic_write_json,
     read_status,
     write_status,
 )

@@ -4,6 +4,7 @@ with the keys that commit pins and the identity that reaches its hosts."""
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import tempfile
 from dataclasses import dataclass
@@ -20,6 +21,18 @@ class Target:
     repo: Path
     known_hosts_file: str
     identity_file: str
+
+    @contextlib.contextmanager
+    def connect(self, timeout: float = 10.0):
+        """Every host of the environment, opened with the commit's pins, closed after."""
+        from reconciler import fleet  # the adapter; this module stays free of SSH
+
+        hosts = fleet.open_hosts(self.environment.hosts, identity_file=self.identity_file,
+                                 known_hosts_file=self.known_hosts_file, timeout=timeout)
+        try:
+            yield hosts
+        finally:
+            fleet.close_hosts(hosts)
 
 
 def load_target(args) -> Target:

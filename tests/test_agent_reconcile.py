@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from agentrepo import DIGEST1, DIGEST2, DIGEST3, commit, env_yaml, files_for, init
+from agentrepo import DIGEST1, DIGEST2, DIGEST3, commit, files_for, init
 from fakes import NEVER_OK, World
 from reconciler import gitlog
 from reconciler.journal import Journal, read_status

@@ -11,7 +11,6 @@ import psycopg
 import pytest
 
 from reconciler.db import Backup, BackupFailed, backup, list_backups, prune_backups, verify
-from reconciler.db.connection import with_database
 from reconciler.db.testing import can_run_cluster, scratch_cluster
 from reconciler.errors import StalledError
 

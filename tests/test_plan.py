@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import pytest
 
 from reconciler import model
 from reconciler.model import Environment, HealthCheck, Host, Policy, PortMapping, Rollout, Service

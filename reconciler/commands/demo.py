@@ -6,7 +6,7 @@ import argparse
 import urllib.request
 from pathlib import Path
 
-from reconciler import fleet, report
+from reconciler import report
 from reconciler.commands._common import load_target
 from reconciler.commands.apply import print_result, progress_printer
 
@@ -41,12 +41,9 @@ def run(args: argparse.Namespace) -> int:
         argparse.Namespace(repo=str(repo), env=args.env or demo.DEMO_ENVIRONMENT, rev="HEAD", identity=sandbox.identity_file, worktree=False)
     )
     env = target.environment
-    hosts = fleet.open_hosts(env.hosts, identity_file=target.identity_file, known_hosts_file=target.known_hosts_file)
-    try:
+    with target.connect() as hosts:
         for made in demo.provision_secret_files(hosts, env):
             print(f"provisioned secret file {made} (an operator's job on real hosts)")
-    finally:
-        fleet.close_hosts(hosts)
     result = deploy_target(target, report_progress=progress_printer(), show_plan=lambda plan: print(report.plan_text(plan)))
     code = print_result(target, result)
     print("what each host serves:")

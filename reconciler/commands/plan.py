@@ -20,11 +20,8 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     target = load_target(args)
     env = target.environment
-    hosts = fleet.open_hosts(env.hosts, identity_file=target.identity_file, known_hosts_file=target.known_hosts_file, timeout=args.timeout)
-    try:
+    with target.connect(args.timeout) as hosts:
         observed = fleet.observe_all(hosts)
-    finally:
-        fleet.close_hosts(hosts)
     plan = plan_deploy(env, observed, target.revision)
     print(report.plan_json(plan) if args.json else report.plan_text(plan))
     return EXIT_IN_SYNC if plan.in_sync else EXIT_CHANGES

@@ -23,8 +23,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     target = load_target(args)
     env = target.environment
-    hosts = fleet.open_hosts(env.hosts, identity_file=target.identity_file, known_hosts_file=target.known_hosts_file, timeout=args.timeout)
-    try:
+    with target.connect(args.timeout) as hosts:
         observed = fleet.observe_all(hosts)
         plan = plan_rollback(env, observed, args.to_revision)
         print(report.plan_text(plan))
@@ -47,14 +46,15 @@ def run(args) -> int:
                 print("rollback: cancelled, nothing changed")
                 return 1
         outcome = run_plan(env, hosts, plan, report=progress_printer())
-        rows = report.running_rows(env, fleet.observe_all(hosts))
-    finally:
-        fleet.close_hosts(hosts)
+        unreachable: list[str] = []
+        rows = report.running_rows(env, fleet.observe_all(hosts, unreachable=unreachable))
     print(f"rollback: {outcome.result}")
     if outcome.failure:
         print(f"failure: {outcome.failure}")
     print("now running:")
     print(report.running_text(rows))
+    for host in unreachable:
+        print(f"  {host:<8} UNREACHABLE: not observed after the rollback")
     if outcome.result == "deployed":
         print(
             f"note: the hosts now differ from {target.revision[:12]}, which git says should run; "

@@ -19,11 +19,8 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     target = load_target(args)
     env = target.environment
-    hosts = fleet.open_hosts(env.hosts, identity_file=target.identity_file, known_hosts_file=target.known_hosts_file, timeout=args.timeout)
-    try:
+    with target.connect(args.timeout) as hosts:
         rows = report.running_rows(env, fleet.observe_all(hosts))
-    finally:
-        fleet.close_hosts(hosts)
     if args.json:
         print(json.dumps(rows, indent=2, sort_keys=True))
     else:
