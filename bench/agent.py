@@ -106,7 +106,7 @@ def _proc_rss_mb(pid: int) -> float:
 
 def run(pushes: int = 50, idle_seconds: float = 60.0, gap: float = 1.2) -> list[Row]:
     from bench.common import sandbox
-    from reconciler.cli import main as cli
+    from reconciler.cli.main import main as cli
 
     sb = sandbox()
     work = env_repo(sb, ENVS[0])

@@ -1,6 +1,6 @@
 """Figure: the pre-deploy backup of a database of at least 500 MB.
 
-Ours: ``reconciler.db.backup`` (pg_dump -Fc -Z1 streamed through the agent's
+Ours: ``reconciler.adapters.db.backup`` (pg_dump -Fc -Z1 streamed through the agent's
 process: hashed while written, fsynced, sidecar), run in a fresh Python
 process so its peak RSS is the agent's memory for the backup.
 Baseline: ``pg_dump -Fc -Z1 -f FILE`` by hand on the same database (the same
@@ -33,7 +33,7 @@ CHUNK_ROWS = 1_000_000
 
 
 def _dsn_for(dsn: str, db: str) -> str:
-    from reconciler.db.connection import with_database
+    from reconciler.adapters.db.connection import with_database
 
     return with_database(dsn, db)
 
@@ -82,7 +82,7 @@ def drop_cached() -> None:
 _CHILD = """
 import json, pathlib, resource, sys, time
 sys.path.insert(0, sys.argv[3])
-from reconciler.db import backup
+from reconciler.adapters.db import backup
 t0 = time.perf_counter()
 item = backup(sys.argv[1], pathlib.Path(sys.argv[2]), commit="0" * 40, environment="bench")
 wall = time.perf_counter() - t0
@@ -100,7 +100,7 @@ def ours_once(dsn: str, store: Path) -> dict:
 
 
 def baseline_once(dsn: str, store: Path) -> dict:
-    from reconciler.db.connection import tool, tool_env
+    from reconciler.adapters.db.connection import tool, tool_env
 
     store.mkdir(parents=True, exist_ok=True)
     path = store / "by-hand.dump"
@@ -136,7 +136,7 @@ def run(reps: int = 2, size_mb: int = 500, small_mb: int = 100) -> list[Row]:
     dump_mb = ours[0]["size"] / 1e6
     return [
         ratio_row(f"backup {size_mb} MB DB (dump {dump_mb:.0f} MB)", o, b, LIMIT,
-                  note=f"median of {reps}; ours = reconciler.db.backup in its own process; baseline = "
+                  note=f"median of {reps}; ours = reconciler.adapters.db.backup in its own process; baseline = "
                        f"pg_dump -Fc -Z1 -f by hand (same archive settings); CPU of the agent-side process "
                        f"(read pipe, sha256, write, fsync, incl. interpreter start) "
                        f"{median(r['cpu'] for r in ours):.2f} s per backup"),

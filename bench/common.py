@@ -129,8 +129,8 @@ def open_engines(sb, hosts=None) -> dict:
     the same transport the product uses, without the product around it."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from reconciler.hosts import DockerHost
-    from reconciler.ssh import connect
+    from reconciler.adapters.hosts import DockerHost
+    from reconciler.adapters.ssh import connect
 
     hosts = list(hosts or sb.hosts)
 

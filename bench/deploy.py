@@ -42,7 +42,7 @@ def service_yaml(image: str, port: int = PORT_DEPLOY) -> str:
 
 
 def ours_once(repo, image: str) -> None:
-    from reconciler.deploy import deploy_target
+    from reconciler.engine.deploy import deploy_target
 
     repo.commit(service_yaml(image), message=f"web {image.split(':')[-1][:20]}")
     target = repo.target()
@@ -130,9 +130,9 @@ def profile_deploy(repo, image: str) -> dict:
 
     import requests
 
-    from reconciler import deploy as deploy_mod
-    from reconciler import fleet
-    from reconciler.hosts import DockerHost
+    from reconciler.engine import deploy as deploy_mod
+    from reconciler.adapters import fleet
+    from reconciler.adapters.hosts import DockerHost
 
     counts: collections.Counter = collections.Counter()
     phases: dict[str, float] = collections.defaultdict(float)

@@ -40,7 +40,7 @@ def services_yaml(image: str, count: int = SERVICES) -> str:
 
 
 def deploy_services(sb, repo) -> None:
-    from reconciler.deploy import deploy_target
+    from reconciler.engine.deploy import deploy_target
 
     repo.commit(services_yaml(sb.images["v1"]), message="20 tiny services")
     t0 = time.perf_counter()
@@ -51,8 +51,8 @@ def deploy_services(sb, repo) -> None:
 
 
 def ours_once(target, hosts_already=None) -> None:
-    from reconciler import fleet
-    from reconciler.plan import plan_deploy
+    from reconciler.adapters import fleet
+    from reconciler.core.plan import plan_deploy
 
     env = target.environment
     hosts = hosts_already or fleet.open_hosts(env.hosts, identity_file=target.identity_file,
@@ -73,7 +73,7 @@ def baseline_once(engines: dict) -> None:
 
 
 def _measure(target, engines: dict, reps: int) -> tuple[list[Sample], list[Sample], list[Sample]]:
-    from reconciler import fleet
+    from reconciler.adapters import fleet
 
     ours, warm, base = [], [], []
     env = target.environment
@@ -151,7 +151,7 @@ def run_fifty(sb, reps: int, total: int = 50) -> list[Row]:
 
 
 def _access(e, sb, known_hosts: str):
-    from reconciler.ssh import SSHAccess
+    from reconciler.adapters.ssh import SSHAccess
 
     return lambda timeout=10.0: SSHAccess(host=e.name, address=e.address, port=e.port, user=e.user,
                                           identity_file=sb.identity_file, known_hosts_file=known_hosts,

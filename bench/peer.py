@@ -131,7 +131,7 @@ def _change(sb, playbook_bin: Path, env: dict, reps: int) -> Row:
         return took
 
     def ours_once(image_ref: str) -> float:
-        from reconciler.deploy import deploy_target
+        from reconciler.engine.deploy import deploy_target
 
         repo.commit(deploy.service_yaml(image_ref, PORT_OURS), message="peer change")
         t0 = time.perf_counter()

@@ -41,7 +41,7 @@ def service_yaml(image: str) -> str:
 
 
 def ours_once(repo) -> tuple[float, dict]:
-    from reconciler.deploy import deploy_target
+    from reconciler.engine.deploy import deploy_target
 
     events: list[tuple[float, str, dict]] = []
 
@@ -109,7 +109,7 @@ def run(reps: int = 5) -> list[Row]:
     ours, base, to_event = [], [], []
     try:
         repo.commit(service_yaml(sb.images["v1"]), message="web v1")
-        from reconciler.deploy import deploy_target
+        from reconciler.engine.deploy import deploy_target
 
         first = deploy_target(repo.target(), report_progress=lambda *a, **k: None)
         if first.outcome is None or first.outcome.result != "deployed":

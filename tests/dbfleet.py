@@ -20,7 +20,7 @@ import psycopg
 import pygit2
 from psycopg import sql as pgsql
 
-from reconciler.db.connection import with_database
+from reconciler.adapters.db.connection import with_database
 from reconciler.sandbox import images
 from tests.envrepo import EnvRepo
 

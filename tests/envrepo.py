@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pygit2
 
-from reconciler.target import Target, load_target
+from reconciler.engine.target import Target, load_target
 
 _SIG = pygit2.Signature("test author", "author@reconciler.invalid")
 

@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping, Union
 
 from reconciler.errors import EngineError, HostUnreachable, ReconcilerError
-from reconciler.health import CheckResult
-from reconciler.hosts import container_labels
-from reconciler.model import ContainerSpec, HealthCheck, ImageRef, ObservedContainer, ObservedHost, Service
+from reconciler.core.health import CheckResult
+from reconciler.adapters.hosts import container_labels
+from reconciler.core.model import ContainerSpec, HealthCheck, ImageRef, ObservedContainer, ObservedHost, Service
 
 # A probe script maps the container's probe number (0, 1, ...) to what that
 # probe sees: True (passes), False (fails) or "exit" (the process exits).
@@ -370,12 +370,12 @@ class World:
         return {name: host.observe() for name, host in self.hosts.items()}
 
     def plan(self, env, revision: str = "r1"):
-        from reconciler.plan import plan_deploy
+        from reconciler.core.plan import plan_deploy
 
         return plan_deploy(env, self.observe(), revision)
 
     def executor(self, env, revision: str = "r1", **kwargs):
-        from reconciler.apply import Executor
+        from reconciler.engine.executor import Executor
 
         return Executor(env, self.hosts, revision, clock=self.clock, sleep=self.clock.sleep, **kwargs)
 

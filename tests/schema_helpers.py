@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import textwrap
 
-from reconciler.schema import Snapshot
+from reconciler.core.schema import Snapshot
 
 DIGEST = "sha256:" + "ab" * 32
 KNOWN_HOSTS = "# pinned keys\n"

@@ -14,8 +14,8 @@ from pathlib import Path
 import pygit2
 import pytest
 
-from reconciler import gitlog
-from reconciler.cli import main
+from reconciler.adapters import gitlog
+from reconciler.cli.main import main
 from tests.envrepo import make_env_repo, remove_containers, serving
 
 pytestmark = [pytest.mark.fleet, pytest.mark.slow]
@@ -99,8 +99,8 @@ def test_push_deploys_and_a_never_healthy_push_is_reverted_not_retried(fleet, se
 
 KILLER = """
 import os, signal, sys
-from reconciler import fleet
-from reconciler.reconcile import Context, fleet_opener, reconcile
+from reconciler.adapters import fleet
+from reconciler.engine.reconcile import Context, fleet_opener, reconcile
 n = int(sys.argv[4]); count = [0]
 def hook(what):
     count[0] += 1

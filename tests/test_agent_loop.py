@@ -7,8 +7,8 @@ import io
 import json
 import threading
 
-from reconciler.agent import EnvLoop, Timing, backoff, make_logger
-from reconciler.reconcile import Result
+from reconciler.agent.loop import EnvLoop, Timing, backoff, make_logger
+from reconciler.engine.reconcile import Result
 
 
 class Clock:

@@ -8,11 +8,11 @@ import pytest
 
 from agentrepo import DIGEST1, DIGEST2, DIGEST3, commit, files_for, init
 from fakes import NEVER_OK, World
-from reconciler import gitlog
-from reconciler.journal import Journal, read_status
-from reconciler.locks import Locks
-from reconciler.model import ImageRef
-from reconciler.reconcile import Context, reconcile
+from reconciler.adapters import gitlog
+from reconciler.adapters.journal import Journal, read_status
+from reconciler.adapters.locks import Locks
+from reconciler.core.model import ImageRef
+from reconciler.engine.reconcile import Context, reconcile
 
 REPO = "registry.example:5000/demo/web"
 V1 = ImageRef.parse(f"{REPO}:v1@{DIGEST1}")

@@ -6,7 +6,7 @@ import queue
 import subprocess
 
 from agentrepo import commit, files_for, init
-from reconciler.triggers import NudgeSocket, RefWatcher, send_nudge
+from reconciler.agent.triggers import NudgeSocket, RefWatcher, send_nudge
 
 
 def test_a_nudge_reaches_the_listener_and_none_listening_is_reported(tmp_path):

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from reconciler.errors import UnknownHostKey
-from reconciler.fleet import ConnectionCache
-from reconciler.model import Environment, Host
+from reconciler.adapters.fleet import ConnectionCache
+from reconciler.core.model import Environment, Host
 
 pytestmark = pytest.mark.fleet
 

@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from reconciler import fleet as fleet_hosts
-from reconciler.contract import ContractRollbackRefused, run_contracts
-from reconciler.db import list_backups
-from reconciler.deploy import deploy_target
+from reconciler.adapters import fleet as fleet_hosts
+from reconciler.engine.contract import ContractRollbackRefused, run_contracts
+from reconciler.adapters.db import list_backups
+from reconciler.engine.deploy import deploy_target
 from tests.dbfleet import columns, create_database, drop_database, fingerprint, make_db_env_repo, migrating_image, sql, web
 from tests.envrepo import containers, remove_containers, serving
 
@@ -92,7 +92,7 @@ def test_contract_waits_for_flag_and_soak_then_runs_and_blocks_older_releases(fl
     assert serving(fleet, PORT) == {h.name: "demo-web v2" for h in fleet.hosts}
 
     # The emergency lever too: v1's retained containers may not come back.
-    from reconciler.cli import main
+    from reconciler.cli.main import main
 
     argv = ["rollback", "--repo", str(db_env.path), "--env", db_env.env, "--identity", db_env.identity, "--yes"]
     assert main(argv) == 1

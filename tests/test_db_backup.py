@@ -10,8 +10,8 @@ import subprocess
 import psycopg
 import pytest
 
-from reconciler.db import Backup, BackupFailed, backup, list_backups, prune_backups, verify
-from reconciler.db.testing import can_run_cluster, scratch_cluster
+from reconciler.adapters.db import Backup, BackupFailed, backup, list_backups, prune_backups, verify
+from reconciler.adapters.db.testing import can_run_cluster, scratch_cluster
 from reconciler.errors import StalledError
 
 pytestmark = [
@@ -91,7 +91,7 @@ def test_failing_pg_dump_fails_cleanly(dsn: str, tmp_path: pathlib.Path,
     fake.write_text("#!/bin/sh\nhead -c 300000 /dev/urandom\n"
                     "echo 'pg_dump: error: connection to server lost' >&2\nexit 1\n")
     fake.chmod(0o755)
-    import reconciler.db.backups as module
+    import reconciler.adapters.db.backups as module
     real_tool = module.tool
     monkeypatch.setattr(module, "tool", lambda name: str(fake) if name == "pg_dump" else real_tool(name))
     store = tmp_path / "store"

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from reconciler import gitlog
-from reconciler.cli import main
-from reconciler.db import list_backups
-from reconciler.dbphase import take_verified_backup
+from reconciler.adapters import gitlog
+from reconciler.cli.main import main
+from reconciler.adapters.db import list_backups
+from reconciler.engine.dbphase import take_verified_backup
 from tests.dbfleet import create_database, drop_database, fingerprint, make_db_env_repo, sql
 
 pytestmark = [pytest.mark.fleet]

@@ -7,11 +7,11 @@ import threading
 import psycopg
 import pytest
 
-import reconciler.db as db
-from reconciler.db import MigrationFailed, applied_migrations, apply_expand, check_expand_on_scratch, pending
-from reconciler.db.connection import with_database
-from reconciler.db.testing import can_run_cluster, scratch_cluster
-from reconciler.migrations import MigrationError, MigrationRefused, parse_files
+import reconciler.adapters.db as db
+from reconciler.adapters.db import MigrationFailed, applied_migrations, apply_expand, check_expand_on_scratch, pending
+from reconciler.adapters.db.connection import with_database
+from reconciler.adapters.db.testing import can_run_cluster, scratch_cluster
+from reconciler.core.migrations import MigrationError, MigrationRefused, parse_files
 
 pytestmark = [
     pytest.mark.fleet,

@@ -9,7 +9,7 @@ import stat
 import psycopg
 import pytest
 
-from reconciler.db.testing import can_run_cluster, free_port, scratch_cluster
+from reconciler.adapters.db.testing import can_run_cluster, free_port, scratch_cluster
 from reconciler.sandbox import postgres
 
 pytestmark = [

@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from reconciler import fleet as hosts_fleet
-from reconciler.db import backup, verify
-from reconciler.db.tunnel import tunnel_for
-from reconciler.model import Host
+from reconciler.adapters import fleet as hosts_fleet
+from reconciler.adapters.db import backup, verify
+from reconciler.adapters.db.tunnel import tunnel_for
+from reconciler.core.model import Host
 from tests.dbfleet import columns, create_database, drop_database, make_db_env_repo, migrating_image, sql, web
 from tests.envrepo import remove_containers, serving
 from tests.test_dbphase_fleet import ADD_TAG, deploy
@@ -56,7 +56,7 @@ def test_a_deploy_with_via_host_backs_up_and_migrates_through_the_tunnel(fleet, 
     sql(dsn, "CREATE TABLE notes (id int PRIMARY KEY, body text NOT NULL)")
     monkeypatch.setenv("RECONCILER_BACKUP_DIR", str(tmp_path / "backups"))
     repo = make_db_env_repo(tmp_path / "envrepo", fleet, name, _bridge_dsn(dsn))
-    from reconciler.db import tunnel
+    from reconciler.adapters.db import tunnel
 
     carried = []
     real_carry = tunnel.Tunnel._carry

@@ -11,9 +11,9 @@ import subprocess
 
 import pytest
 
-from reconciler import dbphase
-from reconciler.db import BackupFailed, list_backups
-from reconciler.deploy import deploy_target
+from reconciler.engine import dbphase
+from reconciler.adapters.db import BackupFailed, list_backups
+from reconciler.engine.deploy import deploy_target
 from tests.dbfleet import columns, create_database, drop_database, fingerprint, make_db_env_repo, migrating_image, sql, web
 from tests.envrepo import containers, remove_containers, serving
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from reconciler.db import list_backups, verify
-from reconciler.deploy import deploy_target
+from reconciler.adapters.db import list_backups, verify
+from reconciler.engine.deploy import deploy_target
 from tests.dbfleet import columns, create_database, drop_database, fingerprint, make_db_env_repo, migrating_image, sql, web
 from tests.envrepo import containers, remove_containers, serving
 

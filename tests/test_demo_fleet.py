@@ -6,7 +6,7 @@ from __future__ import annotations
 import pygit2
 import pytest
 
-from reconciler.cli import main
+from reconciler.cli.main import main
 from tests.envrepo import serving
 
 pytestmark = pytest.mark.fleet

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from reconciler.cli import main
-from reconciler.deploy import deploy_target
+from reconciler.cli.main import main
+from reconciler.engine.deploy import deploy_target
 from reconciler.errors import HostUnreachable
 from tests.envrepo import containers, make_env_repo, remove_containers, serving
 

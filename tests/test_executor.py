@@ -12,10 +12,10 @@ from dataclasses import replace
 import pytest
 
 from fakes import NEVER_OK, World, exits_after, image, ok_for
-from reconciler import model
+from reconciler.core import model
 from reconciler.errors import EngineError, HostUnreachable, RollbackFailed
-from reconciler.model import Environment, HealthCheck, Host, Policy, PortMapping, Rollout, Service
-from reconciler.plan import Plan
+from reconciler.core.model import Environment, HealthCheck, Host, Policy, PortMapping, Rollout, Service
+from reconciler.core.plan import Plan
 
 ENV = "prod"
 HOSTS = ("h1", "h2", "h3")
@@ -400,7 +400,7 @@ def test_rollback_verifies_the_old_version_with_its_own_health_check(world):
 
 
 def _rollback(world: World, env, to_revision=None):
-    from reconciler.plan import plan_rollback
+    from reconciler.core.plan import plan_rollback
 
     plan = plan_rollback(env, world.observe(), to_revision)
     return plan, world.executor(env, plan.revision).apply(plan)
@@ -431,7 +431,7 @@ def test_rollback_lever_that_fails_its_check_puts_everything_back(world):
 def test_rollback_lever_without_a_target_on_some_host_is_a_finding(world):
     world.apply(environment(web(V1)), "r1")
     world.apply(environment(web(V2)), "r2")
-    from reconciler.plan import plan_rollback
+    from reconciler.core.plan import plan_rollback
 
     plan = plan_rollback(environment(web(V2)), world.observe(), "nope")
     assert {(f.host, f.kind) for f in plan.findings} == {(h, "no-rollback-target") for h in HOSTS}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pygit2
 import pytest
 
-from reconciler import gitlog
+from reconciler.adapters import gitlog
 from agentrepo import DIGEST1, DIGEST2, commit, env_yaml, files_for, init, read
 
 
@@ -113,7 +113,7 @@ def test_parse_time():
 
 
 def test_promote_copies_the_proven_digest_keeping_comments(repo, capsys):
-    from reconciler.cli import main
+    from reconciler.cli.main import main
 
     base = commit(repo, {**files_for(env="staging"), **files_for(env="production")}, "both v1")
     staged = commit(repo, files_for(DIGEST2, tag="v2", env="staging"), "staging v2")
@@ -144,7 +144,7 @@ def test_revert_is_an_ordinary_commit_keeping_the_file_as_written(repo):
 
 
 def test_history_command_prints_the_log_and_what_ran_at_a_moment(repo, capsys):
-    from reconciler.cli import main
+    from reconciler.cli.main import main
 
     c1 = commit(repo, files_for(), "web v1", when=1000)
     gitlog.write_note(repo, c1, "staging", {"result": "deployed", "started": 1001, "finished": 1002, "digests": {"web": "r/web:v1"}})

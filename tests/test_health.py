@@ -1,7 +1,7 @@
 """health.judge and next_check_at: verdicts from check results, with a given clock."""
 
-from reconciler.health import EVIDENCE_KEPT, CheckResult, Verdict, judge, next_check_at
-from reconciler.model import HealthCheck
+from reconciler.core.health import EVIDENCE_KEPT, CheckResult, Verdict, judge, next_check_at
+from reconciler.core.model import HealthCheck
 
 CHECK = HealthCheck(kind="http", port=80, interval=1.0, successes=3, deadline=10.0)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from agentrepo import DIGEST2, env_yaml, files_for
-from reconciler.cli import main
+from reconciler.cli.main import main
 
 
 def git(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:

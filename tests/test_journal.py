@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from reconciler import journal as j
+from reconciler.adapters import journal as j
 
 
 def test_atomic_write_leaves_old_content_when_the_write_fails(tmp_path, monkeypatch):

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from reconciler.errors import LockHeld
-from reconciler.locks import Locks
+from reconciler.adapters.locks import Locks
 
 
 class Clock:

@@ -8,7 +8,7 @@ import pathlib
 import pytest
 
 from reconciler.errors import StalledError
-from reconciler.migrations import (
+from reconciler.core.migrations import (
     MigrationError,
     MigrationFile,
     MigrationRefused,
@@ -156,7 +156,7 @@ def test_lines_count_characters_not_bytes() -> None:
 
 
 def test_module_is_pure() -> None:
-    source = pathlib.Path(__file__).parents[1] / "reconciler" / "migrations.py"
+    source = pathlib.Path(__file__).parents[1] / "reconciler" / "core" / "migrations.py"
     imported = set()
     for node in pyast.walk(pyast.parse(source.read_text())):
         if isinstance(node, pyast.Import):
@@ -167,7 +167,7 @@ def test_module_is_pure() -> None:
 
 
 def test_read_migrations_reads_a_directory(tmp_path: pathlib.Path) -> None:
-    from reconciler.db import read_migrations
+    from reconciler.adapters.db import read_migrations
 
     (tmp_path / "0002_b.contract.sql").write_text("DROP TABLE a;")
     (tmp_path / "0001_a.expand.sql").write_text("CREATE TABLE a (id int);")

@@ -11,8 +11,8 @@ import urllib.request
 import pygit2
 import pytest
 
-from reconciler import mirror
-from reconciler.triggers import Webhook
+from reconciler.agent import mirror
+from reconciler.agent.triggers import Webhook
 
 SIG = pygit2.Signature("someone", "someone@reconciler.invalid")
 
@@ -82,7 +82,7 @@ def test_the_webhook_pokes_and_other_paths_are_refused():
 
 
 def test_a_poked_tracker_syncs_and_the_ref_watcher_wakes_the_agent(repos):
-    from reconciler.triggers import RefWatcher, RemoteTracker
+    from reconciler.agent.triggers import RefWatcher, RemoteTracker
 
     hosted, local = repos
     woken = threading.Event()

@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 
-from reconciler import model
-from reconciler.model import Environment, HealthCheck, Host, Policy, PortMapping, Rollout, Service
-from reconciler.plan import (
+from reconciler.core import model
+from reconciler.core.model import Environment, HealthCheck, Host, Policy, PortMapping, Rollout, Service
+from reconciler.core.plan import (
     CheckHealth,
     Finding,
     Heal,

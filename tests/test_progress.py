@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from reconciler.progress import Board, for_terminal, plain_lines
+from reconciler.cli.progress import Board, for_terminal, plain_lines
 
 
 class Clock:

@@ -14,12 +14,12 @@ import pytest
 
 FORBIDDEN = ("docker", "fabric", "paramiko", "pygit2", "subprocess", "socket", "invoke")
 REQUIRED = (
-    "reconciler.model",
-    "reconciler.schema",
-    "reconciler.plan",
-    "reconciler.health",
-    "reconciler.report",
-    "reconciler.migrations",
+    "reconciler.core.model",
+    "reconciler.core.schema",
+    "reconciler.core.plan",
+    "reconciler.core.health",
+    "reconciler.core.report",
+    "reconciler.core.migrations",
     "reconciler.errors",
 )
 OPTIONAL = ()
@@ -41,7 +41,7 @@ def _core_files() -> list[Path]:
         assert spec is not None and spec.origin, name
         origin = Path(spec.origin)
         files += [origin] if origin.name != "__init__.py" else sorted(origin.parent.glob("*.py"))
-    return files + sorted(PACKAGE.glob("schema_*.py"))
+    return sorted(set(files) | set((PACKAGE / "core").glob("*.py")))
 
 
 def test_the_required_core_exists():

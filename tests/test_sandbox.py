@@ -128,8 +128,8 @@ def test_without_root_up_says_root_is_needed(monkeypatch) -> None:
 
 
 def _engine(host):
-    from reconciler.hosts import engine_client
-    from reconciler.ssh import connect
+    from reconciler.adapters.hosts import engine_client
+    from reconciler.adapters.ssh import connect
 
     conn = connect(host.ssh_access())
     return conn, engine_client(conn, host=host.name)
@@ -196,7 +196,7 @@ def test_image_by_digest_runs_on_two_hosts_with_the_same_version(fleet) -> None:
 
 @pytest.mark.fleet
 def test_a_host_whose_key_differs_from_the_pinned_one_is_refused(fleet, tmp_path) -> None:
-    from reconciler.ssh import connect
+    from reconciler.adapters.ssh import connect
 
     h1 = fleet.hosts[0]
     # Pin h2's key (a valid key, but not h1's) for h1's address.

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import model
-from reconciler.schema import list_environments, load_environment, validate
-from reconciler.source import snapshot_worktree
+from reconciler.core import model
+from reconciler.core.schema import list_environments, load_environment, validate
+from reconciler.adapters.source import snapshot_worktree
 from schema_helpers import DIGEST, ENV, snapshot
 
 REPO = Path(__file__).resolve().parents[1]

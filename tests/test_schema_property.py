@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reconciler.errors import InvalidDesiredState
-from reconciler.schema import load_environment, validate
+from reconciler.core.schema import load_environment, validate
 from schema_helpers import ENV, snapshot
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from reconciler.errors import InvalidDesiredState
-from reconciler.schema import MAX_FILE_BYTES, Snapshot, load_environment, validate
+from reconciler.core.schema import MAX_FILE_BYTES, Snapshot, load_environment, validate
 from schema_helpers import DIGEST, ENV, KNOWN_HOSTS, env_with, snapshot
 
 F = "environments/test/environment.yaml"

@@ -6,8 +6,8 @@ import os
 import pygit2
 import pytest
 
-from reconciler.schema import MAX_FILE_BYTES, validate
-from reconciler.source import SourceError, head_commit, snapshot_commit, snapshot_worktree
+from reconciler.core.schema import MAX_FILE_BYTES, validate
+from reconciler.adapters.source import SourceError, head_commit, snapshot_commit, snapshot_worktree
 from schema_helpers import ENV, KNOWN_HOSTS
 
 SIGNATURE = pygit2.Signature("test", "test@example.invalid")
@@ -121,7 +121,7 @@ def test_snapshot_worktree(tmp_path):
 
 
 def test_snapshot_is_read_only():
-    from reconciler.schema import Snapshot
+    from reconciler.core.schema import Snapshot
 
     snap = Snapshot(files={"a": b"1"})
     with pytest.raises(TypeError):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pygit2
 
-from reconciler.cli import main
+from reconciler.cli.main import main
 from schema_helpers import DIGEST
 
 REPO = Path(__file__).resolve().parents[1]

@@ -27,8 +27,8 @@ class SandboxHost:
     netns: str
 
     def ssh_access(self, timeout: float = 10.0):
-        """The ``reconciler.ssh.SSHAccess`` that reaches this host."""
-        from reconciler.ssh import SSHAccess  # imported late: keeps ``load`` free of paramiko
+        """The ``reconciler.adapters.ssh.SSHAccess`` that reaches this host."""
+        from reconciler.adapters.ssh import SSHAccess  # imported late: keeps ``load`` free of paramiko
 
         return SSHAccess(host=self.name, address=self.address, port=self.port, user=self.user,
                          identity_file=self.identity_file, known_hosts_file=self.known_hosts_file,

@@ -1,0 +1,225 @@
+"""Pre-deploy backups: dump, verify, list, prune.
+
+A backup is ``<store>/<db>/<UTC time>_<commit12>_pre-deploy.dump`` (``pg_dump
+-Fc -Z1``: about twice as fast as the default compression for a 3% larger
+file) with a JSON sidecar of the same name ending ``.json``.  The sidecar is
+written last, so a dump without one is incomplete and never listed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+import pathlib
+import re
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+
+import psycopg
+
+from reconciler.adapters.db.connection import database_name, redacted, tool, tool_env
+from reconciler.errors import StalledError
+
+_CHUNK = 1 << 20
+_NAME_RE = re.compile(r"^(\d{8}T\d{6}\.\d{3}Z)_([0-9a-f]{1,12}|nocommit)_pre-deploy\.dump$")
+
+
+class BackupFailed(StalledError):
+    """A backup could not be taken or does not verify: no migration, no deploy."""
+
+
+@dataclass(frozen=True)
+class Backup:
+    """One verified-or-not dump and what its sidecar says about it."""
+
+    path: pathlib.Path
+    database: str
+    commit: str
+    environment: str
+    size: int
+    duration: float  # seconds pg_dump took
+    sha256: str
+    server_version: str
+    created: str  # ISO 8601, UTC
+
+    @property
+    def sidecar(self) -> pathlib.Path:
+        return _sidecar_of(self.path)
+
+    @classmethod
+    def load(cls, sidecar: pathlib.Path) -> "Backup":
+        data = json.loads(sidecar.read_text())
+        dump = sidecar.with_name(sidecar.name[: -len(".json")])
+        fields = {f.name for f in dataclasses.fields(cls)} - {"path"}
+        return cls(path=dump, **{k: data[k] for k in fields})
+
+
+def backup(dsn: str, store_dir: pathlib.Path, *, commit: str, environment: str) -> Backup:
+    """Dump the database to the store, streamed, hashed while written.
+
+    Raises BackupFailed naming the cause (pg_dump's own message, a full disk)
+    and leaves no partial file behind.
+    """
+    db = database_name(dsn)
+    target_dir = pathlib.Path(store_dir) / db
+    try:
+        target_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BackupFailed(f"cannot create backup directory {target_dir}: {exc}") from exc
+    server_version = _server_version(dsn)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    stamp = now.strftime("%Y%m%dT%H%M%S.") + f"{now.microsecond // 1000:03d}Z"
+    final = target_dir / f"{stamp}_{(commit or 'nocommit')[:12]}_pre-deploy.dump"
+    started = time.monotonic()
+    sha, size = _dump_to(dsn, final)
+    duration = round(time.monotonic() - started, 3)
+    result = Backup(path=final, database=db, commit=commit, environment=environment, size=size,
+                    duration=duration, sha256=sha, server_version=server_version,
+                    created=now.isoformat())
+    sidecar = {k: v for k, v in dataclasses.asdict(result).items() if k != "path"}
+    try:
+        _write_atomic(result.sidecar, (json.dumps(sidecar, indent=2, sort_keys=True) + "\n").encode())
+    except OSError as exc:
+        final.unlink(missing_ok=True)
+        raise BackupFailed(f"writing {result.sidecar} failed: {exc}") from exc
+    return result
+
+
+def verify(item: Backup) -> None:
+    """Check the file against its sidecar, then restore it to nowhere.
+
+    ``pg_restore -l`` only reads the table of contents and passes truncated
+    archives; ``pg_restore -f /dev/null`` reads every block.
+    """
+    try:
+        sha, size = _hash_file(item.path)
+    except OSError as exc:
+        raise BackupFailed(f"backup {item.path} unreadable: {exc}") from exc
+    if size != item.size or sha != item.sha256:
+        raise BackupFailed(f"backup {item.path} does not match its sidecar: size {size} "
+                           f"(recorded {item.size}), sha256 {sha} (recorded {item.sha256})")
+    result = subprocess.run([tool("pg_restore"), "-f", os.devnull, str(item.path)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise BackupFailed(f"backup {item.path} does not restore: "
+                           f"{result.stderr.strip() or 'pg_restore exit ' + str(result.returncode)}")
+
+
+def list_backups(store_dir: pathlib.Path, db: str | None = None) -> tuple[Backup, ...]:
+    """Complete backups (those with a sidecar), oldest first."""
+    store = pathlib.Path(store_dir)
+    if not store.is_dir():
+        return ()
+    dirs = [store / db] if db else sorted(p for p in store.iterdir() if p.is_dir())
+    found = []
+    for directory in dirs:
+        if not directory.is_dir():
+            continue
+        for sidecar in directory.glob("*_pre-deploy.dump.json"):
+            if not _NAME_RE.match(sidecar.name[: -len(".json")]):
+                continue
+            try:
+                found.append(Backup.load(sidecar))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # a damaged sidecar: not a usable backup, left for a human
+    return tuple(sorted(found, key=lambda b: (b.created, b.path.name)))
+
+
+def prune_backups(store_dir: pathlib.Path, keep: int) -> tuple[Backup, ...]:
+    """Delete all but the newest ``keep`` backups of each database; return the deleted."""
+    if keep < 1:
+        raise ValueError("keep at least one backup")
+    removed = []
+    by_db: dict[str, list[Backup]] = {}
+    for item in list_backups(store_dir):
+        by_db.setdefault(item.path.parent.name, []).append(item)
+    for items in by_db.values():
+        for item in items[:-keep]:
+            # Sidecar first: a dump without one is already not a backup.
+            item.sidecar.unlink(missing_ok=True)
+            item.path.unlink(missing_ok=True)
+            removed.append(item)
+    return tuple(removed)
+
+
+def _dump_to(dsn: str, final: pathlib.Path) -> tuple[str, int]:
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent)
+    tmp = pathlib.Path(tmp_name)
+    digest = hashlib.sha256()
+    size = 0
+    with tempfile.TemporaryFile() as errors:
+        proc = subprocess.Popen([tool("pg_dump"), "-Fc", "-Z1", "--no-password"],
+                                stdout=subprocess.PIPE, stderr=errors, env=tool_env(dsn))
+        assert proc.stdout is not None
+        try:
+            with os.fdopen(fd, "wb") as out:
+                while chunk := proc.stdout.read(_CHUNK):
+                    digest.update(chunk)
+                    out.write(chunk)
+                    size += len(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            code = proc.wait()
+            if code != 0:
+                errors.seek(0)
+                message = errors.read().decode(errors="replace").strip()
+                raise BackupFailed(f"pg_dump of {redacted(dsn)} failed (exit {code}): {message}")
+            os.rename(tmp, final)
+            _fsync_dir(final.parent)
+        except OSError as exc:
+            raise BackupFailed(f"writing backup {final} failed: {exc.strerror or exc}") from exc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            proc.stdout.close()
+            tmp.unlink(missing_ok=True)
+    return digest.hexdigest(), size
+
+
+def _write_atomic(path: pathlib.Path, data: bytes) -> None:
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.rename(tmp_name, path)
+        _fsync_dir(path.parent)
+    finally:
+        pathlib.Path(tmp_name).unlink(missing_ok=True)
+
+
+def _fsync_dir(path: pathlib.Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _hash_file(path: pathlib.Path) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def _server_version(dsn: str) -> str:
+    try:
+        with psycopg.connect(dsn, connect_timeout=10) as conn:
+            return str(conn.execute("SHOW server_version").fetchone()[0])
+    except psycopg.Error as exc:
+        raise BackupFailed(f"cannot reach the database {redacted(dsn)}: {exc}".strip()) from exc
+
+
+def _sidecar_of(dump: pathlib.Path) -> pathlib.Path:
+    return dump.with_name(dump.name + ".json")

@@ -1,0 +1,99 @@
+"""Reaching a database through a host's SSH connection (``database.via_host``).
+
+Many teams' PostgreSQL listens only on a private network the agent cannot
+route to, but a deploy host can.  ``Tunnel`` listens on an ephemeral
+loopback port on the agent's machine and carries each client connection
+(psycopg, pg_dump, pg_restore) through a ``direct-tcpip`` channel of the
+host's existing, pinned SSH connection: no second connection, no key
+handling of its own, nothing listening beyond loopback.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import threading
+
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from reconciler.adapters.db.connection import DatabaseError
+
+_CHUNK = 65536
+
+
+class Tunnel:
+    """A loopback port forwarded to ``(address, port)`` as seen from the host."""
+
+    def __init__(self, transport, address: str, port: int, *, host: str) -> None:
+        self.transport = transport
+        self.target = (address, port)
+        self.host = host
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(16)
+        self.local_port = self._listener.getsockname()[1]
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._accept, name=f"db-tunnel-{host}", daemon=True)
+
+    def __enter__(self) -> "Tunnel":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._closed.set()
+        try:
+            self._listener.close()
+        except OSError:
+            pass
+
+    def dsn(self, dsn: str) -> str:
+        """``dsn`` pointed at this tunnel's loopback end."""
+        return make_conninfo(dsn, host="127.0.0.1", port=str(self.local_port))
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            threading.Thread(target=self._carry, args=(client,), daemon=True).start()
+
+    def _carry(self, client: socket.socket) -> None:
+        try:
+            channel = self.transport.open_channel("direct-tcpip", self.target, client.getpeername(), timeout=10)
+        except Exception:  # the client sees its connection closed and reports it
+            client.close()
+            return
+        try:
+            while not self._closed.is_set():
+                ready, _, _ = select.select([client, channel], [], [], 1.0)
+                if client in ready:
+                    data = client.recv(_CHUNK)
+                    if not data:
+                        break
+                    channel.sendall(data)
+                if channel in ready:
+                    data = channel.recv(_CHUNK)
+                    if not data:
+                        break
+                    client.sendall(data)
+        except OSError:
+            pass
+        finally:
+            channel.close()
+            client.close()
+
+
+def tunnel_for(dsn: str, hosts, via_host: str) -> Tunnel:
+    """A tunnel to the DSN's server through ``via_host``'s open connection."""
+    driver = hosts.get(via_host)
+    if driver is None:
+        raise DatabaseError(f"database.via_host {via_host} is not one of the hosts opened for this run")
+    params = conninfo_to_dict(dsn)
+    address = params.get("host") or "127.0.0.1"
+    if str(address).startswith("/"):
+        raise DatabaseError(f"database.via_host needs a TCP address in the DSN, not the socket directory {address}")
+    return Tunnel(driver.conn.transport, str(address), int(params.get("port") or 5432), host=via_host)

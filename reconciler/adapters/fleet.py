@@ -1,0 +1,199 @@
+"""Opening and observing an environment's hosts, all at once.
+
+One SSH connection per host for the whole run, opened in parallel; if any
+host cannot be reached the others are closed again and the error names every
+host that failed, so a run either has all its hosts or touches none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterable, Mapping
+
+from reconciler.errors import HostKeyMismatch, HostUnreachable, ReconcilerError, UnknownHostKey
+from reconciler.adapters.hosts import DockerHost
+from reconciler.core.model import Host, ObservedHost
+from reconciler.adapters.ssh import SSHAccess, connect
+
+# Bounded so that a fleet of many hosts does not open hundreds of handshakes
+# at once; SSH connects are mostly waiting on the network, so threads suffice.
+MAX_PARALLEL_CONNECTS = 16
+
+
+def access_for(host: Host, *, identity_file: str, known_hosts_file: str, timeout: float = 10.0) -> SSHAccess:
+    return SSHAccess(
+        host=host.name,
+        address=host.address,
+        port=host.port,
+        user=host.user,
+        identity_file=identity_file,
+        known_hosts_file=known_hosts_file,
+        timeout=timeout,
+    )
+
+
+def open_hosts(
+    hosts: Iterable[Host],
+    *,
+    identity_file: str,
+    known_hosts_file: str,
+    timeout: float = 10.0,
+) -> dict[str, DockerHost]:
+    """Connect to every host and check its engine answers, or raise naming each failure."""
+    hosts = list(hosts)
+
+    def open_one(host: Host) -> DockerHost:
+        conn = connect(access_for(host, identity_file=identity_file, known_hosts_file=known_hosts_file, timeout=timeout))
+        driver = DockerHost(host.name, conn)
+        try:
+            driver.ping()
+        except BaseException:
+            driver.close()
+            raise
+        return driver
+
+    opened: dict[str, DockerHost] = {}
+    failures: list[ReconcilerError] = []
+    with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_CONNECTS, max(1, len(hosts)))) as pool:
+        futures = [(h, pool.submit(open_one, h)) for h in hosts]
+        for host, future in futures:
+            try:
+                opened[host.name] = future.result()
+            except ReconcilerError as exc:
+                failures.append(exc)
+    if failures:
+        close_hosts(opened)
+        # A key problem is the most serious finding: report it as such.
+        failures.sort(key=lambda e: not isinstance(e, (HostKeyMismatch, UnknownHostKey)))
+        first = failures[0]
+        if len(failures) == 1:
+            raise first
+        summary = "\n".join(str(f) for f in failures)
+        raise type(first)(f"{len(failures)} hosts failed:\n{summary}", host=None)
+    return opened
+
+
+def close_hosts(hosts: Mapping[str, DockerHost]) -> None:
+    for driver in hosts.values():
+        try:
+            driver.close()
+        except Exception:
+            pass  # closing is best effort; the process may be ending anyway
+
+
+def observe_all(hosts: Mapping[str, DockerHost], *, unreachable: list[str] | None = None) -> dict[str, ObservedHost]:
+    """Every host's containers, observed in parallel (read-only).
+
+    With an ``unreachable`` list, a host that cannot be reached is named
+    there and left out instead of failing the whole observation: for the
+    report after a run, which must still say what the others run.
+    """
+    with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_CONNECTS, max(1, len(hosts)))) as pool:
+        futures = {name: pool.submit(driver.observe) for name, driver in hosts.items()}
+        observed = {}
+        for name, future in futures.items():
+            try:
+                observed[name] = future.result()
+            except HostUnreachable:
+                if unreachable is None:
+                    raise
+                unreachable.append(name)
+        return observed
+
+
+class ConnectionCache:
+    """Host connections kept open between reconciles, for the agent.
+
+    Opening is most of a drift check's cost (an SSH handshake, then a
+    `docker system dial-stdio` on the host for the first Engine API call), so
+    the agent keeps each host's connection for the next reconcile.  A cached
+    connection is reused only for the same environment, host address, user
+    and *the same pinned keys*: a commit that changes a pin gets a fresh
+    connection, verified against the new pin.  A cached connection that no
+    longer answers is dropped and opened again.
+
+    An open paramiko connection is not free while idle (its transport thread
+    wakes several times a second), so connections unused for ``idle``
+    seconds are closed.  The agent's default (600 s) outlasts the default
+    drift interval, so drift checks find their connections open.
+    """
+
+    def __init__(self, *, identity_file: str, timeout: float = 10.0, idle: float = 60.0) -> None:
+        self.identity_file = identity_file
+        self.timeout = timeout
+        self.idle = idle
+        self._open: dict[tuple, DockerHost] = {}
+        self._used: dict[tuple, float] = {}
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+
+    def open(self, environment, known_hosts_file: str) -> dict[str, DockerHost]:
+        pins = hashlib.sha256(Path(known_hosts_file).read_bytes()).hexdigest()
+        key = lambda h: (environment.name, h.name, h.address, h.port, h.user, pins)  # noqa: E731
+        reused: dict[str, DockerHost] = {}
+        with self._lock:
+            for host in environment.hosts:
+                driver = self._open.pop(key(host), None)
+                if driver is None:
+                    continue
+                transport = driver.conn.transport
+                if transport is not None and transport.is_active():
+                    reused[host.name] = driver
+                else:
+                    close_hosts({host.name: driver})
+            self._forget_others(environment.name, {key(h) for h in environment.hosts})
+        missing = [h for h in environment.hosts if h.name not in reused]
+        try:
+            opened = open_hosts(missing, identity_file=self.identity_file, known_hosts_file=known_hosts_file, timeout=self.timeout) if missing else {}
+        except ReconcilerError:
+            close_hosts(reused)
+            raise
+        hosts = {**reused, **opened}
+        with self._lock:
+            for host in environment.hosts:
+                self._open[key(host)] = hosts[host.name]
+                self._used[key(host)] = time.monotonic()
+        return {h.name: hosts[h.name] for h in environment.hosts}
+
+    def release(self, hosts: Mapping[str, DockerHost]) -> None:
+        """Kept open for the next reconcile, until ``idle`` seconds pass unused."""
+        released = {id(d) for d in hosts.values()}
+        with self._lock:
+            now = time.monotonic()
+            for key, driver in self._open.items():
+                if id(driver) in released:
+                    self._used[key] = now
+            if self._timer is None:
+                self._timer = threading.Timer(self.idle, self._expire)
+                self._timer.daemon = True
+                self._timer.start()
+
+    def _expire(self) -> None:
+        with self._lock:
+            self._timer = None
+            cutoff = time.monotonic() - self.idle
+            for key in [k for k, used in self._used.items() if used <= cutoff and k in self._open]:
+                close_hosts({key[1]: self._open.pop(key)})
+                self._used.pop(key, None)
+            if self._open:
+                self._timer = threading.Timer(self.idle, self._expire)
+                self._timer.daemon = True
+                self._timer.start()
+
+    def _forget_others(self, environment: str, keep: set) -> None:
+        for stale in [k for k in self._open if k[0] == environment and k not in keep]:
+            close_hosts({stale[1]: self._open.pop(stale)})
+            self._used.pop(stale, None)
+
+    def close_all(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            close_hosts({str(k): d for k, d in self._open.items()})
+            self._open.clear()
+            self._used.clear()

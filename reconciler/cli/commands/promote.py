@@ -1,0 +1,25 @@
+"""reconciler promote: copy the digest proven healthy in one environment to another."""
+
+from __future__ import annotations
+
+import os
+
+from reconciler.cli.commands._agent import git_dir
+
+HELP = "commit to the target environment the image a service runs healthy in the source environment (from the notes)"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("service")
+    parser.add_argument("--from", dest="source", required=True, metavar="ENV")
+    parser.add_argument("--to", dest="target", required=True, metavar="ENV")
+    parser.add_argument("--repo", default=os.environ.get("RECONCILER_REPO", "."))
+
+
+def run(args) -> int:
+    from reconciler.adapters import gitlog
+
+    repo = gitlog.open_repo(git_dir(args.repo))
+    commit, image = gitlog.promote(repo, args.service, args.source, args.target)
+    print(f"{args.target}: {args.service} -> {image} (commit {commit[:12]})")
+    return 0

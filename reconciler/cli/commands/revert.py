@@ -1,0 +1,28 @@
+"""reconciler revert: an ordinary commit undoing another, files kept as they are written."""
+
+from __future__ import annotations
+
+import os
+
+from reconciler.cli.commands._agent import git_dir
+
+HELP = "commit the revert of COMMIT onto an environment's branch (comments and layout kept)"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("commit")
+    parser.add_argument("--env", help="onto this environment's branch (default: the branch HEAD names)")
+    parser.add_argument("--repo", default=os.environ.get("RECONCILER_REPO", "."))
+
+
+def run(args) -> int:
+    from reconciler.adapters import gitlog
+
+    repo = gitlog.open_repo(git_dir(args.repo))
+    if args.env:
+        ref = gitlog.environment_branch(repo, args.env)
+    else:
+        ref = repo.references["HEAD"].target
+    new = gitlog.revert(repo, args.commit, ref)
+    print(f"{ref}: reverted {args.commit[:12]} in {new[:12]}")
+    return 0

@@ -1,0 +1,86 @@
+"""reconciler run: the agent."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+from reconciler.cli.commands._agent import add_repo_arguments, git_dir, state_dir
+
+HELP = "the agent: deploy every push to an environment branch, one reconcile at a time, and watch for drift"
+
+
+def add_arguments(parser) -> None:
+    add_repo_arguments(parser)
+    parser.add_argument("--env", action="append", help="reconcile only this environment (repeatable; default: all on the branch)")
+    parser.add_argument("--identity", default=os.environ.get("RECONCILER_IDENTITY"), help="SSH private key for the hosts (default: $RECONCILER_IDENTITY)")
+    parser.add_argument("--timeout", type=float, default=10.0, help="SSH connect timeout per host, seconds")
+    parser.add_argument("--socket", help="nudge socket the post-receive hook writes to (default: <git dir>/reconciler.sock)")
+    parser.add_argument("--log-format", choices=("text", "json"), default=os.environ.get("RECONCILER_LOG_FORMAT", "text"))
+    parser.add_argument("--once", action="store_true", help="reconcile each environment once and exit (exit 3 if one rolled back)")
+    parser.add_argument("--no-watch", action="store_true", help="do not watch the refs with inotify (nudges and timers only)")
+    parser.add_argument("--remote", help="also fetch this remote on a jittered interval (teams whose repository is hosted elsewhere)")
+    parser.add_argument("--fetch-interval", type=float, default=60.0)
+    parser.add_argument("--keep-connections", type=float, default=600.0, metavar="SECONDS",
+                        help="keep host connections open this long unused (default 600: across drift checks; "
+                             "each open connection costs a little idle CPU)")
+    parser.add_argument("--webhook-port", type=int, help="with --remote: listen on 127.0.0.1:PORT for POST /hook to fetch at once")
+
+
+def run(args) -> int:
+    from reconciler.adapters import fleet, gitlog, source
+    from reconciler.core import schema
+    from reconciler.agent.loop import Agent, EnvLoop, make_logger
+    from reconciler.errors import StalledError
+    from reconciler.engine.reconcile import Context, reconcile
+    from reconciler.agent.triggers import NudgeSocket, RefWatcher, RemoteTracker, Webhook, default_socket_path
+
+    if not args.identity:
+        raise StalledError("no SSH identity: pass --identity FILE or set RECONCILER_IDENTITY")
+    log = make_logger(args.log_format)
+    gdir = git_dir(args.repo)
+    state = state_dir(args)
+    state.mkdir(parents=True, exist_ok=True)
+    # Connections stay open between reconciles: a drift check then costs
+    # an Engine API call per host, not an SSH handshake.
+    connections = fleet.ConnectionCache(identity_file=args.identity, timeout=args.timeout, idle=args.keep_connections)
+    ctx = Context(repo=gdir, state_dir=state, open_hosts=connections.open, close_hosts=connections.release, log=log)
+
+    def environments() -> list[str]:
+        if args.env:
+            return list(args.env)
+        return list(schema.list_environments(source.snapshot_commit(gdir, "HEAD")))
+
+    def head(env: str) -> str | None:
+        repo = gitlog.open_repo(gdir)
+        return gitlog.branch_head(repo, gitlog.environment_branch(repo, env))
+
+    if args.once:
+        worst = 0
+        for env in environments():
+            result = reconcile(ctx, env, reason="manual")
+            log("reconcile-end", environment=env, commit=result.commit, result=result.result, kind=result.kind, reason=result.reason, message=result.message or None)
+            worst = max(worst, 3 if result.result == "rolled-back" else 4 if result.kind == "waiting" else 1 if result.kind else 0)
+        return worst
+
+    agent = Agent(environments, lambda env: EnvLoop(env, lambda e, reason: reconcile(ctx, e, reason=reason), head, log=log), log)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    agent.refresh()
+    sock = NudgeSocket(args.socket or default_socket_path(gdir), agent.trigger).start()
+    watcher = None if args.no_watch else RefWatcher(gdir, agent.trigger).start()
+    tracker = RemoteTracker(gdir, args.remote, args.fetch_interval, log).start() if args.remote else None
+    webhook = Webhook(args.webhook_port, tracker.poke).start() if tracker and args.webhook_port else None
+    log("agent-started", repo=str(gdir), state=str(state), socket=str(sock.path), pid=os.getpid())
+    try:
+        stop.wait()  # blocks; the loops and triggers run in their threads
+    finally:
+        log("agent-stopping")
+        for part in (webhook, tracker, watcher, sock):
+            if part is not None:
+                part.stop()
+        agent.stop()  # lets a reconcile in progress finish; the journal covers a kill
+        connections.close_all()
+    return 0

@@ -1,0 +1,417 @@
+"""The planner: desired state + observed hosts -> an ordered plan.  Pure.
+
+``plan_deploy`` compares each (host, service) pair and returns typed actions
+in the order the executor must run them, each with its reason:
+
+1. ``Pull`` every missing image on every host that needs it (pre-flight: a
+   pull failure changes nothing anywhere);
+2. per service, dependencies first, per batch of hosts: ``Start`` the new
+   container (beside the old one, or after ``Retire`` of the old one when a
+   host port forbids two), ``CheckHealth``, ``Switch`` (retire the old one
+   and give the new one the service's name);
+3. ``Heal`` drift when policy says so; ``Remove`` services no longer desired
+   when policy allows pruning;
+4. ``Prune`` retired containers beyond the policy's ``keep_retired``.
+
+Actions that share ``(service, batch, step)`` may run on their hosts in
+parallel.  Nothing here does I/O; the plan is tested by equality.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from reconciler.core import model
+from reconciler.core.model import Environment, ImageRef, ObservedContainer, ObservedHost, Service
+
+
+@dataclass(frozen=True)
+class Action:
+    host: str
+    service: str
+    reason: str
+
+    @property
+    def step(self) -> str:
+        return type(self).__name__
+
+
+@dataclass(frozen=True)
+class Pull(Action):
+    image: ImageRef = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class Retire(Action):
+    """Stop the active container and rename it ``-old-<hash>`` (kept for rollback)."""
+
+    batch: int = 0
+
+
+@dataclass(frozen=True)
+class Start(Action):
+    """Create and start the desired container (as ``-next`` when start-first)."""
+
+    batch: int = 0
+    beside: bool = False  # start-first: the old one keeps serving meanwhile
+
+
+@dataclass(frozen=True)
+class CheckHealth(Action):
+    batch: int = 0
+    beside: bool = False
+
+
+@dataclass(frozen=True)
+class Switch(Action):
+    """Start-first only: retire the old container, promote ``-next``."""
+
+    batch: int = 0
+
+
+@dataclass(frozen=True)
+class Restore(Action):
+    """Put a retained (retired) container back in service: the rollback lever."""
+
+    container: str = ""
+
+
+@dataclass(frozen=True)
+class Heal(Action):
+    """Start the desired container that was stopped by hand, then check it."""
+
+    container: str = ""
+
+
+@dataclass(frozen=True)
+class Remove(Action):
+    """Stop and remove a container the desired state no longer has."""
+
+    container: str = ""
+
+
+@dataclass(frozen=True)
+class Prune(Action):
+    """Remove retired containers (and their images) beyond ``keep_retired``."""
+
+    containers: tuple[str, ...] = ()
+
+
+# ------------------------------------------------------------ the database phase
+# Steps of the plan like the container steps, so that ``plan`` shows them and
+# the journal covers them.  They run after pre-flight and before the first
+# container change; none is undone by a rollback (expand migrations are
+# backward compatible by construction, which CheckMigrations enforces).
+
+
+@dataclass(frozen=True)
+class CheckMigrations(Action):
+    """Read the migrations the new image ships (on ``host``), refuse a release
+    older than a contract that already ran, and statically check what is
+    pending for ``phase``: a refusal here costs no backup."""
+
+    phase: str = "expand"
+
+
+@dataclass(frozen=True)
+class Backup(Action):
+    """A verified backup of ``database`` for this commit (reused when this
+    commit already has one and no migration ran since); ``host`` is empty."""
+
+    database: str = ""
+    required: bool = True  # policy backup: always; False = only if a migration is pending
+
+
+@dataclass(frozen=True)
+class Migrate(Action):
+    """Apply ``service``'s pending ``phase`` migrations (files after a dry run
+    on a scratch copy, or its migration command in a one-off container on ``host``)."""
+
+    phase: str = "expand"
+
+
+DATABASE_STEPS = (CheckMigrations, Backup, Migrate)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """Something the plan reports but does not act on."""
+
+    host: str
+    service: str | None
+    kind: str  # drift, unmanaged, prune-disabled
+    detail: str
+
+
+@dataclass(frozen=True)
+class ServiceChange:
+    """What differs for one service on one host, for people to read."""
+
+    host: str
+    service: str
+    kind: str  # create, update, remove, heal
+    fields: tuple[tuple[str, object, object], ...] = ()  # (field, observed, desired)
+
+
+@dataclass(frozen=True)
+class Plan:
+    environment: str
+    revision: str
+    actions: tuple[Action, ...] = ()
+    changes: tuple[ServiceChange, ...] = ()
+    findings: tuple[Finding, ...] = field(default=())
+
+    @property
+    def in_sync(self) -> bool:
+        return not self.actions
+
+
+def order_services(services: tuple[Service, ...]) -> tuple[Service, ...]:
+    """Dependencies before dependents; ties by name.  The schema already
+    rejects cycles; a cycle here would be a bug, so it raises."""
+    by_name = {s.name: s for s in services}
+    done: list[Service] = []
+    seen: set[str] = set()
+    visiting: set[str] = set()
+
+    def visit(name: str) -> None:
+        if name in seen or name not in by_name:
+            return
+        if name in visiting:
+            raise ValueError(f"dependency cycle through {name}")
+        visiting.add(name)
+        for dep in sorted(by_name[name].depends_on):
+            visit(dep)
+        visiting.discard(name)
+        seen.add(name)
+        done.append(by_name[name])
+
+    for name in sorted(by_name):
+        visit(name)
+    return tuple(done)
+
+
+def batches(hosts: tuple[str, ...], size: int) -> tuple[tuple[str, ...], ...]:
+    size = max(1, size)
+    return tuple(hosts[i : i + size] for i in range(0, len(hosts), size))
+
+
+def diff_spec(observed: dict, desired: dict) -> tuple[tuple[str, object, object], ...]:
+    """Field-level differences between two ``spec_summary`` dicts.
+
+    Env and secrets are compared per key, so the plan names the key that
+    changed; the values are hashes already, never the secret itself.
+    """
+    out: list[tuple[str, object, object]] = []
+    for key in sorted(set(observed) | set(desired)):
+        new = desired.get(key)
+        # A new container: compare maps key by key against an empty map, and
+        # leave out fields that are empty anyway.
+        old = observed.get(key, {} if isinstance(new, dict) else None)
+        if old == new or (old is None and new in (None, [], {})):
+            continue
+        if isinstance(old, dict) and isinstance(new, dict) and key in ("env", "secrets", "labels", "resources"):
+            for sub in sorted(set(old) | set(new)):
+                if old.get(sub) != new.get(sub):
+                    secret = key in ("env", "secrets")
+                    out.append((f"{key}.{sub}", _mask(old.get(sub), secret), _mask(new.get(sub), secret)))
+        else:
+            out.append((key, old, new))
+    return tuple(out)
+
+
+def _mask(value: object, masked: bool) -> object:
+    if value is None or not masked:
+        return value
+    return "(set)"
+
+
+def _index(observed: Mapping[str, ObservedHost], env: str) -> dict[tuple[str, str], list[ObservedContainer]]:
+    """(host, service) -> the environment's containers of that service there.
+
+    Built once per plan: looking them up per pair would scan every container
+    of the host for every service (the drift check of a large fleet)."""
+    index: dict[tuple[str, str], list[ObservedContainer]] = {}
+    for name, host in observed.items():
+        for c in host.managed(env):
+            index.setdefault((name, c.service or ""), []).append(c)
+    return index
+
+
+def _retired_in_order(containers: list[ObservedContainer]) -> list[ObservedContainer]:
+    """Retired containers, newest first: by the time they stopped when the
+    observation has it, else by when they were created (the engine's
+    container list, which observing uses to stay one call per host, gives
+    only that; creation order is release order)."""
+    retired = [c for c in containers if c.role == model.ROLE_RETIRED]
+    return sorted(retired, key=lambda c: (c.finished_at, c.created, c.name), reverse=True)
+
+
+def plan_deploy(
+    desired: Environment,
+    observed: Mapping[str, ObservedHost],
+    revision: str,
+) -> Plan:
+    """The ordered actions that make ``observed`` match ``desired``."""
+    env = desired.name
+    policy = desired.policy
+    pulls: list[Action] = []
+    deploys: list[Action] = []
+    tail: list[Action] = []
+    changes: list[ServiceChange] = []
+    findings: list[Finding] = []
+    pulled: set[tuple[str, str]] = set()
+    by_pair = _index(observed, env)
+
+    for service in order_services(desired.services):
+        want_hash = model.config_hash(service)
+        want_spec = model.spec_summary(service)
+        to_deploy: list[str] = []
+        for host in service.hosts:
+            seen = by_pair.get((host, service.name), [])
+            active = next((c for c in seen if c.role == model.ROLE_ACTIVE), None)
+            leftover = next((c for c in seen if c.role == model.ROLE_CANDIDATE), None)
+            if leftover is not None:
+                # A -next container is only ever a deploy in progress; one
+                # found at planning time was left by an interrupted run.
+                tail_reason = "remove the candidate an interrupted deploy left behind"
+                deploys.append(Remove(host, service.name, tail_reason, container=leftover.name))
+            if active is None:
+                to_deploy.append(host)
+                changes.append(ServiceChange(host, service.name, "create", diff_spec({}, want_spec)))
+            elif active.config_hash != want_hash:
+                to_deploy.append(host)
+                changes.append(ServiceChange(host, service.name, "update", diff_spec(active.spec, want_spec)))
+            elif not active.running or active.state == "restarting":
+                detail = f"{active.name} is {active.state}, desired running"
+                if policy.drift == "heal":
+                    changes.append(ServiceChange(host, service.name, "heal", (("state", active.state, "running"),)))
+                    tail.append(Heal(host, service.name, f"drift: {detail}", container=active.name))
+                else:
+                    findings.append(Finding(host, service.name, "drift", detail + " (policy drift: report)"))
+            retired = _retired_in_order(seen)
+            keep = policy.keep_retired
+            if host in to_deploy and active is not None:
+                # The deploy retires the active container into this name,
+                # replacing any older container that has it (same config):
+                # that one is gone either way, and pruning the name after the
+                # switch would delete the rollback target just made.
+                retiring = model.retired_name(env, active)
+                retired = [c for c in retired if c.name != retiring]
+                keep -= 1  # keep room for the container this deploy retires
+            excess = tuple(c.name for c in retired[max(keep, 0):])
+            if excess:
+                tail.append(Prune(host, service.name, f"keep the newest {policy.keep_retired} retired", containers=excess))
+        for host in to_deploy:
+            key = (host, service.image.pull_ref)
+            if key in pulled:
+                continue
+            pulled.add(key)
+            obs = observed.get(host)
+            if obs is None or obs.images is None:
+                pulls.append(Pull(host, service.name, f"make sure {service.image} is on {host}", image=service.image))
+            elif service.image.pull_ref not in obs.images:
+                pulls.append(Pull(host, service.name, f"{service.image} is not on {host}", image=service.image))
+        for index, batch in enumerate(batches(tuple(to_deploy), service.rollout.batch_size)):
+            beside = service.strategy == "start-first"
+            for host in batch:
+                has_active = any(c.role == model.ROLE_ACTIVE for c in by_pair.get((host, service.name), []))
+                if not beside and has_active:
+                    deploys.append(Retire(host, service.name, "free the host port for the new version", batch=index))
+            for host in batch:
+                deploys.append(Start(host, service.name, f"run {service.image}", batch=index, beside=beside))
+            for host in batch:
+                deploys.append(CheckHealth(host, service.name, f"{service.health.kind} check", batch=index, beside=beside))
+            if beside:
+                for host in batch:
+                    deploys.append(Switch(host, service.name, "healthy: retire the old version", batch=index))
+
+    wanted = {(h, s.name) for s in desired.services for h in s.hosts}
+    for host_name in sorted(observed):
+        host = observed[host_name]
+        for container in host.unmanaged():
+            findings.append(Finding(host_name, None, "unmanaged", f"{container.name} has no reconciler labels; left alone"))
+        for container in host.managed(env):
+            if (host_name, container.service) in wanted:
+                continue
+            if policy.prune:
+                # Its retired copies go too: nothing can roll back to a
+                # service that is no longer desired, and they hold images.
+                if container.role == model.ROLE_ACTIVE:
+                    changes.append(ServiceChange(host_name, container.service, "remove"))
+                    reason = "no longer in the desired state"
+                else:
+                    reason = "kept copy of a service no longer desired"
+                tail.append(Remove(host_name, container.service, reason, container=container.name))
+            elif container.role == model.ROLE_ACTIVE:
+                findings.append(
+                    Finding(host_name, container.service, "prune-disabled", f"{container.name} is no longer desired; policy prune is off")
+                )
+
+    return Plan(
+        environment=env,
+        revision=revision,
+        actions=tuple(pulls + database_steps(desired, deploys, "expand") + deploys + tail),
+        changes=tuple(changes),
+        findings=tuple(findings),
+    )
+
+
+def database_steps(desired: Environment, deploys: list[Action], phase: str) -> list[Action]:
+    """The database phase for the services ``deploys`` starts: check, back up,
+    migrate.  With a database and no migrating service, a backup still comes
+    first when ``database.backup`` is ``always``."""
+    database = desired.database
+    starting = {a.service for a in deploys if isinstance(a, Start)}
+    migrating = [s for s in order_services(desired.services) if s.name in starting and s.migrations is not None]
+    if database is None or (not migrating and not (starting and database.backup == "always")):
+        return []
+    # The files are read, and a migration command run, on the service's first
+    # host that this deploy starts it on: the same host every run, for readable logs.
+    first = {s.name: next(h for h in s.hosts if any(isinstance(a, Start) and a.service == s.name and a.host == h for a in deploys))
+             for s in migrating}
+    name = database.name or "database"
+    steps: list[Action] = [
+        CheckMigrations(first[s.name], s.name, f"check the {phase} migrations {s.image} ships", phase=phase) for s in migrating
+    ]
+    steps.append(Backup("", "", f"verified backup of {name} for this commit", database=name,
+                        required=database.backup == "always"))
+    steps += [Migrate(first[s.name], s.name, f"apply {s.name}'s pending {phase} migrations", phase=phase) for s in migrating]
+    return steps
+
+
+def plan_rollback(desired: Environment, observed: Mapping[str, ObservedHost], to_revision: str | None = None) -> Plan:
+    """Restore a retained previous version of every service on every host.
+
+    Without ``to_revision``: on each host, the newest retired container that
+    differs from the active one.  With it: the retired container deployed
+    from that commit (a prefix of the id is enough).  A host that has no
+    such container is a finding, and the caller refuses the whole rollback:
+    half a fleet rolled back is worse than none.
+    """
+    env = desired.name
+    actions: list[Action] = []
+    changes: list[ServiceChange] = []
+    findings: list[Finding] = []
+    by_pair = _index(observed, env)
+    for service in order_services(desired.services):
+        for host in service.hosts:
+            seen = by_pair.get((host, service.name), [])
+            active = next((c for c in seen if c.role == model.ROLE_ACTIVE), None)
+            candidates = [
+                c
+                for c in _retired_in_order(seen)
+                if (to_revision is None and (active is None or c.config_hash != active.config_hash))
+                or (to_revision is not None and (c.revision or "").startswith(to_revision))
+            ]
+            if not candidates:
+                wanted = f"from revision {to_revision}" if to_revision else "older than the running one"
+                findings.append(Finding(host, service.name, "no-rollback-target", f"no retained container {wanted}"))
+                continue
+            target = candidates[0]
+            if active is not None and active.config_hash == target.config_hash:
+                continue  # already runs that version
+            changes.append(ServiceChange(host, service.name, "update", diff_spec(active.spec if active else {}, target.spec)))
+            actions.append(Restore(host, service.name, f"roll back to {target.image} (rev {str(target.revision)[:12]})", container=target.name))
+    return Plan(environment=env, revision=to_revision or "previous", actions=tuple(actions), changes=tuple(changes), findings=tuple(findings))

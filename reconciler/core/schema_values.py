@@ -1,0 +1,240 @@
+"""Service values: image, hosts, ports, volumes, env, secrets, labels.
+
+Checks that need only the value itself live here (types, the image pin,
+plain-text secrets, reserved labels); checks across services (ports,
+dependencies) live in ``schema``.
+"""
+
+from __future__ import annotations
+
+import re
+
+from reconciler.core import model
+from reconciler.core.schema_fields import (
+    BAD,
+    boolean,
+    choice,
+    integer,
+    items,
+    mapping,
+    string,
+    string_list,
+    string_map,
+    suggestion,
+)
+from reconciler.core.schema_yaml import Node, Problems, describe
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+MEMORY_RE = re.compile(r"^\d+(\.\d+)?[bkmgBKMG]?$")
+RESTART_RE = re.compile(r"^(no|always|unless-stopped|on-failure(:\d+)?)$")
+_PORT_RE = re.compile(r"^(?:(?P<ip>\[[0-9a-fA-F:.]+\]|[0-9.]+):)?(?P<host>\d+):(?P<container>\d+)(?:/(?P<proto>tcp|udp))?$")
+_SECRET_WORDS = {"PASSWORD", "PASSWD", "PASSPHRASE", "SECRET", "TOKEN", "KEY", "PRIVATE", "CREDENTIAL", "CREDENTIALS", "APIKEY"}
+_REFERENCE_SUFFIXES = {"FILE", "PATH", "DIR", "NAME", "ID", "TTL", "LENGTH", "SIZE"}
+_SECRET_VALUE_RE = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----|\bAKIA[0-9A-Z]{16}\b|\bgh[pousr]_[A-Za-z0-9]{30,}")
+
+
+def looks_like_plain_secret(key: str, value: str) -> bool:
+    """True for ``DB_PASSWORD: hunter2``-like entries (never for ``*_FILE`` paths).
+
+    A name made of words such as PASSWORD, TOKEN, KEY marks a secret unless its
+    last word says it is a reference (``_FILE``, ``_PATH``, ``_ID``...); an
+    empty value or an absolute path is a reference too.  Some values are
+    secrets whatever their name (a PEM private key, an AWS or GitHub token).
+    """
+    if _SECRET_VALUE_RE.search(value):
+        return True
+    words = [w for w in re.split(r"[_\-.]", key.upper()) if w]
+    if not words or words[-1] in _REFERENCE_SUFFIXES or not (set(words) & _SECRET_WORDS):
+        return False
+    return bool(value) and not value.startswith("/")
+
+
+def parse_image(node: Node, problems: Problems, what: str, require_digest: bool) -> model.ImageRef | None:
+    text = string(node, problems, what)
+    if text is BAD:
+        return None
+    try:
+        image = model.ImageRef.parse(text)
+    except ValueError as exc:
+        problems.at(node, f"{what}: {exc}")
+        return None
+    if require_digest and not image.pinned:
+        shown = f"{image.repository}:{image.tag or 'TAG'}@sha256:<64 hex digits>"
+        problems.at(node, f"{what}: {text!r} is not pinned to a digest and policy.require_digest is true; write it as {shown}")
+    return image
+
+
+def resolve_hosts(node: Node, problems: Problems, what: str, hosts: tuple[str, ...], groups: dict[str, tuple[str, ...]]) -> tuple[tuple[str, ...], bool]:
+    """Host names and groups (or ``all``) -> (sorted host names, all known).
+
+    The names that did resolve are returned even when others did not, so a
+    port clash on them is still found.
+    """
+    if node.value == "all":
+        return tuple(sorted(hosts)), True
+    names = string_list(node, problems, what) if not isinstance(node.value, str) else (node.value,)
+    if names is BAD:
+        return (), False
+    resolved: set[str] = set()
+    ok = True
+    entries = node.value if isinstance(node.value, list) else [node]
+    for name, item in zip(names, entries):
+        if name == "all":
+            resolved.update(hosts)
+        elif name in hosts:
+            resolved.add(name)
+        elif name in groups:
+            resolved.update(groups[name])
+        else:
+            ok = False
+            problems.at(item, f"{what}: unknown host or group {name!r}{suggestion(name, [*hosts, *groups, 'all'])}")
+    if ok and not resolved:
+        problems.at(node, f"{what}: names no host")
+        ok = False
+    return tuple(sorted(resolved)), ok
+
+
+def parse_ports(node: Node, problems: Problems, what: str) -> list[tuple[model.PortMapping, Node]]:
+    out: list[tuple[model.PortMapping, Node]] = []
+    entries = items(node, problems, what)
+    for i, item in enumerate(entries or []):
+        port = _port(item, problems, f"{what}[{i}]")
+        if port is not None:
+            out.append((port, item))
+    return out
+
+
+def _port(item: Node, problems: Problems, what: str) -> model.PortMapping | None:
+    if isinstance(item.value, str):
+        match = _PORT_RE.match(item.value)
+        if not match:
+            problems.at(item, f'{what}: expected "HOST:CONTAINER", "IP:HOST:CONTAINER/udp" or a mapping, got {item.value!r}')
+            return None
+        host_port, container_port = int(match["host"]), int(match["container"])
+        protocol, host_ip = match["proto"] or "tcp", (match["ip"] or "").strip("[]")
+    elif item.is_mapping:
+        fields = mapping(item, ("published", "target", "protocol", "host_ip"), problems, what)
+        if fields is BAD:
+            return None
+        for required in ("published", "target"):
+            if required not in fields:
+                problems.at(item, f"{what}: missing {required!r} (the host port is 'published', the container port 'target')")
+                return None
+        host_port = integer(fields["published"], problems, f"{what}.published", 1, 65535)
+        container_port = integer(fields["target"], problems, f"{what}.target", 1, 65535)
+        protocol = choice(fields["protocol"], problems, f"{what}.protocol", ("tcp", "udp")) if "protocol" in fields else "tcp"
+        host_ip = string(fields["host_ip"], problems, f"{what}.host_ip") if "host_ip" in fields else ""
+        if BAD in (host_port, container_port, protocol, host_ip):
+            return None
+    else:
+        problems.at(item, f'{what}: expected "HOST:CONTAINER" or a mapping, got {describe(item)}; quote it: "8080:80"')
+        return None
+    for label, port in (("host port", host_port), ("container port", container_port)):
+        if not 1 <= port <= 65535:
+            problems.at(item, f"{what}: {label} {port} is not between 1 and 65535")
+            return None
+    return model.PortMapping(host_port, container_port, protocol, host_ip)
+
+
+def parse_volumes(node: Node, problems: Problems, what: str) -> tuple[model.VolumeMount, ...]:
+    out = []
+    for i, item in enumerate(items(node, problems, what) or []):
+        where = f"{what}[{i}]"
+        if isinstance(item.value, str):
+            parts = item.value.split(":")
+            if len(parts) not in (2, 3) or not all(parts[:2]) or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
+                problems.at(item, f'{where}: expected "SOURCE:TARGET[:ro]", got {item.value!r}')
+                continue
+            out.append(model.VolumeMount(parts[0], parts[1], len(parts) == 3 and parts[2] == "ro"))
+            continue
+        fields = mapping(item, ("source", "target", "read_only"), problems, where)
+        if fields is BAD:
+            continue
+        if "source" not in fields or "target" not in fields:
+            problems.at(item, f"{where}: needs both 'source' and 'target'")
+            continue
+        source, target = string(fields["source"], problems, f"{where}.source"), string(fields["target"], problems, f"{where}.target")
+        read_only = boolean(fields["read_only"], problems, f"{where}.read_only") if "read_only" in fields else False
+        if BAD not in (source, target, read_only):
+            out.append(model.VolumeMount(source, target, read_only))
+    return tuple(out)
+
+
+def parse_env(node: Node, problems: Problems, what: str) -> dict[str, tuple[Node, str]]:
+    """``KEY: value`` mapping or compose's ``- KEY=value`` list; values must be strings.
+
+    Numbers and booleans are refused rather than coerced: YAML reads ``1.10``
+    as 1.1 and ``0755`` as 755, and the container would see what nobody wrote.
+    """
+    if isinstance(node.value, list):
+        out: dict[str, tuple[Node, str]] = {}
+        for i, item in enumerate(node.value):
+            text = string(item, problems, f"{what}[{i}]")
+            if text is BAD:
+                continue
+            key, sep, value = text.partition("=")
+            if not sep:
+                problems.at(item, f"{what}[{i}]: expected KEY=value, got {text!r}")
+            elif key in out:
+                problems.at(item, f"{what}: duplicate variable {key!r}")
+            else:
+                out[key] = (item, value)
+        entries = out
+    else:
+        entries = string_map(node, problems, what)
+        if entries is BAD:
+            return {}
+    for key, (key_node, value) in entries.items():
+        if not ENV_NAME_RE.match(key):
+            problems.at(key_node, f"{what}: invalid variable name {key!r}")
+        elif looks_like_plain_secret(key, value):
+            problems.at(
+                key_node,
+                f"{what}.{key}: looks like a plain-text secret; reference it instead: "
+                f"secrets: [{{name: {key.lower().replace('_', '-')}, env: {key}, file: /etc/reconciler/secrets/...}}]",
+            )
+    return entries
+
+
+def parse_secrets(node: Node, problems: Problems, what: str) -> tuple[model.SecretRef, ...]:
+    out: list[model.SecretRef] = []
+    plain = "a secret never holds its value in the repository; give file: (a path on the host) or encrypted:"
+    for i, item in enumerate(items(node, problems, what) or []):
+        where = f"{what}[{i}]"
+        fields = mapping(item, ("name", "env", "file", "encrypted"), problems, where, special={"value": f"{where}.value: {plain}"})
+        if fields is BAD or "value" in item.keys:
+            continue
+        if "name" not in fields:
+            problems.at(item, f"{where}: missing 'name'")
+            continue
+        name = string(fields["name"], problems, f"{where}.name", NAME_RE, "use lowercase letters, digits and '-'")
+        env = string(fields["env"], problems, f"{where}.env", ENV_NAME_RE) if "env" in fields else (name.upper().replace("-", "_") if name else BAD)
+        sources = [k for k in ("file", "encrypted") if k in fields]
+        if len(sources) != 1:
+            problems.at(item, f"{where}: give exactly one of 'file' (a path on the host) or 'encrypted'")
+            continue
+        value = string(fields[sources[0]], problems, f"{where}.{sources[0]}")
+        if sources[0] == "file" and value is not BAD and not value.startswith("/"):
+            problems.at(fields["file"], f"{where}.file: must be an absolute path on the host, got {value!r}")
+            value = BAD
+        if BAD in (name, env, value):
+            continue
+        if any(s.name == name for s in out):
+            problems.at(fields["name"], f"{where}.name: duplicate secret {name!r}")
+            continue
+        out.append(model.SecretRef(name, env, **{sources[0]: value}))
+    return tuple(out)
+
+
+def parse_labels(node: Node, problems: Problems, what: str) -> tuple[tuple[str, str], ...]:
+    entries = string_map(node, problems, what)
+    if entries is BAD:
+        return ()
+    out = []
+    for key, (key_node, value) in sorted(entries.items()):
+        if key.startswith(model.LABEL_PREFIX):
+            problems.at(key_node, f"{what}: label {key!r} is reserved: keys starting with {model.LABEL_PREFIX!r} are set by reconciler")
+        else:
+            out.append((key, value))
+    return tuple(out)

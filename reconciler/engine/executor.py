@@ -1,0 +1,396 @@
+"""The executor: runs a plan on the hosts, health-gated, rolling back on failure.
+
+Its promises:
+- pre-flight (engines answer, every image pulled by digest) changes nothing,
+  so a failure there leaves every host as it was;
+- a failed batch rolls back *every* (host, service) this run touched, not
+  only the failing one, and verifies the restored containers are healthy;
+- a rollback that fails stops loudly (``RollbackFailed``); it never loops.
+
+Hosts are driven through a small interface (``HostDriver``, implemented by
+``hosts.DockerHost`` and by the in-memory fake in the tests), one worker per
+host, at most ``policy.parallel_hosts`` at a time.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Protocol, Sequence
+
+from reconciler.core import model
+from reconciler.errors import DeployFailed, HostUnreachable, ReconcilerError, RollbackFailed
+from reconciler.core.health import CheckResult, Verdict, judge, next_check_at
+from reconciler.core.model import ContainerSpec, Environment, HealthCheck, ImageRef, ObservedContainer, ObservedHost, Service
+from reconciler.core.plan import Action, CheckHealth, Heal, Plan, Prune, Pull, Remove, Restore, Retire, Start, Switch
+
+
+class HostDriver(Protocol):
+    name: str
+
+    def ping(self) -> str: ...
+    def observe(self) -> ObservedHost: ...
+    def has_image(self, image: ImageRef) -> bool: ...
+    def pull(self, image: ImageRef) -> None: ...
+    def create(self, service: Service, spec) -> str: ...
+    def start(self, container_id: str) -> None: ...
+    def stop(self, container_id: str, timeout: float) -> None: ...
+    def rename(self, container_id: str, name: str) -> None: ...
+    def remove(self, container_id: str) -> None: ...
+    def remove_image(self, reference: str) -> None: ...
+    def inspect(self, container_id: str) -> ObservedContainer: ...
+    def probe(self, container_id: str, check: HealthCheck) -> CheckResult: ...
+    def logs_tail(self, container_id: str, lines: int = 30) -> str: ...
+
+
+Reporter = Callable[..., None]
+
+
+def _quiet(event: str, **fields) -> None:
+    pass
+
+
+@dataclass
+class Touched:
+    """What one (host, service) looked like before this run changed it."""
+
+    host: str
+    service: str
+    previous: str | None = None  # id of the container that was active
+    new: str | None = None  # id of the container this run created or restored
+    # A restored container was a retired one: undoing the restore retires it
+    # again under this name instead of removing it.
+    new_was: str | None = None
+
+
+@dataclass
+class Outcome:
+    environment: str
+    revision: str
+    result: str  # in-sync, deployed, rolled-back, failed
+    steps: list[dict] = field(default_factory=list)
+    failure: str | None = None
+    # True when the failure was the network's, not the commit's: the same
+    # commit should be tried again (a host was unreachable), unlike a failed
+    # health check, which waits for a new commit.
+    transient: bool = False
+    evidence: list[str] = field(default_factory=list)
+    started: float = 0.0
+    finished: float = 0.0
+
+
+class Executor:
+    def __init__(
+        self,
+        desired: Environment,
+        hosts: Mapping[str, HostDriver],
+        revision: str,
+        *,
+        report: Reporter = _quiet,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        before_deploy: Callable[[Plan], None] | None = None,
+    ) -> None:
+        self.desired = desired
+        # Runs after pre-flight and before the first change to a container:
+        # the database phase (backup, verify, expand migrations) goes here,
+        # so a failure in it still leaves every host untouched.
+        self.before_deploy = before_deploy
+        self.hosts = hosts
+        self.revision = revision
+        self.report = report
+        self.clock = clock
+        self.sleep = sleep
+        self.touched: dict[tuple[str, str], Touched] = {}
+        self.workers = ThreadPoolExecutor(max_workers=max(1, desired.policy.parallel_hosts))
+
+    # ----------------------------------------------------------- running
+    def preflight(self, plan: Plan) -> None:
+        """Engines answer and images are present; raises before any change,
+        naming every host that failed (not only the first)."""
+        needed = sorted({a.host for a in plan.actions})
+        pings = [Action(h, "", "engine answers") for h in needed]
+        errors = [exc for _, exc in self._per_host(pings, lambda a: self.hosts[a.host].ping()) if exc]
+        pulls = [a for a in plan.actions if isinstance(a, Pull)]
+        if not errors:
+            for action, exc in self._per_host(pulls, self._ensure_image):
+                outcome = {"error": str(exc)} if exc else {"reason": action.reason}
+                self.report("failed" if exc else "done", step=action.step, host=action.host, service=action.service, **outcome)
+                errors += [exc] if exc else []
+        if len(errors) == 1:
+            raise errors[0]
+        if errors:
+            raise type(errors[0])(f"pre-flight failed on {len(errors)} hosts, nothing changed:\n" + "\n".join(map(str, errors)))
+
+    def _ensure_image(self, action: Pull) -> None:
+        driver = self.hosts[action.host]
+        if not driver.has_image(action.image):
+            driver.pull(action.image)
+
+    def apply(self, plan: Plan) -> Outcome:
+        outcome = Outcome(plan.environment, plan.revision, "in-sync", started=time.time())
+        try:
+            if plan.in_sync:
+                return outcome
+            self.preflight(plan)
+            deploy, maintenance = split_phases(plan.actions)
+            if deploy and self.before_deploy is not None:
+                self.before_deploy(plan)
+            try:
+                self._run_groups(deploy, outcome)
+            except ReconcilerError as failure:
+                if not self.touched:
+                    raise  # nothing changed anywhere: the caller reports the cause
+                outcome.failure = str(failure)
+                outcome.evidence = list(getattr(failure, "evidence", []))
+                outcome.transient = failure.kind == "transient"
+                unreachable = self.rollback()
+                outcome.result = "rolled-back"
+                if unreachable:
+                    outcome.transient = True
+                    outcome.failure += "\nnot restored (unreachable; the next reconcile converges them): " + ", ".join(unreachable)
+                return outcome
+            outcome.result = "deployed"
+            # Healing drift, pruning and removing come after the deploy is
+            # complete and healthy: their failure is reported, but it is no
+            # reason to take back a good deploy.
+            try:
+                self._run_groups(maintenance, outcome)
+            except ReconcilerError as failure:
+                outcome.failure = str(failure)
+                outcome.evidence = list(getattr(failure, "evidence", []))
+                outcome.transient = failure.kind == "transient"
+                if not deploy:
+                    outcome.result = "failed"
+            return outcome
+        finally:
+            outcome.finished = time.time()
+            self.workers.shutdown(wait=True)
+
+    def _run_groups(self, actions: Sequence[Action], outcome: Outcome) -> None:
+        for _, group in itertools.groupby(actions, key=_group_key):
+            group = list(group)
+            self._parallel_actions(group, self._run)
+            outcome.steps.extend({"step": a.step, "host": a.host, "service": a.service} for a in group)
+
+    def _per_host(self, items: Sequence, fn, catch: type[Exception] = ReconcilerError) -> list[tuple[object, Exception | None]]:
+        """Run ``fn`` on every item, hosts in parallel, one host's items in order.
+
+        A host driver is not thread-safe (DockerHost owns one engine client
+        and one SSH connection), so one host's items never run at once, even
+        when several share a step (the pulls of two services).  Returns each
+        item with the ``catch`` error it raised (or None), in input order.
+        """
+        by_host: dict[str, list] = {}
+        for item in items:
+            by_host.setdefault(item.host, []).append(item)
+
+        def run(host_items: list) -> list[tuple[object, Exception | None]]:
+            out: list[tuple[object, Exception | None]] = []
+            for item in host_items:
+                try:
+                    fn(item)
+                    out.append((item, None))
+                except catch as exc:
+                    out.append((item, exc))
+            return out
+
+        futures = [self.workers.submit(run, host_items) for host_items in by_host.values()]
+        results = {id(item): exc for future in futures for item, exc in future.result()}
+        return [(item, results[id(item)]) for item in items]
+
+    def _parallel_actions(self, actions: Sequence[Action], fn) -> None:
+        errors = []
+        for action, exc in self._per_host(actions, fn):
+            if exc is None:
+                self.report("done", step=action.step, host=action.host, service=action.service, reason=action.reason)
+            else:
+                self.report("failed", step=action.step, host=action.host, service=action.service, error=str(exc))
+                errors.append(exc)
+        if errors:
+            # A health failure outranks a transient error elsewhere: it is
+            # the verdict the user needs to read.
+            errors.sort(key=lambda e: not isinstance(e, DeployFailed))
+            raise errors[0]
+
+    # ----------------------------------------------------------- steps
+    def _service(self, name: str) -> Service:
+        return self.desired.service(name)
+
+    def _find(self, host: str, service: str, role: str) -> ObservedContainer | None:
+        for c in self.hosts[host].observe().managed(self.desired.name):
+            if c.service == service and c.role == role:
+                return c
+        return None
+
+    def _track(self, host: str, service: str) -> Touched:
+        return self.touched.setdefault((host, service), Touched(host, service))
+
+    def _run(self, action: Action) -> None:
+        self.report("begin", step=action.step, host=action.host, service=action.service, reason=action.reason)
+        driver = self.hosts[action.host]
+        if isinstance(action, Retire):
+            active = self._find(action.host, action.service, model.ROLE_ACTIVE)
+            if active is not None:
+                self._track(action.host, action.service).previous = active.id
+                self._retire(driver, active)
+        elif isinstance(action, Start):
+            self._start(driver, self._service(action.service), action)
+        elif isinstance(action, CheckHealth):
+            touched = self._track(action.host, action.service)
+            self.wait_healthy(driver, touched.new, self._service(action.service).health)
+        elif isinstance(action, Switch):
+            touched = self._track(action.host, action.service)
+            active = self._find(action.host, action.service, model.ROLE_ACTIVE)
+            if active is not None:
+                touched.previous = active.id
+                self._retire(driver, active)
+            driver.rename(touched.new, model.container_name(self.desired.name, action.service))
+        elif isinstance(action, Restore):
+            self._restore(driver, action)
+        elif isinstance(action, Heal):
+            container = self._find(action.host, action.service, model.ROLE_ACTIVE)
+            if container is not None:
+                driver.start(container.id)
+                self.wait_healthy(driver, container.id, self._service(action.service).health)
+        elif isinstance(action, Remove):
+            for c in driver.observe().managed(self.desired.name):
+                if c.name == action.container:
+                    driver.stop(c.id, 10)
+                    driver.remove(c.id)
+                    if c.image and c.role != model.ROLE_CANDIDATE:
+                        driver.remove_image(ImageRef.parse(c.image).pull_ref)  # refused while in use
+        elif isinstance(action, Prune):
+            self._prune(driver, action)
+
+    def _retire(self, driver: HostDriver, active: ObservedContainer) -> None:
+        name = model.retired_name(self.desired.name, active)
+        for c in driver.observe().managed(self.desired.name):
+            if c.name == name and c.id != active.id:
+                driver.remove(c.id)  # an identical older copy: the new retiree replaces it
+        service = self._service(active.service) if active.service in {s.name for s in self.desired.services} else None
+        driver.stop(active.id, service.stop_timeout if service else 10)
+        driver.rename(active.id, name)
+
+    def _restore(self, driver: HostDriver, action: Restore) -> None:
+        env = self.desired.name
+        containers = {c.name: c for c in driver.observe().managed(env)}
+        target = containers[action.container]
+        touched = self._track(action.host, action.service)
+        active = containers.get(model.container_name(env, action.service))
+        if active is not None:
+            touched.previous = active.id
+            self._retire(driver, active)
+        touched.new, touched.new_was = target.id, target.name
+        driver.rename(target.id, model.container_name(env, action.service))
+        driver.start(target.id)
+        check = target.health_check or self._service(action.service).health
+        self.wait_healthy(driver, target.id, check)
+
+    def _start(self, driver: HostDriver, service: Service, action: Start) -> None:
+        role = model.ROLE_CANDIDATE if action.beside else model.ROLE_ACTIVE
+        name = model.container_name(self.desired.name, service.name, role)
+        for c in driver.observe().containers:
+            if c.name == name:
+                driver.remove(c.id)  # leftover of an interrupted run, never a serving one
+        touched = self._track(action.host, service.name)
+        touched.new = driver.create(service, ContainerSpec(self.desired.name, self.revision, name))
+        driver.start(touched.new)
+
+    def _prune(self, driver: HostDriver, action: Prune) -> None:
+        observed = {c.name: c for c in driver.observe().containers}
+        for name in action.containers:
+            container = observed.get(name)
+            if container is None or container.role != model.ROLE_RETIRED:
+                continue
+            driver.remove(container.id)
+            if container.image:
+                driver.remove_image(ImageRef.parse(container.image).pull_ref)
+
+    # ----------------------------------------------------------- health
+    def wait_healthy(self, driver: HostDriver, container_id: str, check: HealthCheck) -> Verdict:
+        started = self.clock()
+        results: list[CheckResult] = []
+        while True:
+            due = next_check_at(check, started, results[-1].at if results else None)
+            delay = due - self.clock()
+            if delay > 0:
+                self.sleep(delay)
+            results.append(driver.probe(container_id, check))
+            verdict = judge(check, started, results, self.clock())
+            if verdict.state == "healthy":
+                return verdict
+            if verdict.state == "unhealthy":
+                logs = driver.logs_tail(container_id)
+                failure = DeployFailed(f"health check failed: {verdict.reason}", host=driver.name)
+                failure.evidence = [r.detail for r in verdict.evidence] + ([f"logs:\n{logs}"] if logs else [])
+                raise failure
+
+    # ----------------------------------------------------------- rollback
+    def rollback(self) -> list[str]:
+        """Restore every touched (host, service) to the container it had.
+
+        Returns the hosts that could not be reached to restore: they come
+        back to the desired state at the next reconcile.  Any other failure
+        to restore raises ``RollbackFailed`` once; it never retries.
+        """
+        self.report("rollback", hosts=sorted({h for h, _ in self.touched}))
+        problems: list[str] = []
+
+        def restore(touched: Touched) -> None:
+            driver = self.hosts[touched.host]
+            env = self.desired.name
+            if touched.new is not None and touched.new_was is not None:
+                driver.stop(touched.new, 10)
+                driver.rename(touched.new, touched.new_was)
+            elif touched.new is not None:
+                driver.remove(touched.new)
+            if touched.previous is None:
+                return
+            # If retiring failed before the rename (its stop failed), the old
+            # container still has the service's name, and Docker refuses a
+            # rename to the current name.
+            name = model.container_name(env, touched.service)
+            if driver.inspect(touched.previous).name != name:
+                driver.rename(touched.previous, name)
+            driver.start(touched.previous)
+            check = driver.inspect(touched.previous).health_check
+            if check is None:  # deployed before the check was recorded in a label
+                service = self._service(touched.service) if touched.service in {s.name for s in self.desired.services} else None
+                check = service.health if service else HealthCheck()
+            self.wait_healthy(driver, touched.previous, check)
+            self.report("restored", host=touched.host, service=touched.service)
+
+        # Newest first (dependents before their dependencies); hosts in
+        # parallel, one host's restores in order (see _per_host).
+        unreachable: list[str] = []
+        for touched, exc in self._per_host(list(reversed(self.touched.values())), restore, catch=Exception):
+            if isinstance(exc, HostUnreachable):
+                unreachable.append(f"{touched.host}/{touched.service}")
+            elif exc is not None:  # every host gets its try before we give up
+                problems.append(f"{touched.host}/{touched.service}: {exc}")
+        if problems:
+            raise RollbackFailed("rollback failed; these hosts need a human now:\n" + "\n".join(problems))
+        return unreachable
+
+
+_DEPLOY_STEPS = (Retire, Start, CheckHealth, Switch, Restore)
+
+
+def split_phases(actions: Sequence[Action]) -> tuple[list[Action], list[Action]]:
+    """Deploy steps (rolled back together on failure) and the maintenance
+    after them (heal, prune, remove).  The planner puts maintenance last;
+    a Remove before the last deploy step clears a leftover for the deploy."""
+    work = [a for a in actions if not isinstance(a, Pull)]
+    last = max((i for i, a in enumerate(work) if isinstance(a, _DEPLOY_STEPS)), default=-1)
+    return work[: last + 1], work[last + 1 :]
+
+
+def _group_key(action: Action) -> tuple:
+    return (action.service, getattr(action, "batch", None), action.step)
+
+
+def run_plan(desired: Environment, hosts: Mapping[str, HostDriver], plan: Plan, *, report: Reporter = _quiet, **kwargs) -> Outcome:
+    return Executor(desired, hosts, plan.revision, report=report, **kwargs).apply(plan)
