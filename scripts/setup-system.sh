@@ -10,6 +10,7 @@ PACKAGES=(
   openssh-client     # ssh-keygen for identities and host keys
   busybox-static     # the demo images are built FROM scratch with it
   postgresql         # the database the deploys back up and migrate
+  haproxy            # the traffic router per sandbox host (blue-green switches over its Runtime API)
   iproute2           # ip netns, veth, bridges
   iptables           # dockerd's NAT inside each namespace
   util-linux         # nsenter
