@@ -13,11 +13,13 @@ Flux's controllers carry as data)::
     |   +-- DeployFailed          health checks failed; rolled back
     |   +-- RollbackFailed        rolling back failed too: a human must look now
     |   +-- SandboxError          the local fleet could not be set up
+    |   +-- RouterConfigRejected  a host's HAProxy refused the config we rendered
     +-- WaitingError          retry later, the world may change (a lock, a freeze)
     |   +-- LockHeld
     +-- TransientError        retry with backoff and jitter
         +-- HostUnreachable       SSH could not connect / timed out
         +-- EngineError           the Docker engine on a host answered with an error
+        +-- RouterError           a host's router (HAProxy) failed or refused a command
 
 ``kind`` is one of ``"stalled"``, ``"waiting"``, ``"transient"``.  Errors that
 concern a host carry ``host``; errors that concern a file carry its location
@@ -91,6 +93,10 @@ class SandboxError(StalledError):
     """The local fleet (``reconciler sandbox``) could not be brought up."""
 
 
+class RouterConfigRejected(StalledError):
+    """``haproxy -c`` on the host rejected the rendered config; the running one is unchanged."""
+
+
 class LockHeld(WaitingError):
     """Another reconcile, or a manual freeze, holds the environment."""
 
@@ -101,3 +107,7 @@ class HostUnreachable(TransientError):
 
 class EngineError(TransientError):
     """The Docker engine on a host failed a request."""
+
+
+class RouterError(TransientError):
+    """The router on a host failed a Runtime API command, or its admin socket did not answer."""
