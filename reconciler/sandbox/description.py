@@ -16,6 +16,28 @@ from reconciler.errors import SandboxError
 
 
 @dataclass(frozen=True)
+class SandboxRouter:
+    """The host's HAProxy: HTTP on ``address:port``, its Runtime API on ``admin`` inside the host."""
+
+    address: str
+    port: int
+    admin: str  # 127.0.0.1:PORT in the host's namespace: reach it through the host's SSH connection
+    config_file: str
+    state_file: str
+    socket: str  # the root-only unix admin socket (for local debugging and reloads)
+    pidfile: str
+    log: str
+    reload_command: str  # run on the host: the master process re-reads the config
+
+    def settings(self):
+        """The ``reconciler.core.router.RouterSettings`` its config is rendered with."""
+        from reconciler.core.router import RouterSettings
+
+        return RouterSettings(bind=f"{self.address}:{self.port}", admin=self.admin, socket=self.socket,
+                              state_file=self.state_file, log=self.log)
+
+
+@dataclass(frozen=True)
 class SandboxHost:
     name: str  # h1, h2, ...
     address: str
@@ -25,6 +47,7 @@ class SandboxHost:
     known_hosts_file: str
     docker_socket: str  # for local debugging only: the product goes through SSH
     netns: str
+    router: SandboxRouter | None = None  # None in a description written before hosts had one
 
     def ssh_access(self, timeout: float = 10.0):
         """The ``reconciler.adapters.ssh.SSHAccess`` that reaches this host."""
@@ -33,6 +56,15 @@ class SandboxHost:
         return SSHAccess(host=self.name, address=self.address, port=self.port, user=self.user,
                          identity_file=self.identity_file, known_hosts_file=self.known_hosts_file,
                          timeout=timeout)
+
+    def router_access(self, timeout: float = 10.0):
+        """The ``reconciler.adapters.router.RouterAccess`` for this host's HAProxy."""
+        from reconciler.adapters.router import RouterAccess  # late, like ssh_access
+
+        if self.router is None:
+            raise SandboxError(f"{self.name} has no router in the sandbox description; run `reconciler sandbox up`")
+        return RouterAccess(host=self.name, config_file=self.router.config_file,
+                            reload_command=self.router.reload_command, timeout=timeout)
 
 
 @dataclass(frozen=True)
@@ -63,7 +95,8 @@ class Sandbox:
 
 def from_json(data: dict) -> Sandbox:
     try:
-        hosts = tuple(SandboxHost(**h) for h in data["hosts"])
+        hosts = tuple(SandboxHost(**{**h, "router": SandboxRouter(**h["router"]) if h.get("router") else None})
+                      for h in data["hosts"])
         rest = {k: v for k, v in data.items() if k not in ("hosts", "images")}
         return Sandbox(hosts=hosts, images=MappingProxyType(dict(data["images"])), **rest)
     except (KeyError, TypeError) as exc:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.errors import SandboxError
-from reconciler.sandbox import description, engines, images, netns, procs, registry, sshd
+from reconciler.sandbox import description, engines, haproxy, images, netns, procs, registry, sshd
 from reconciler.sandbox.layout import (IMAGE_REPOSITORY, MAX_HOSTS, NETNS_PREFIX, REGISTRY, SSH_PORT, SSH_USER,
                                        HostLayout, Layout, layout)
 
@@ -59,6 +59,7 @@ def _known_host_dirs(lay: Layout) -> list[HostLayout]:
 
 
 def _teardown_host(host: HostLayout) -> None:
+    haproxy.stop(host)
     engines.stop(host)
     sshd.stop(host)
     inode = netns.netns_inode(host.netns)
@@ -107,13 +108,16 @@ def _up(lay: Layout, hosts: int, started: float) -> description.Sandbox:
             engines.wait_ready(host, started_engines.get(host.name))
         refs, dsn = pushed.result(), database.result()
     sshd.write_known_hosts(lay, pinned)
+    # After the engines: stopping an unhealthy engine ends every process that
+    # names the host's directory, a running HAProxy included.
+    routers = {host.name: haproxy.ensure(host) for host in wanted}
 
     sandbox = description.Sandbox(
         state_dir=str(lay.root),
         hosts=tuple(description.SandboxHost(
             name=h.name, address=h.address, port=SSH_PORT, user=SSH_USER,
             identity_file=str(lay.identity_file), known_hosts_file=str(lay.known_hosts_file),
-            docker_socket=str(h.docker_socket), netns=h.netns) for h in wanted),
+            docker_socket=str(h.docker_socket), netns=h.netns, router=routers[h.name]) for h in wanted),
         registry=REGISTRY,
         image_repository=f"{REGISTRY}/{IMAGE_REPOSITORY}",
         images=refs,
@@ -200,6 +204,7 @@ class HostStatus:
     netns: bool
     dockerd: bool
     sshd: bool
+    router: bool = False
 
 
 @dataclass(frozen=True)
@@ -213,7 +218,7 @@ class Status:
     @property
     def all_up(self) -> bool:
         return (self.described and bool(self.hosts) and self.registry and self.postgres is not False
-                and all(h.netns and h.dockerd and h.sshd for h in self.hosts))
+                and all(h.netns and h.dockerd and h.sshd and h.router for h in self.hosts))
 
 
 def _postgres_answers(dsn: str | None) -> bool | None:
@@ -236,6 +241,6 @@ def status() -> Status:
     # The described hosts, and any other whose namespace is still there;
     # not every h* directory (those keep host keys after a smaller ``up``).
     ours = [h for h in _known_host_dirs(lay) if h.name in names or h.netns in namespaces]
-    hosts = tuple(HostStatus(h.name, h.address, h.netns in namespaces, engines.healthy(h), sshd.healthy(h))
-                  for h in ours)
+    hosts = tuple(HostStatus(h.name, h.address, h.netns in namespaces, engines.healthy(h), sshd.healthy(h),
+                             haproxy.healthy(h)) for h in ours)
     return Status(str(lay.root), hosts, registry.healthy(lay), _postgres_answers(dsn), described)

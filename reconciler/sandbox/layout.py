@@ -25,6 +25,8 @@ REGISTRY = f"{BRIDGE_ADDRESS}:{REGISTRY_PORT}"
 IMAGE_REPOSITORY = "demo/web"
 SSH_PORT = 22
 SSH_USER = "root"
+ROUTER_PORT = 80  # each host's HAProxy frontend, on the host's address
+ROUTER_ADMIN = "127.0.0.1:9901"  # its Runtime API, on the host's own loopback (reached through SSH)
 MAX_HOSTS = 50  # 10.213.0.{10+i} and 172.31.{10+i}.0/24 must stay valid
 _MAX_SOCKET_PATH = 107
 
@@ -78,6 +80,12 @@ class HostLayout:
     sshd_host_key = property(lambda self: self.root / "ssh_host_ed25519_key")
     sshd_pidfile = property(lambda self: self.root / "sshd.pid")
     sshd_log = property(lambda self: self.root / "sshd.log")
+    haproxy_dir = property(lambda self: self.root / "haproxy")
+    haproxy_config = property(lambda self: self.root / "haproxy" / "haproxy.cfg")
+    haproxy_state = property(lambda self: self.root / "haproxy" / "server-state")
+    haproxy_socket = property(lambda self: self.root / "haproxy" / "admin.sock")
+    haproxy_pidfile = property(lambda self: self.root / "haproxy" / "haproxy.pid")
+    haproxy_log = property(lambda self: self.root / "haproxy" / "haproxy.log")
 
 
 @dataclass(frozen=True)

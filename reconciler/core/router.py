@@ -1,0 +1,508 @@
+"""The traffic router of one host (HAProxy 2.6), as data.  Pure.
+
+Three things live here, each tested by equality:
+
+- **the config file** of a host's router: ``render_config(site, servers)``
+  turns the desired exposure of the host's services (one frontend port,
+  host-name and/or path rules, one backend per service) and the servers the
+  router runs right now into HAProxy's config text, so that a restart of
+  HAProxy restores the live routing;
+- **the switch as data**: ``switch_steps`` is the blue-green sequence
+  (add green with weight 0 and the service's check, wait until the router
+  sees it UP, move the weight, drain blue, wait until it has no session,
+  take it out) and ``rollback_steps`` the same switch back to a retained
+  blue; ``commands`` gives the Runtime API lines each step sends;
+- **what is already in effect**: ``in_effect`` and ``resume`` read the
+  router's observed servers, so a run that crashed mid-switch continues
+  from the first step the router does not show done, like containers are
+  observed.
+
+HAProxy facts this relies on (2.6, measured): ``add server`` creates a
+server in maintenance; ``set server .. state ready`` alone makes it UP at
+once, before any check ran ("up, falls on the first failure"), so every add
+is followed by ``health down`` in the same command line: UP then means
+``rise`` consecutive passes.  ``del server`` needs maintenance and no
+session.  Dynamic servers vanish on reload unless they are in the config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Literal, Mapping, Sequence
+
+from reconciler.core.model import HealthCheck
+
+FULL_WEIGHT = 100
+DEFAULT_FALL = 2
+UNROUTED_BACKEND = "reconciler-unrouted"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$")
+_HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
+_PATH_RE = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*$")
+_QUOTABLE_RE = re.compile(r'^[^"\\\n\r#]*$')
+
+
+# ---------------------------------------------------------------- desired
+
+
+@dataclass(frozen=True)
+class RouterSettings:
+    """The router of one host: where it listens and how it is controlled."""
+
+    bind: str  # "ADDR:PORT" or ":PORT": the one frontend every exposed service shares
+    admin: str = "127.0.0.1:9901"  # the Runtime API on the host's loopback, reached through SSH
+    socket: str | None = None  # a root-only unix admin socket; it also hands listeners to a reloaded worker
+    state_file: str | None = None  # HAProxy's server-state file: check states survive a reload or restart
+    log: str | None = "/dev/log"
+    timeout_connect: float = 5.0
+    timeout_client: float = 30.0
+    timeout_server: float = 30.0
+
+
+@dataclass(frozen=True)
+class RouterCheck:
+    """The active health check the router runs on every server of a backend."""
+
+    kind: Literal["http", "tcp"] = "http"
+    path: str = "/"
+    expected_status: int = 200
+    body_contains: str | None = None
+    interval: float = 1.0
+    timeout: float = 2.0
+    rise: int = 2  # consecutive passes before a server is UP
+    fall: int = DEFAULT_FALL
+
+
+def router_check(health: HealthCheck) -> RouterCheck:
+    """The router's check for a service's health check.
+
+    The router can only speak HTTP or TCP to a server: ``command``,
+    ``docker`` and ``running`` checks become a TCP connect to the exposed
+    port here, and the engine-side check keeps running them.
+    """
+    kind = "http" if health.kind == "http" else "tcp"
+    return RouterCheck(kind=kind, path=health.path, expected_status=health.expected_status,
+                       body_contains=health.body_contains, interval=health.interval, timeout=health.timeout,
+                       rise=max(1, health.successes))
+
+
+@dataclass(frozen=True)
+class Exposure:
+    """How one service is reached through the host's router."""
+
+    service: str  # also the backend's name
+    port: int  # the container port its servers listen on
+    hostnames: tuple[str, ...] = ()  # any of these Host headers; none: any host
+    path: str | None = None  # this path and everything below it; None: any path
+    check: RouterCheck = RouterCheck()
+
+
+@dataclass(frozen=True)
+class Site:
+    """Everything one host's router serves."""
+
+    settings: RouterSettings
+    exposures: tuple[Exposure, ...] = ()
+
+    def exposure(self, service: str) -> Exposure:
+        for e in self.exposures:
+            if e.service == service:
+                return e
+        raise KeyError(service)
+
+
+@dataclass(frozen=True)
+class Server:
+    """One server of a backend: a container's address and port, as the router runs it."""
+
+    name: str
+    address: str
+    port: int
+    weight: int = 0
+    state: Literal["ready", "drain", "maint"] = "ready"
+
+
+def server_name(service: str, release: str) -> str:
+    """A server's name: per release (config hash), because HAProxy cannot rename one."""
+    return f"{service}-{release[:12]}"
+
+
+def _normal_path(path: str | None) -> str | None:
+    if path is None or path.rstrip("/") == "":
+        return None
+    return path.rstrip("/")
+
+
+def problems(site: Site) -> tuple[str, ...]:
+    """Everything that would make the rendered config wrong or ambiguous; () when fine."""
+    found = []
+    seen: dict[str, int] = {}
+    for e in site.exposures:
+        if not _NAME_RE.match(e.service) or e.service == UNROUTED_BACKEND:
+            found.append(f"service {e.service!r}: not usable as a router backend name")
+        if not 0 < e.port < 65536:
+            found.append(f"service {e.service}: port {e.port} out of range")
+        for name in e.hostnames:
+            if not _HOSTNAME_RE.match(name):
+                found.append(f"service {e.service}: host name {name!r} is not a lowercase DNS name")
+        if e.path is not None and not _PATH_RE.match(e.path):
+            found.append(f"service {e.service}: path {e.path!r} must start with / and hold no space or quote")
+        if e.check.body_contains is not None and not _QUOTABLE_RE.match(e.check.body_contains):
+            found.append(f"service {e.service}: health body text cannot hold quotes, backslashes or #")
+        if e.check.kind == "http" and not _PATH_RE.match(e.check.path):
+            found.append(f"service {e.service}: health path {e.check.path!r} is not a plain path")
+        seen[e.service] = seen.get(e.service, 0) + 1
+    found += [f"service {name}: exposed twice on one host" for name, n in seen.items() if n > 1]
+    for i, a in enumerate(site.exposures):
+        for b in site.exposures[i + 1:]:
+            same_path = _normal_path(a.path) == _normal_path(b.path)
+            same_hosts = (not a.hostnames and not b.hostnames) or bool(set(a.hostnames) & set(b.hostnames))
+            if same_path and same_hosts:
+                found.append(f"services {a.service} and {b.service}: both claim host "
+                             f"{sorted(set(a.hostnames) & set(b.hostnames)) or 'any'} path {a.path or '/'}")
+    return tuple(found)
+
+
+# ---------------------------------------------------------------- config text
+
+
+def _duration(seconds: float) -> str:
+    return f"{max(1, round(seconds * 1000))}ms"
+
+
+def server_options(check: RouterCheck, weight: int) -> str:
+    """The keywords after ``ADDR:PORT`` on a server line, the same in config and ``add server``.
+
+    Dynamic servers do not inherit ``default-server``, so every line carries them.
+    """
+    return f"check inter {_duration(check.interval)} rise {check.rise} fall {check.fall} weight {weight}"
+
+
+def _specificity(e: Exposure) -> tuple:
+    # HAProxy takes the first matching use_backend: host and path before
+    # host alone before path alone, longer paths first.
+    path = _normal_path(e.path)
+    return (not (e.hostnames and path), not e.hostnames, -len(path or ""), e.service)
+
+
+def skeleton_hash(site: Site) -> str:
+    """A digest of everything in the config but the servers.
+
+    When it changes the running HAProxy must reload (a backend or a rule
+    cannot be added over the Runtime API); servers change without one.
+    """
+    return "sha256:" + hashlib.sha256(render_config(site, {}, _with_hash=False).encode()).hexdigest()[:16]
+
+
+def hash_in(config_text: str) -> str | None:
+    """The skeleton hash a rendered config file carries in its header; None for a foreign file."""
+    for line in config_text.splitlines()[:5]:
+        if line.startswith("# skeleton: "):
+            return line.split(": ", 1)[1].strip()
+    return None
+
+
+def render_config(site: Site, servers: Mapping[str, Sequence[Server]], *, _with_hash: bool = True) -> str:
+    """HAProxy's config for ``site`` with ``servers`` (backend -> servers) in their current state.
+
+    Raises ValueError on a site ``problems`` rejects: the desired state's
+    validation reports those, with file and line, before anything renders.
+    """
+    found = problems(site)
+    if found:
+        raise ValueError("; ".join(found))
+    s = site.settings
+    lines = ["# Written by reconciler: this host's routing, rewritten after every router change."]
+    if _with_hash:
+        lines.append(f"# skeleton: {skeleton_hash(site)}")
+    lines += ["global", f"    stats socket ipv4@{s.admin} level admin"]
+    if s.socket:
+        lines.append(f"    stats socket {s.socket} mode 600 level admin expose-fd listeners")
+    if s.state_file:
+        lines.append(f"    server-state-file {s.state_file}")
+    if s.log:
+        lines.append(f"    log {s.log} format raw daemon notice" if s.log in ("stdout", "stderr")
+                     else f"    log {s.log} daemon notice")
+    lines += ["", "defaults", "    mode http", "    log global", "    option dontlognull",
+              f"    timeout connect {_duration(s.timeout_connect)}",
+              f"    timeout client {_duration(s.timeout_client)}",
+              f"    timeout server {_duration(s.timeout_server)}",
+              # A connection refused by a dying server is retried on another one.
+              "    retries 3", "    option redispatch 1"]
+    if s.state_file:
+        lines.append("    load-server-state-from-file global")
+    lines += ["", "frontend http", f"    bind {s.bind}"]
+    ordered = sorted(site.exposures, key=_specificity)
+    default = None
+    for e in ordered:
+        conditions = []
+        if e.hostnames:
+            lines.append(f"    acl host_{e.service} hdr(host),field(1,:) -i {' '.join(e.hostnames)}")
+            conditions.append(f"host_{e.service}")
+        path = _normal_path(e.path)
+        if path:
+            lines.append(f"    acl path_{e.service} path {path}")
+            lines.append(f"    acl path_{e.service} path_beg {path}/")
+            conditions.append(f"path_{e.service}")
+        if conditions:
+            lines.append(f"    use_backend {e.service} if {' '.join(conditions)}")
+        else:
+            default = e.service
+    lines.append(f"    default_backend {default or UNROUTED_BACKEND}")
+    lines += ["", f"backend {UNROUTED_BACKEND}",
+              '    http-request return status 404 content-type text/plain string "no service for this host and path"']
+    for e in sorted(site.exposures, key=lambda x: x.service):
+        lines += ["", f"backend {e.service}", "    balance roundrobin", f"    timeout check {_duration(e.check.timeout)}"]
+        if e.check.kind == "http":
+            lines += [f"    option httpchk GET {e.check.path}", f"    http-check expect status {e.check.expected_status}"]
+            if e.check.body_contains is not None:
+                lines.append(f'    http-check expect string "{e.check.body_contains}"')
+        for server in sorted(servers.get(e.service, ()), key=lambda x: x.name):
+            weight = 0 if server.state == "drain" else server.weight
+            disabled = " disabled" if server.state == "maint" else ""
+            lines.append(f"    server {server.name} {server.address}:{server.port} "
+                         f"{server_options(e.check, weight)}{disabled}")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- observed
+
+
+# Bits of ``srv_admin_state`` in ``show servers state`` (HAProxy's srv_admin).
+ADMIN_MAINT = 0x01 | 0x02 | 0x04 | 0x20 | 0x40
+ADMIN_DRAIN = 0x08 | 0x10
+
+
+@dataclass(frozen=True)
+class ServerState:
+    """One server as the router reports it (``show servers state`` and ``show stat``)."""
+
+    backend: str
+    name: str
+    address: str
+    port: int
+    weight: int  # the user weight
+    admin: int  # srv_admin_state bits
+    running: bool  # srv_op_state is "running": the check says up
+    check: str = ""  # last check: status and description, e.g. "L7OK Layer7 check passed"
+    sessions: int = 0  # current sessions (scur)
+    total: int = 0  # sessions ever sent to it (stot): health checks are not counted
+    errors: int = 0  # connection and response errors plus 5xx answers, for a watch after the switch
+
+    @property
+    def maint(self) -> bool:
+        return bool(self.admin & ADMIN_MAINT)
+
+    @property
+    def drain(self) -> bool:
+        return bool(self.admin & ADMIN_DRAIN)
+
+    @property
+    def up(self) -> bool:
+        """Passed ``rise`` checks in a row and is not in maintenance."""
+        return self.running and not self.maint
+
+    def as_server(self) -> Server:
+        state = "maint" if self.maint else "drain" if self.drain else "ready"
+        return Server(self.name, self.address, self.port, self.weight, state)
+
+
+Observed = Mapping[tuple[str, str], ServerState]  # (backend, server) -> state
+
+
+def servers_by_backend(observed: Observed) -> dict[str, tuple[Server, ...]]:
+    """The observed servers as ``render_config`` takes them."""
+    out: dict[str, list[Server]] = {}
+    for (backend, _), state in sorted(observed.items()):
+        out.setdefault(backend, []).append(state.as_server())
+    return {k: tuple(v) for k, v in out.items()}
+
+
+# ---------------------------------------------------------------- steps
+
+
+@dataclass(frozen=True)
+class RouterStep:
+    host: str
+    backend: str
+
+    @property
+    def step(self) -> str:
+        return type(self).__name__
+
+
+@dataclass(frozen=True)
+class Configure(RouterStep):
+    """Write the config for a changed skeleton (a new backend or rule) and reload.
+
+    ``backend`` is unused (""): it concerns the whole router of the host.
+    """
+
+
+@dataclass(frozen=True)
+class AddServer(RouterStep):
+    """Add ``server`` with weight 0 and the backend's check; it must pass ``rise`` checks."""
+
+    server: str = ""
+    address: str = ""
+    port: int = 0
+    check: RouterCheck = RouterCheck()
+
+
+@dataclass(frozen=True)
+class WaitUp(RouterStep):
+    server: str = ""
+    deadline: float = 60.0  # seconds from the start of the wait
+
+
+@dataclass(frozen=True)
+class SetWeights(RouterStep):
+    """Set weights in one command line, raised ones first: the backend never has weight 0 in all."""
+
+    weights: tuple[tuple[str, int], ...] = ()
+
+
+@dataclass(frozen=True)
+class Drain(RouterStep):
+    server: str = ""
+
+
+@dataclass(frozen=True)
+class WaitDrained(RouterStep):
+    """Wait for ``server`` to have no session, or ``deadline`` seconds; then go on either way."""
+
+    server: str = ""
+    deadline: float = 30.0
+
+
+@dataclass(frozen=True)
+class Maint(RouterStep):
+    server: str = ""
+
+
+@dataclass(frozen=True)
+class DelServer(RouterStep):
+    server: str = ""
+
+
+def switch_steps(host: str, backend: str, *, green: Server, blue: str | None, check: RouterCheck,
+                 up_deadline: float, drain_deadline: float) -> tuple[RouterStep, ...]:
+    """Blue-green on one host: green takes every new request once the router sees it UP.
+
+    ``blue`` None is a first deploy: nothing to drain.  The caller stops
+    blue's container after the last step and keeps it for a rollback.
+    """
+    steps: list[RouterStep] = [
+        AddServer(host, backend, green.name, green.address, green.port, check),
+        WaitUp(host, backend, green.name, up_deadline),
+    ]
+    if blue is None:
+        return (*steps, SetWeights(host, backend, ((green.name, FULL_WEIGHT),)))
+    return (*steps,
+            SetWeights(host, backend, ((green.name, FULL_WEIGHT), (blue, 0))),
+            Drain(host, backend, blue),
+            WaitDrained(host, backend, blue, drain_deadline),
+            Maint(host, backend, blue),
+            DelServer(host, backend, blue))
+
+
+def rollback_steps(host: str, backend: str, *, retained: Server, current: str, check: RouterCheck,
+                   up_deadline: float, drain_deadline: float) -> tuple[RouterStep, ...]:
+    """The switch back: the retained blue (started again) in, the current green drained out."""
+    return switch_steps(host, backend, green=retained, blue=current, check=check,
+                        up_deadline=up_deadline, drain_deadline=drain_deadline)
+
+
+def abandon_steps(host: str, backend: str, server: str) -> tuple[RouterStep, ...]:
+    """Take out a green that never came UP: it never had weight, so nothing to drain."""
+    return (Maint(host, backend, server), DelServer(host, backend, server))
+
+
+@dataclass(frozen=True)
+class Command:
+    """One Runtime API line and the answers that mean success.
+
+    ``ok`` holds prefixes of a successful answer (stripped); ``""`` stands
+    for the empty answer HAProxy gives a ``set`` that worked.  A line of
+    several ``;``-separated commands succeeds only with an empty answer.
+    """
+
+    line: str
+    ok: tuple[str, ...] = ("",)
+
+    def succeeded(self, answer: str) -> bool:
+        answer = answer.strip()
+        return any(answer.startswith(p) if p else answer == "" for p in self.ok)
+
+
+def commands(step: RouterStep, exists: bool = False) -> tuple[Command, ...]:
+    """The Runtime API commands of a step that changes the router (not the waits).
+
+    ``exists``: for AddServer, the server is there already (a resumed run);
+    it gets its address and a fresh check instead of a second ``add``.
+    """
+    ref = f"{step.backend}/{getattr(step, 'server', '')}"
+    if isinstance(step, AddServer):
+        # Ready and forced down in one line: UP then takes ``rise`` passes.
+        rearm = Command(f"set server {ref} weight 0; set server {ref} state ready; set server {ref} health down")
+        if exists:
+            return (Command(f"set server {ref} state maint"),
+                    Command(f"set server {ref} addr {step.address} port {step.port}",
+                            ok=("IP changed from", "no need to change the addr", "port changed from")),
+                    Command(f"enable health {ref}"), rearm)
+        return (Command(f"add server {ref} {step.address}:{step.port} {server_options(step.check, 0)}",
+                        ok=("New server registered.",)),
+                Command(f"enable health {ref}"), rearm)
+    if isinstance(step, SetWeights):
+        ordered = sorted(step.weights, key=lambda w: -w[1])
+        return (Command("; ".join(f"set server {step.backend}/{name} weight {w}" for name, w in ordered)),)
+    if isinstance(step, Drain):
+        return (Command(f"set server {ref} state drain"),)
+    if isinstance(step, Maint):
+        return (Command(f"set server {ref} state maint"),)
+    if isinstance(step, DelServer):
+        return (Command(f"del server {ref}", ok=("Server deleted.",)),)
+    return ()
+
+
+def in_effect(step: RouterStep, observed: Observed) -> bool:
+    """Whether the router already shows what ``step`` brings about.
+
+    Causal on purpose: blue with no session is not "drained" unless it is
+    draining or out, otherwise a resumed run could skip the switch itself.
+    """
+    server = getattr(step, "server", "")
+    state = observed.get((step.backend, server))
+    if isinstance(step, AddServer):
+        return (state is not None and not state.maint and state.address == step.address
+                and state.port == step.port)
+    if isinstance(step, WaitUp):
+        return state is not None and state.up
+    if isinstance(step, SetWeights):
+        # A server to get weight 0 that is gone already gets no request either.
+        return all(((s := observed.get((step.backend, name))) is not None and s.weight == w and not s.maint)
+                   or (w == 0 and (s is None or s.weight == 0)) for name, w in step.weights)
+    if isinstance(step, Drain):
+        return state is None or state.drain or state.maint
+    if isinstance(step, WaitDrained):
+        return state is None or ((state.drain or state.maint) and state.sessions == 0)
+    if isinstance(step, Maint):
+        return state is None or state.maint
+    if isinstance(step, DelServer):
+        return state is None
+    return False
+
+
+def resume(steps: Sequence[RouterStep], observed: Observed) -> tuple[RouterStep, ...]:
+    """The steps left from the first one the router does not show in effect.
+
+    A prefix, not "after the furthest": a blue absent from the router would
+    make the last steps vacuously true, and skipping to them would skip the
+    switch.  A green that went DOWN after its switch resumes at WaitUp; the
+    watch after the switch, not this, decides to switch back.
+    """
+    for i, step in enumerate(steps):
+        if not in_effect(step, observed):
+            return tuple(steps[i:])
+    return ()
