@@ -17,6 +17,12 @@ the executor can tell:
 - any method can be made to fail: ``fail(method, on_call=N, error=...)`` for
   one call, ``go_down(after=N)`` for every call after the Nth of any method.
 
+It also implements the database phase's ``DatabaseHost`` seam
+(``adapters.db.images``): files shipped in an image (``Registry.ship``), an
+image's id and creation time, one-off migration containers (what they do is
+a script per image; every run is kept in ``one_offs``), secret files, and a
+database tunnel that passes the DSN through (counted in ``tunnels``).
+
 Every error is a ``reconciler.errors`` one carrying the host, like the real
 driver's.  The fake also records whether two threads ever used it at once
 (``concurrent_use``): DockerHost is not thread-safe.
@@ -93,6 +99,22 @@ class Registry:
     logs: dict[str, str] = field(default_factory=dict)
     # which checks an image can answer at all (e.g. only v2 serves /healthz)
     answers: dict[str, Callable[[HealthCheck], bool]] = field(default_factory=dict)
+    # the database seam, by pull_ref: directory -> {file name: text}; creation time; migration command
+    files: dict[str, dict[str, dict[str, str]]] = field(default_factory=dict)
+    created: dict[str, str] = field(default_factory=dict)
+    commands: dict[str, Callable[[list[str], dict[str, str]], tuple[int, str]]] = field(default_factory=dict)
+
+    def ship(self, ref: ImageRef, *, files: Mapping[str, Mapping[str, str]] = (), created: str | None = None,
+             command: Callable[[list[str], dict[str, str]], tuple[int, str]] | None = None) -> ImageRef:
+        """What an image holds for the database phase: ``files`` by directory,
+        its creation time, what its migration command does (exit code, output)."""
+        self.images.add(ref.pull_ref)
+        self.files[ref.pull_ref] = {path: dict(names) for path, names in dict(files).items()}
+        if created is not None:
+            self.created[ref.pull_ref] = created
+        if command is not None:
+            self.commands[ref.pull_ref] = command
+        return ref
 
     def publish(
         self, ref: ImageRef, script: Script = ALWAYS_OK, logs: str = "", answers: Callable[[HealthCheck], bool] = lambda check: True
@@ -154,6 +176,9 @@ class FakeHost:
         self.concurrent_use = False
         self._busy = threading.Lock()
         self.scripts: dict[str, Script] = {}  # per-host override of the registry's, by digest
+        self.secret_files: dict[str, str] = {}
+        self.one_offs: list[tuple[str, tuple[str, ...], dict[str, str]]] = []  # (image, argv, env) per run
+        self.tunnels: list[FakeTunnel] = []
 
     # ------------------------------------------------------------ set-up
     def fail(self, method: str, *, on_call: int = 1, error: type[ReconcilerError] = HostUnreachable) -> None:
@@ -358,6 +383,88 @@ class FakeHost:
             self._exit()
 
 
+    # ------------------------------------------------------------ DatabaseHost
+    def _image(self, image: ImageRef, what: str) -> str:
+        if image.pull_ref not in self.images:
+            raise EngineError(f"{what}: No such image: {image.pull_ref}", host=self.name)
+        return image.pull_ref
+
+    def read_image_files(self, image: ImageRef, path: str) -> list[tuple[str, str]]:
+        from reconciler.core.migrations import MigrationError
+
+        self._enter("read_image_files")
+        try:
+            ref = self._image(image, f"create a container of {image} to read {path}")
+            found = self.registry.files.get(ref, {}).get(path)
+            if found is None:
+                raise MigrationError([f"{self.name}: migrations.path {path} in {image}: no such directory in the image"])
+            return sorted(found.items())
+        finally:
+            self._exit()
+
+    def image_facts(self, image: ImageRef):
+        from reconciler.core.contracts import ImageFacts
+
+        self._enter("image_facts")
+        try:
+            ref = self._image(image, f"inspect image {image}")
+            return ImageFacts(str(image), digest_of("config " + ref), self.registry.created.get(ref, "2026-01-01T00:00:00Z"))
+        finally:
+            self._exit()
+
+    def run_one_off(self, image: ImageRef, argv, *, env, network, labels, timeout) -> tuple[int, str]:
+        self._enter("run_one_off")
+        try:
+            ref = self._image(image, f"run {' '.join(argv)}")
+            self.one_offs.append((str(image), tuple(argv), dict(env)))
+            return self.registry.commands.get(ref, lambda argv, env: (0, ""))(list(argv), dict(env))
+        finally:
+            self._exit()
+
+    def read_secret_file(self, path: str) -> str:
+        self._enter("read_secret_file")
+        try:
+            if path not in self.secret_files:
+                raise EngineError(f"read secret file {path}: no such file", host=self.name)
+            return self.secret_files[path]
+        finally:
+            self._exit()
+
+    def open_tunnel(self, address: str, port: int) -> "FakeTunnel":
+        self._enter("open_tunnel")
+        try:
+            tunnel = FakeTunnel(self.name, address, port)
+            self.tunnels.append(tunnel)
+            return tunnel
+        finally:
+            self._exit()
+
+
+@dataclass
+class FakeTunnel:
+    """A tunnel that passes the DSN through: the test's database is local."""
+
+    host: str
+    address: str
+    port: int
+    open: bool = False
+    closed: bool = False
+
+    def __enter__(self) -> "FakeTunnel":
+        self.open = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.open, self.closed = False, True
+
+    def dsn(self, dsn: str) -> str:
+        assert self.open, "DSN asked of a tunnel that is not open"
+        return dsn
+
+
 class World:
     """Hosts sharing a registry and a clock, and the verbs tests use on them."""
 
@@ -375,8 +482,15 @@ class World:
         return plan_deploy(env, self.observe(), revision)
 
     def executor(self, env, revision: str = "r1", **kwargs):
+        import inspect
+
         from reconciler.engine.executor import Executor
 
+        if "report" in kwargs and "report" not in inspect.signature(Executor).parameters:
+            kwargs["observers"] = (kwargs.pop("report"),)  # the executor now takes a list of observers
+        report = kwargs.pop("report", None)
+        if report is not None:
+            kwargs["observers"] = (report,)
         return Executor(env, self.hosts, revision, clock=self.clock, sleep=self.clock.sleep, **kwargs)
 
     def apply(self, env, revision: str = "r1", **kwargs):

@@ -1,39 +1,142 @@
 """Contract migrations: run late, on purpose, and never rolled back past.
 
-A contract file (``NNNN_slug.contract.sql``) removes what the previous
+A contract (``NNNN_slug.contract.sql``, or a service's ``migrations.command``
+told ``RECONCILER_MIGRATION_PHASE=contract``) removes what the previous
 release still used, so it waits until the release that no longer uses it has
 been healthy in the environment for ``migrations.soak`` seconds AND the
-desired state says ``migrations.allow_contract: true`` ("only drop the old
-columns after everything is working correctly in production").  It runs in a
-later reconcile, one that finds the environment in sync, never in the deploy.
+desired state says ``migrations.allow_contract: true``.  It is a run of its
+own, never part of a deploy:
 
-Once a contract has run, a release older than it (an image whose migration
-files stop below the contract's number) may read what was dropped: the
-database phase refuses to deploy it (``refuse_older_release``), reading the
-fact from the tracking table, so the refusal survives the agent's state.
+    view = observe_contracts(environment, hosts, healthy_since, now)   # I/O
+    plan = core.contracts.plan_contract(environment, view, commit)     # pure
+    ... the engine runs plan's steps with dbphase.DatabaseSteps ...
+    core.contracts.next_contract_in(environment, view)                 # when to look again
+
+Once a contract has run, a release older than it may use what was dropped:
+a deploy of it (``dbphase.DatabaseSteps``' CheckMigrations) and the rollback
+lever (``refuse_rollback_past_contracts``) refuse it before any host changes,
+for files and for migration commands alike, reading the facts from the
+database, so the refusal survives the agent's state (and a restore of a
+pre-contract backup lifts it, as it should).
 
 Errors: ``ContractRollbackRefused`` (stalled); the database adapter's
 ``BackupFailed``, ``MigrationFailed``, ``DatabaseError`` (stalled) and
-``LockHeld`` (waiting).
+``LockHeld`` (waiting); ``HostUnreachable``/``EngineError`` (transient).
 """
 
 from __future__ import annotations
 
 import pathlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
-from reconciler.core import model
 from reconciler.adapters.db import applied_migrations, pending
-from reconciler.adapters.db.migrate import apply_contract
-from reconciler.engine.dbphase import _quiet, database_connection, read_image_migrations, run_migration_command, take_verified_backup
-from reconciler.errors import StalledError
-from reconciler.core.migrations import MigrationFile
-from reconciler.core.model import Environment, Service
+from reconciler.adapters.db.commands import command_runs
+from reconciler.adapters.db.images import database_host
+from reconciler.core import model
+from reconciler.core.contracts import (
+    ContractRollbackRefused,
+    ContractsView,
+    ServiceContract,
+    plan_contract,
+    soak_remaining,
+)
+from reconciler.core.migrations import parse_files
+from reconciler.core.model import Environment, ImageRef, Service
+from reconciler.core.plan import Restore, order_services
+from reconciler.engine.dbphase import (
+    DatabaseSteps,
+    _quiet,
+    database_connection,
+    refuse_older_command_release,
+    refuse_older_release,
+)
+
+__all__ = ["ContractResult", "ContractRollbackRefused", "observe_contracts", "refuse_older_release",
+           "refuse_rollback_past_contracts", "run_contracts"]
 
 
-class ContractRollbackRefused(StalledError):
-    """The release is older than a contract migration that already ran."""
+def observe_contracts(environment: Environment, hosts: Mapping[str, Any], healthy_since: Mapping[str, float],
+                      now: float) -> ContractsView:
+    """What each service allowed to contract has pending, and its soak left.
+
+    ``healthy_since`` maps a service to when its running image started
+    running healthy (a service missing from it has no known start: its soak
+    has not begun).  Services with ``allow_contract`` false are not looked at:
+    this runs on every in-sync reconcile, and reading an image costs a
+    container create on a host.  Files are read, and a command's image
+    inspected, only where every host runs the desired image.
+    """
+    database = environment.database
+    services = [s for s in order_services(environment.services) if s.migrations and s.migrations.allow_contract]
+    if database is None or not services:
+        return ContractsView(environment.name)
+    observed: dict[str, Any] = {}
+    seen = []
+    with database_connection(database, hosts) as dsn:
+        runs = command_runs(dsn)
+        for service in services:
+            host = service.hosts[0]
+            remaining = soak_remaining(service.migrations.soak, healthy_since.get(service.name), now)
+            not_running = _not_running(environment, hosts, service, observed)
+            if not_running:
+                seen.append(ServiceContract(service.name, host, not_running=not_running, soak_remaining=remaining))
+                continue
+            driver = database_host(hosts[host])
+            files: tuple[str, ...] = ()
+            if service.migrations.path:
+                shipped = parse_files(driver.read_image_files(service.image, service.migrations.path))
+                files = tuple(m.name for m in pending(dsn, shipped, "contract"))
+            command_due = False
+            if service.migrations.command:
+                image_id = driver.image_facts(service.image).id
+                command_due = not any(r.service == service.name and r.phase == "contract" and r.image_id == image_id
+                                      and r.exit_code == 0 for r in runs)
+            seen.append(ServiceContract(service.name, host, files, command_due, soak_remaining=remaining))
+    return ContractsView(environment.name, tuple(seen))
+
+
+def _not_running(environment: Environment, hosts: Mapping[str, Any], service: Service,
+                 observed: dict[str, Any]) -> tuple[str, ...]:
+    bad = []
+    for host in service.hosts:
+        if host not in observed:
+            observed[host] = hosts[host].observe()
+        active = [c for c in observed[host].managed(environment.name)
+                  if c.service == service.name and c.role == model.ROLE_ACTIVE]
+        if not active or not active[0].running or active[0].image != str(service.image):
+            bad.append(f"{host}/{service.name}")
+    return tuple(bad)
+
+
+def refuse_rollback_past_contracts(environment: Environment, hosts: Mapping[str, Any], plan, observed) -> None:
+    """The rollback lever's guard: restoring a retained container whose image
+    is older than a contract that already ran is refused, as a deploy of it
+    would be, before any host changes, for files and commands alike."""
+    if environment.database is None:
+        return
+    targets: dict[tuple[str, str], tuple[Service, str]] = {}
+    for action in plan.actions:
+        if not isinstance(action, Restore):
+            continue
+        service = environment.service(action.service)
+        if service.migrations is None:
+            continue
+        container = next(c for c in observed[action.host].containers if c.name == action.container)
+        targets.setdefault((service.name, container.image or ""), (service, action.host))
+    if not targets:
+        return
+    with database_connection(environment.database, hosts) as dsn:
+        for (_, image_text), (service, host) in targets.items():
+            older = replace(service, image=ImageRef.parse(image_text))
+            driver = database_host(hosts[host])
+            if service.migrations.path:
+                refuse_older_release(dsn, older, parse_files(driver.read_image_files(older.image, service.migrations.path)))
+            if service.migrations.command:
+                refuse_older_command_release(dsn, older, driver.image_facts(older.image))
+
+
+# ------------------------------------------------------------ one call, for tests and tools
 
 
 @dataclass(frozen=True)
@@ -48,111 +151,41 @@ class ContractResult:
     applied: tuple[str, ...] = ()
     wait_seconds: float | None = None
     backup: str | None = None
-
-
-def refuse_older_release(dsn: str, service: Service, files: tuple[MigrationFile, ...]) -> None:
-    """Raise when a contract newer than everything ``files`` knows has run."""
-    known = max((f.version for f in files), default=0)
-    newer = [row for row in applied_migrations(dsn).values() if row.phase == "contract" and row.version > known]
-    if not newer:
-        return
-    names = ", ".join(row.name for row in newer)
-    raise ContractRollbackRefused(
-        f"{service.name}: the image {service.image} ships migrations up to {known:04d}, but the contract "
-        f"migration(s) {names} already ran on this database: this release is older than that contract and "
-        "may use what it removed, so it is not deployed. Deploy a release that ships those files (revert "
-        "the revert), or, to go back for real, restore a backup taken before the contract: "
-        "`reconciler db backups --env ENV`, then `reconciler db restore BACKUP --env ENV`")
+    backup_reused: bool = False
 
 
 def run_contracts(environment: Environment, hosts: Mapping[str, Any], commit: str, *,
                   healthy_since: float, now: float, store_dir: pathlib.Path | None = None,
                   report=_quiet) -> tuple[ContractResult, ...]:
-    """Run the pending contract migrations of every service whose turn it is.
-
-    ``healthy_since`` is when the running release finished deploying healthy
-    in this environment (the ``finished`` time of the commit's note); the
-    caller calls this only when the environment is in sync.
-    """
+    """Observe, plan and run the contracts whose turn it is, in one call,
+    with one ``healthy_since`` for every service (outside the engine: no
+    lock, no journal, no note; the engine runs the same three parts)."""
+    migrating = [s for s in order_services(environment.services) if s.migrations]
     if environment.database is None:
-        return tuple(ContractResult(s.name, "no-database") for s in environment.services if s.migrations)
+        return tuple(ContractResult(s.name, "no-database") for s in migrating)
+    view = observe_contracts(environment, hosts, {s.name: healthy_since for s in migrating}, now)
+    plan = plan_contract(environment, view, commit)
+    done = None
+    if plan.actions:
+        with DatabaseSteps(environment, hosts, commit, store_dir=store_dir, report=report) as steps:
+            for action in plan.actions:
+                steps.run(action)
+            done = steps.result
+    ran = {a.service for a in plan.actions if a.step == "Migrate"}
     results = []
-    for service in environment.services:
-        if service.migrations is None:
-            continue
-        results.append(_one(environment, hosts, commit, service, healthy_since, now, store_dir, report))
+    for service in migrating:
+        seen = view.service(service.name)
+        if not service.migrations.allow_contract:
+            results.append(ContractResult(service.name, "not-allowed", "migrations.allow_contract is false"))
+        elif seen is None or seen.not_running:
+            results.append(ContractResult(service.name, "unhealthy", f"not running: {', '.join(seen.not_running if seen else ())}"))
+        elif not seen.due:
+            results.append(ContractResult(service.name, "nothing-pending"))
+        elif service.name not in ran:
+            results.append(ContractResult(service.name, "waiting", f"{seen.soak_remaining:.0f}s of the "
+                                          f"{service.migrations.soak:.0f}s soak left", wait_seconds=seen.soak_remaining))
+        else:
+            mine = set(seen.pending) | {f"command:{service.name}"}
+            results.append(ContractResult(service.name, "ran", applied=tuple(a for a in done.applied if a in mine),
+                                          backup=done.backup, backup_reused=done.backup_reused))
     return tuple(results)
-
-
-def _one(environment: Environment, hosts: Mapping[str, Any], commit: str, service: Service,
-         healthy_since: float, now: float, store_dir, report) -> ContractResult:
-    migrations = service.migrations
-    if not migrations.allow_contract:
-        return ContractResult(service.name, "not-allowed", "migrations.allow_contract is false")
-    unhealthy = _not_running(environment, hosts, service)
-    if unhealthy:
-        return ContractResult(service.name, "unhealthy", f"not running: {', '.join(unhealthy)}")
-    with database_connection(environment.database, hosts) as dsn:
-        return _contract(environment, hosts, commit, service, dsn, healthy_since, now, store_dir, report)
-
-
-def _contract(environment, hosts, commit, service, dsn, healthy_since, now, store_dir, report) -> ContractResult:
-    migrations = service.migrations
-    driver = hosts[service.hosts[0]]
-    todo: tuple[MigrationFile, ...] = ()
-    if migrations.path:
-        todo = pending(dsn, read_image_migrations(driver, service.image, migrations.path), "contract")
-        if not todo and not migrations.command:
-            return ContractResult(service.name, "nothing-pending")
-    soaked = now - healthy_since
-    if soaked < migrations.soak:
-        wait = round(migrations.soak - soaked, 3)
-        return ContractResult(service.name, "waiting", f"healthy for {soaked:.0f}s of the {migrations.soak:.0f}s soak",
-                              wait_seconds=wait)
-    backup = take_verified_backup(dsn, environment, commit, store_dir)
-    report("done", step="db-backup", service=service.name, reason=f"{backup.backup} verified before contract")
-    applied = tuple(m.name for m in apply_contract(dsn, todo)) if todo else ()
-    if migrations.command:
-        run_migration_command(driver, service, "contract")
-        applied += (f"command:{service.name}",)
-    report("done", step="db-contract", service=service.name, reason="applied " + ", ".join(applied))
-    return ContractResult(service.name, "ran", applied=applied, backup=backup.backup)
-
-
-def _not_running(environment: Environment, hosts: Mapping[str, Any], service: Service) -> list[str]:
-    bad = []
-    for host in service.hosts:
-        active = [c for c in hosts[host].observe().managed(environment.name)
-                  if c.service == service.name and c.role == model.ROLE_ACTIVE]
-        if not active or not active[0].running or active[0].image != str(service.image):
-            bad.append(f"{host}/{service.name}")
-    return bad
-
-
-def refuse_rollback_past_contracts(environment: Environment, hosts: Mapping[str, Any], plan, observed) -> None:
-    """The rollback lever's guard: restoring a retained container whose image
-    is older than a contract that already ran is refused, as a deploy of it
-    would be (``refuse_older_release``), before any host changes."""
-    from dataclasses import replace
-
-    from reconciler.core.model import ImageRef
-    from reconciler.core.plan import Restore
-
-    if environment.database is None:
-        return
-    targets: dict[tuple[str, str], tuple[Service, str]] = {}
-    for action in plan.actions:
-        if not isinstance(action, Restore):
-            continue
-        service = environment.service(action.service)
-        if not (service.migrations and service.migrations.path):
-            continue
-        container = next(c for c in observed[action.host].containers if c.name == action.container)
-        targets.setdefault((service.name, container.image or ""), (service, action.host))
-    if not targets:
-        return
-    with database_connection(environment.database, hosts) as dsn:
-        for (_, image_text), (service, host) in targets.items():
-            image = ImageRef.parse(image_text)
-            shipped = read_image_migrations(hosts[host], image, service.migrations.path)
-            refuse_older_release(dsn, replace(service, image=image), shipped)

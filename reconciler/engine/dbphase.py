@@ -1,53 +1,62 @@
-"""The database phase of a deploy: backup, verify, check, expand.
+"""The database phase: the plan's CheckMigrations, Backup and Migrate steps.
 
-It runs as the executor's ``before_deploy`` hook, after pre-flight (every new
-image is pulled on its hosts) and before the first container changes, so a
-refusal or failure here leaves every host, and the schema, as they were::
+``DatabaseSteps`` runs them for the executor (``Executor(..., database=steps)``)
+one at a time, in plan order, after pre-flight (every new image is pulled on
+its hosts) and before the first container changes, so a refusal or failure
+here leaves every host, and the schema, as they were.  It keeps what one
+step learns for the next:
 
-    run_plan(env, hosts, plan, before_deploy=DatabasePhase(env, hosts, commit))
+``CheckMigrations(host, service, phase)``
+    read the migration files from the NEW image on ``host`` (a created, never
+    started container): the code that needs the schema carries it, so what
+    is checked is exactly what ships; refuse a release older than a contract
+    that already ran (files: the image's files stop below it; a command: the
+    image predates the one that ran the contract); work out what is pending
+    across every service sharing the database; for ``expand``, the static
+    check (pure and cheap, so a refused file costs no backup).
+``Backup(database, required)``
+    a backup named for the commit, and its verification (a full restore to
+    nowhere): no verified backup, no migration and no deploy.  A retry of the
+    same commit and phase reuses that commit's verified backup while no
+    migration but the run's own ran since; with ``required=False`` (policy
+    ``backup: when-migrating``) there is none when nothing is pending and no
+    migration command runs.
+``Migrate(host, service, phase)``
+    files: the dynamic check on a schema-only scratch copy (expand), then
+    apply under the advisory lock, in one global order across the services
+    sharing the database (the phase's first Migrate applies them all); a
+    ``migrations.command``: run it in a one-off container of the new image on
+    ``host``, told the phase by ``RECONCILER_MIGRATION_PHASE``, under the
+    advisory lock, recorded with the image's id and creation time
+    (``adapters.db.commands``).
 
-The order, and why:
-
-1. read the migration files from the NEW image (a created, never started
-   container on the first target host): the code that needs the schema
-   carries it, so what is checked is exactly what ships;
-2. refuse a release older than a contract migration that already ran
-   (``contract.refuse_older_release``): its code may use what was dropped;
-3. the static check of the pending expand files (pure and cheap, so a
-   refused file costs no backup);
-4. the backup, named for the commit, and its verification (a full restore to
-   nowhere): no verified backup, no migration and no deploy;
-5. the dynamic check on a schema-only scratch copy;
-6. apply the expand files under the advisory lock (``db.apply_expand``).
-
-Services whose migrations are a ``command`` get steps 4 and then the
-command, run in a one-off container of the new image with
-``RECONCILER_MIGRATION_PHASE=expand``; the tool checks its own files.
+The DSN (through a ``via_host`` tunnel) is opened by the first step that
+needs it and closed by ``close()``.  ``result`` is the ``PhaseResult`` for the
+record.  What the steps need from a host goes through the ``DatabaseHost``
+seam (``adapters.db.images``), so all this runs on fake hosts in tests.
 
 Errors (all raised before any container changes): ``BackupFailed``,
 ``MigrationRefused``/``MigrationError``, ``MigrationFailed``,
-``DatabaseError``, ``contract.ContractRollbackRefused`` (stalled), and
-``LockHeld`` (waiting).
+``DatabaseError``, ``ContractRollbackRefused`` (stalled), ``LockHeld``
+(waiting), and ``HostUnreachable``/``EngineError`` (transient).
 """
 
 from __future__ import annotations
 
 import contextlib
-
-import io
 import os
 import pathlib
-import tarfile
 import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator, Mapping
 
-import docker.errors
-
+from reconciler.adapters.db import backups as backup_store
+from reconciler.adapters.db import commands as command_log
 from reconciler.adapters.db import (
     BackupFailed,
     DatabaseError,
     MigrationFailed,
+    applied_migrations,
     apply_expand,
     backup,
     check_expand_on_scratch,
@@ -55,17 +64,20 @@ from reconciler.adapters.db import (
     prune_backups,
     verify,
 )
-from reconciler.adapters.db.connection import with_database
-from reconciler.errors import StalledError
+from reconciler.adapters.db.connection import database_name, with_database
+from reconciler.adapters.db.images import LABEL_ROLE, DatabaseHost, database_host
+from reconciler.adapters.db.migrate import advisory_lock, apply_contract
+from reconciler.core import contracts
+from reconciler.core.contracts import ContractRollbackRefused, ImageFacts
 from reconciler.core.migrations import MigrationError, MigrationFile, check_expand, parse_files
 from reconciler.core.model import Database, Environment, ImageRef, Service
-from reconciler.core.plan import Plan, Start
+from reconciler.core.plan import Backup, CheckMigrations, Migrate, Plan, Start, database_steps
+from reconciler.errors import StalledError
 
 BACKUP_DIR_ENV = "RECONCILER_BACKUP_DIR"
 DEFAULT_BACKUP_DIR = "/var/lib/reconciler/backups"
 PHASE_ENV = "RECONCILER_MIGRATION_PHASE"
-LABEL_ROLE = "io.reconciler.migrations"  # marks our one-off containers for a human reading `docker ps -a`
-MAX_MIGRATIONS_BYTES = 16 << 20  # a migrations directory is text; more is a wrong path
+COMMAND_TIMEOUT = 1800.0  # a migration command that has not exited in 30 min needs a human
 
 Reporter = Callable[..., None]
 
@@ -84,24 +96,204 @@ class PhaseResult:
     applied: tuple[str, ...] = ()  # file names, or "command:<service>"
     lock_wait_ms: int = 0
     skipped: str | None = None  # why nothing was done
+    backup_reused: bool = False  # this commit's backup from an earlier attempt, no migration since
 
     def record(self) -> dict:
         return {k: v for k, v in {
             "backup": self.backup, "backup_sha256": self.backup_sha256,
             "backup_seconds": self.backup_seconds, "migrations": list(self.applied),
             "lock_wait_ms": self.lock_wait_ms, "skipped": self.skipped,
-        }.items() if v not in (None, [], 0, 0.0)}
+            "backup_reused": self.backup_reused,
+        }.items() if v not in (None, [], 0, 0.0, False)}
 
     def summary(self) -> str:
         if self.skipped:
             return f"database: {self.skipped}"
-        parts = [f"backup {pathlib.Path(self.backup).name} verified" if self.backup else "no backup"]
+        if self.backup:
+            verb = "reused (no migration since it was taken)" if self.backup_reused else "verified"
+            parts = [f"backup {pathlib.Path(self.backup).name} {verb}"]
+        else:
+            parts = ["no backup"]
         parts.append("applied " + ", ".join(self.applied) if self.applied else "no migration pending")
         return "database: " + "; ".join(parts)
 
 
+class DatabaseSteps:
+    """Runs the database steps of one plan (see the module docstring).  Not
+    thread-safe: the executor hands it one step at a time."""
+
+    def __init__(self, environment: Environment, hosts: Mapping[str, Any], commit: str, *,
+                 store_dir: pathlib.Path | None = None, report: Reporter = _quiet) -> None:
+        self.environment, self.hosts, self.commit = environment, hosts, commit
+        self.store_dir = pathlib.Path(store_dir) if store_dir else None
+        self.report = report
+        self.result = PhaseResult()
+        self._stack = contextlib.ExitStack()
+        self._dsn: str | None = None
+        self._phase: str | None = None
+        self._shipped: dict[str, tuple[MigrationFile, ...]] = {}  # service -> files its new image ships
+        self._commands: dict[str, ImageFacts] = {}  # service with a command -> its new image
+        self._checked: set[str] = set()
+        self._pending: tuple[MigrationFile, ...] = ()  # of the phase, across services, in order
+        self._backup: backup_store.Backup | None = None
+        self._files_done = False
+
+    # ------------------------------------------------------------ lifecycle
+    def __enter__(self) -> "DatabaseSteps":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the database tunnel, if one was opened.  Safe to call twice."""
+        self._dsn = None
+        self._stack.close()
+
+    def dsn(self) -> str:
+        if self._dsn is None:
+            self._dsn = self._stack.enter_context(database_connection(self._database(), self.hosts))
+        return self._dsn
+
+    # ------------------------------------------------------------ steps
+    def run(self, action: Any) -> None:
+        if isinstance(action, CheckMigrations):
+            self._check(action.host, self.environment.service(action.service), action.phase)
+        elif isinstance(action, Backup):
+            self._backup_step(action)
+        elif isinstance(action, Migrate):
+            self._migrate(action)
+        else:
+            raise TypeError(f"DatabaseSteps runs CheckMigrations, Backup and Migrate, not {action.step}")
+
+    def _database(self, service: Service | None = None) -> Database:
+        database = self.environment.database
+        if database is None:
+            who = f"service {service.name} declares migrations but " if service else ""
+            raise StalledError(f"{who}environment {self.environment.name} declares no database: add a database block")
+        return database
+
+    def _set_phase(self, phase: str) -> None:
+        if self._phase not in (None, phase):
+            raise ValueError(f"one run migrates one phase: {self._phase}, then {phase}")
+        self._phase = phase
+
+    def _host(self, name: str) -> DatabaseHost:
+        return database_host(self.hosts[name])
+
+    def _check(self, host: str, service: Service, phase: str) -> None:
+        if service.migrations is None:
+            raise ValueError(f"CheckMigrations for {service.name}, which declares no migrations")
+        self._database(service)
+        self._set_phase(phase)
+        dsn = self.dsn()
+        driver = self._host(host)
+        if service.migrations.path:
+            shipped = parse_files(driver.read_image_files(service.image, service.migrations.path))
+            refuse_older_release(dsn, service, shipped)
+            self._shipped[service.name] = shipped
+        if service.migrations.command:
+            facts = driver.image_facts(service.image)
+            refuse_older_command_release(dsn, service, facts)
+            self._commands[service.name] = facts
+        self._checked.add(service.name)
+        merged = merge_files([f for files in self._shipped.values() for f in files])
+        self._pending = pending(dsn, merged, phase)  # raises if an applied file changed
+        if phase == "expand":
+            check_expand(self._pending)
+        checked = ", static check passed" if phase == "expand" else ""
+        self.report("done", step="db-check", service=service.name,
+                    reason=f"{len(self._pending)} {phase} file(s) pending{checked}")
+
+    def _backup_step(self, action: Backup) -> None:
+        self._database()
+        phase = self._phase or "expand"
+        if not action.required and not self._pending and not self._commands:
+            self.result = replace(self.result, skipped=f"no {phase} migration pending: no backup (backup: when-migrating)")
+            self.report("done", step="db-backup", reason=self.result.skipped)
+            return
+        dsn = self.dsn()
+        store = self.store_dir or backup_dir()
+        files, runs = migration_state(dsn)
+        found, why = reusable_backup(store, dsn, self.environment.name, self.commit, phase, files, runs)
+        if found is not None:
+            self._backup = found
+            self.result = replace(self.result, backup=str(found.path), backup_sha256=found.sha256, backup_reused=True)
+            self.report("done", step="db-backup", reason=f"{found.path} of this commit reused: no migration ran since")
+            return
+        if why:
+            self.report("done", step="db-backup", reason=f"a new backup: this commit's earlier one {why}")
+        record = backup_store.migration_record(files, [r.token for r in runs],
+                                               intended_files=[m.name for m in self._pending],
+                                               intended_commands=self._commands)
+        started = time.monotonic()
+        self._backup = _take(dsn, self.environment, self.commit, store, phase=phase, migrations=record)
+        self.result = replace(self.result, backup=str(self._backup.path), backup_sha256=self._backup.sha256,
+                              backup_seconds=round(time.monotonic() - started, 3))
+        self.report("done", step="db-backup", reason=f"{self._backup.path} verified in {self.result.backup_seconds:.1f}s")
+
+    def _migrate(self, action: Migrate) -> None:
+        service = self.environment.service(action.service)
+        if service.name not in self._checked:
+            self._check(action.host, service, action.phase)  # a plan without CheckMigrations still checks
+        self._set_phase(action.phase)
+        files_due = bool(service.migrations.path and self._pending and not self._files_done)
+        if (files_due or service.migrations.command) and self._backup is None:
+            raise StalledError(f"{service.name}: {action.phase} migrations without a verified backup in this run "
+                               "(no verified backup, no migration): the plan needs a Backup step before Migrate")
+        applied: tuple[str, ...] = ()
+        lock_wait = 0
+        if files_due:
+            dsn = self.dsn()
+            merged = merge_files([f for files in self._shipped.values() for f in files])
+            if action.phase == "expand":
+                check_expand_on_scratch(dsn, merged)
+                self.report("done", step="db-check", service=service.name, reason="dynamic check on a scratch copy passed")
+                done = apply_expand(dsn, merged)
+            else:
+                done = apply_contract(dsn, merged)
+            self._files_done = True
+            applied += tuple(m.name for m in done)
+            lock_wait = sum(m.lock_wait_ms for m in done)
+        if service.migrations.command:
+            self._run_command(action.host, service, action.phase)
+            applied += (f"command:{service.name}",)
+        self.result = replace(self.result, applied=self.result.applied + applied,
+                              lock_wait_ms=self.result.lock_wait_ms + lock_wait)
+        self.report("done", step="db-migrate", service=service.name,
+                    reason=("applied " + ", ".join(applied)) if applied else f"no {action.phase} migration pending")
+
+    def _run_command(self, host: str, service: Service, phase: str) -> None:
+        driver = self._host(host)
+        facts = self._commands.get(service.name) or driver.image_facts(service.image)
+        env = dict(service.env)
+        for secret in service.secrets:
+            if secret.file:
+                env[secret.env] = driver.read_secret_file(secret.file)
+        env[PHASE_ENV] = phase
+        argv = list(service.migrations.command)
+        where = f"{host}: {service.name} migration command {' '.join(argv)} ({phase})"
+        dsn = self.dsn()
+        with advisory_lock(dsn):
+            # Recorded before it starts: a run whose exit is never seen still counts.
+            token = command_log.begin_run(dsn, service=service.name, phase=phase, image=facts,
+                                          commit=self.commit, host=host)
+            code, logs = driver.run_one_off(service.image, argv, env=env,
+                                            network=service.networks[0] if service.networks else None,
+                                            labels={LABEL_ROLE: phase}, timeout=COMMAND_TIMEOUT)
+            command_log.end_run(dsn, token, code)
+        if code != 0:
+            after = "nothing was deployed" if phase == "expand" else "the running release is unchanged"
+            raise MigrationFailed(f"{where}: exit {code}; {after}. Its output:\n{logs}")
+
+
+# ------------------------------------------------------------ the old entry point
+# Kept until the engine hands the plan's database steps to DatabaseSteps
+# itself: ``run_plan(..., before_deploy=DatabasePhase(...))``.
+
+
 class DatabasePhase:
-    """The ``before_deploy`` callable; ``result`` holds what it did once called."""
+    """A ``before_deploy`` callable; ``result`` holds what it did once called."""
 
     def __init__(self, environment: Environment, hosts: Mapping[str, Any], commit: str, *,
                  store_dir: pathlib.Path | None = None, report: Reporter = _quiet) -> None:
@@ -113,6 +305,35 @@ class DatabasePhase:
     def __call__(self, plan: Plan) -> None:
         self.result = run_phase(self.environment, plan, self.hosts, self.commit,
                                 store_dir=self.store_dir, report=self.report)
+
+
+def run_phase(environment: Environment, plan: Plan, hosts: Mapping[str, Any], commit: str, *,
+              store_dir: pathlib.Path | None = None, report: Reporter = _quiet) -> PhaseResult:
+    """Run the database steps of ``plan`` (or, for a plan made without them,
+    the ones ``plan_deploy`` would have put in) with one DatabaseSteps."""
+    services = deployed_services(environment, plan)
+    if environment.database is None:
+        if services:
+            raise StalledError(f"service {services[0].name} declares migrations but environment "
+                               f"{environment.name} declares no database: add a database block")
+        return PhaseResult(skipped="no database declared")
+    steps = [a for a in plan.actions if isinstance(a, (CheckMigrations, Backup, Migrate))]
+    steps = steps or database_steps(environment, list(plan.actions), "expand")
+    if not steps:
+        return PhaseResult(skipped="no migrations in this deploy (backup: when-migrating)")
+    with DatabaseSteps(environment, hosts, commit, store_dir=store_dir, report=report) as runner:
+        for action in steps:
+            runner.run(action)
+        return runner.result
+
+
+def deployed_services(environment: Environment, plan: Plan) -> tuple[Service, ...]:
+    """Services this plan starts new containers of that declare migrations."""
+    starting = {a.service for a in plan.actions if isinstance(a, Start)}
+    return tuple(s for s in environment.services if s.name in starting and s.migrations is not None)
+
+
+# ------------------------------------------------------------ the database
 
 
 def backup_dir() -> pathlib.Path:
@@ -149,83 +370,63 @@ def database_dsn(database: Database) -> str:
     return with_database(dsn, database.name) if database.name else dsn
 
 
-def deployed_services(environment: Environment, plan: Plan) -> tuple[Service, ...]:
-    """Services this plan starts new containers of that declare migrations."""
-    starting = {a.service for a in plan.actions if isinstance(a, Start)}
-    return tuple(s for s in environment.services if s.name in starting and s.migrations is not None)
+def migration_state(dsn: str) -> tuple[dict[str, str], tuple[contracts.CommandRun, ...]]:
+    """The applied files (name -> sha256) and the migration command runs, now."""
+    files = {row.name: row.sha256 for row in applied_migrations(dsn).values()}
+    return files, command_log.command_runs(dsn)
 
 
-def first_target(plan: Plan, service: Service) -> str:
-    hosts = {a.host for a in plan.actions if isinstance(a, Start) and a.service == service.name}
-    # In the service's own host order: the same host every run, for readable logs.
-    return next(h for h in service.hosts if h in hosts)
+def reusable_backup(store: pathlib.Path, dsn: str, environment: str, commit: str, phase: str,
+                    files: dict[str, str], runs) -> tuple[backup_store.Backup | None, str]:
+    """This commit's newest verified backup for ``phase`` that no migration
+    but its own run's has overtaken, or (None, why the newest one is not)."""
+    why = ""
+    candidates = [b for b in backup_store.list_backups(store, database_name(dsn))
+                  if b.commit == commit and b.environment == environment and b.phase == phase]
+    for item in reversed(candidates):
+        if not item.verified:
+            why = why or f"({item.path.name}) never verified"
+            continue
+        try:
+            intact = item.path.stat().st_size == item.size
+        except OSError:
+            intact = False
+        if not intact:
+            why = why or f"({item.path.name}) is missing or changed size"
+            continue
+        changed = backup_store.changed_since(item.migrations, files, runs, commit=commit, phase=phase)
+        if changed is None:
+            return item, ""
+        why = why or f"({item.path.name}) is out of date: {changed}"
+    return None, why
 
 
-def run_phase(environment: Environment, plan: Plan, hosts: Mapping[str, Any], commit: str, *,
-              store_dir: pathlib.Path | None = None, report: Reporter = _quiet) -> PhaseResult:
-    database = environment.database
-    services = deployed_services(environment, plan)
-    if database is None:
-        if services:
-            raise StalledError(f"service {services[0].name} declares migrations but environment "
-                               f"{environment.name} declares no database: add a database block")
-        return PhaseResult(skipped="no database declared")
-    if not services and database.backup != "always":
-        return PhaseResult(skipped="no migrations in this deploy (backup: when-migrating)")
-    with database_connection(database, hosts) as dsn:
-        return _run_phase(environment, services, database, dsn, plan, hosts, commit, store_dir, report)
-
-
-def _run_phase(environment, services, database, dsn, plan, hosts, commit, store_dir, report) -> PhaseResult:
-    from reconciler.engine import contract  # imported here: contract imports this module
-
-    files: list[MigrationFile] = []
-    commands: list[tuple[Service, str]] = []
-    for service in services:
-        host = first_target(plan, service)
-        if service.migrations.path:
-            shipped = read_image_migrations(hosts[host], service.image, service.migrations.path)
-            contract.refuse_older_release(dsn, service, shipped)
-            files.extend(shipped)
-        if service.migrations.command:
-            commands.append((service, host))
-    files_t = merge_files(files)
-    todo = pending(dsn, files_t, "expand")  # raises if an applied file changed
-    check_expand(todo)
-    report("done", step="db-check", reason=f"{len(todo)} expand file(s) pending, static check passed")
-
-    result = PhaseResult()
-    if database.backup == "always" or todo or commands:
-        result = take_verified_backup(dsn, environment, commit, store_dir)
-        report("done", step="db-backup", reason=f"{result.backup} verified in {result.backup_seconds:.1f}s")
-    if todo:
-        check_expand_on_scratch(dsn, files_t)
-        report("done", step="db-check", reason="dynamic check on a scratch copy passed")
-        applied = apply_expand(dsn, files_t)
-        result = _with(result, applied=tuple(m.name for m in applied),
-                       lock_wait_ms=sum(m.lock_wait_ms for m in applied))
-    for service, host in commands:
-        run_migration_command(hosts[host], service, "expand")
-        result = _with(result, applied=result.applied + (f"command:{service.name}",))
-    if result.applied:
-        report("done", step="db-migrate", reason="applied " + ", ".join(result.applied))
-    return result
-
-
-def take_verified_backup(dsn: str, environment: Environment, commit: str,
-                         store_dir: pathlib.Path | None = None) -> PhaseResult:
-    """Backup, verify, prune; raise BackupFailed when there is no verified backup."""
-    store = pathlib.Path(store_dir) if store_dir else backup_dir()
-    started = time.monotonic()
-    item = backup(dsn, store, commit=commit, environment=environment.name)
+def _take(dsn: str, environment: Environment, commit: str, store: pathlib.Path, *, phase: str,
+          migrations: dict | None) -> backup_store.Backup:
+    """Backup, verify, prune this database's backups of this environment;
+    raise BackupFailed when there is no verified backup."""
+    item = backup(dsn, store, commit=commit, environment=environment.name, phase=phase, migrations=migrations)
     try:
         verify(item)
     except BackupFailed:
         # An unverifiable dump must never be offered for a restore later.
         item.sidecar.unlink(missing_ok=True)
         raise
+    item = backup_store.mark_verified(item)
     # One backup per retained release at least, so every rollback target has one.
-    prune_backups(store, keep=max(2, environment.policy.keep_retired + 1))
+    prune_backups(store, keep=max(2, environment.policy.keep_retired + 1), database=item.database,
+                  environment=environment.name)
+    return item
+
+
+def take_verified_backup(dsn: str, environment: Environment, commit: str,
+                         store_dir: pathlib.Path | None = None, *, phase: str = "pre-deploy") -> PhaseResult:
+    """A fresh verified backup (``db restore`` takes one first); see ``_take``."""
+    started = time.monotonic()
+    files, runs = migration_state(dsn)
+    record = backup_store.migration_record(files, [r.token for r in runs], intended_files=(), intended_commands=())
+    item = _take(dsn, environment, commit, pathlib.Path(store_dir) if store_dir else backup_dir(),
+                 phase=phase, migrations=record)
     return PhaseResult(backup=str(item.path), backup_sha256=item.sha256,
                        backup_seconds=round(time.monotonic() - started, 3))
 
@@ -245,101 +446,47 @@ def merge_files(files: list[MigrationFile]) -> tuple[MigrationFile, ...]:
     return tuple(by_version[v] for v in sorted(by_version))
 
 
-# ------------------------------------------------------------------ the image
+# ------------------------------------------------------------ older than a contract
+
+
+def refuse_older_release(dsn: str, service: Service, files: tuple[MigrationFile, ...]) -> None:
+    """Raise when a contract newer than everything ``files`` knows has run."""
+    known = max((f.version for f in files), default=0)
+    rows = [(r.version, r.name, r.phase) for r in applied_migrations(dsn).values()]
+    why = contracts.newer_contracts(service.name, str(service.image), known, rows)
+    if why:
+        raise ContractRollbackRefused(why)
+
+
+def refuse_older_command_release(dsn: str, service: Service, facts: ImageFacts) -> None:
+    """Raise when ``facts``' image is older than one whose migration command
+    ran a contract for this service (``core.contracts.older_than_contract``)."""
+    why = contracts.older_than_contract(service.name, facts, command_log.command_runs(dsn, service.name))
+    if why:
+        raise ContractRollbackRefused(why)
+
+
+# ------------------------------------------------------------ the image (old names)
 
 
 def read_image_migrations(driver: Any, image: ImageRef, path: str) -> tuple[MigrationFile, ...]:
-    """The migration files at ``path`` inside ``image``, read from a created,
-    never started container on ``driver``'s host (removed again)."""
-    api = driver.engine.api
-    where = f"{driver.name}: migrations.path {path} in {image}"
-    try:
-        created = api.create_container(image.pull_ref, command=["true"], labels={LABEL_ROLE: "read"})
-    except docker.errors.APIError as exc:
-        raise DatabaseError(f"{where}: cannot create a container to read it: {exc.explanation or exc}") from None
-    try:
-        try:
-            stream, _ = api.get_archive(created["Id"], path)
-        except docker.errors.NotFound:
-            raise MigrationError([f"{where}: no such directory in the image; fix migrations.path "
-                                  "or ship the files there"]) from None
-        data = bytearray()
-        for chunk in stream:
-            data += chunk
-            if len(data) > MAX_MIGRATIONS_BYTES:
-                raise MigrationError([f"{where}: more than {MAX_MIGRATIONS_BYTES >> 20} MiB; "
-                                      "is migrations.path the migrations directory?"])
-    finally:
-        try:
-            api.remove_container(created["Id"], force=True)
-        except docker.errors.APIError:
-            pass  # a leftover stopped container is harmless; the deploy matters more
-    return parse_files(_files_in_tar(bytes(data)))
-
-
-def _files_in_tar(data: bytes) -> list[tuple[str, str]]:
-    """(name, text) of the regular files directly inside the archived directory."""
-    out = []
-    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-        for member in tar.getmembers():
-            parts = member.name.strip("/").split("/")
-            if member.isfile() and len(parts) == 2:
-                handle = tar.extractfile(member)
-                out.append((parts[1], handle.read().decode("utf-8") if handle else ""))
-    return out
-
-
-def run_migration_command(driver: Any, service: Service, phase: str, timeout: float = 1800.0) -> str:
-    """Run ``migrations.command`` in a one-off container of the service's image,
-    told the phase by environment; return its log tail, raise unless it exits 0."""
-    api = driver.engine.api
-    env = dict(service.env)
-    for secret in service.secrets:
-        if secret.file:
-            env[secret.env] = driver.read_secret_file(secret.file)
-    env[PHASE_ENV] = phase
-    host_config = api.create_host_config(network_mode=service.networks[0] if service.networks else None)
-    argv = list(service.migrations.command)
-    where = f"{driver.name}: {service.name} migration command {' '.join(argv)} ({phase})"
-    try:
-        created = api.create_container(service.image.pull_ref, command=argv, environment=env,
-                                       labels={LABEL_ROLE: phase}, host_config=host_config)
-    except docker.errors.APIError as exc:
-        raise MigrationFailed(f"{where}: cannot create its container: {exc.explanation or exc}") from None
-    try:
-        api.start(created["Id"])
-        try:
-            code = api.wait(created["Id"], timeout=timeout).get("StatusCode")
-        except Exception as exc:  # requests' ReadTimeout, a lost connection
-            raise MigrationFailed(f"{where}: no exit within {timeout:.0f}s ({exc}); it may be "
-                                  "half-applied: check the database before the next deploy") from None
-        logs = api.logs(created["Id"], tail=30).decode("utf-8", "replace").strip()
-        if code != 0:
-            raise MigrationFailed(f"{where}: exit {code}; nothing was deployed. Its output:\n{logs}")
-        return logs
-    except docker.errors.APIError as exc:
-        raise MigrationFailed(f"{where}: {exc.explanation or exc}") from None
-    finally:
-        try:
-            api.remove_container(created["Id"], force=True)
-        except docker.errors.APIError:
-            pass
-
-
-def _with(result: PhaseResult, **changes: Any) -> PhaseResult:
-    return replace(result, **changes)
+    """The migration files at ``path`` inside ``image`` on ``driver``'s host."""
+    return parse_files(database_host(driver).read_image_files(image, path))
 
 
 __all__ = [
     "BACKUP_DIR_ENV",
     "DEFAULT_BACKUP_DIR",
     "DatabasePhase",
+    "DatabaseSteps",
     "PhaseResult",
     "backup_dir",
+    "database_connection",
     "database_dsn",
     "deployed_services",
     "read_image_migrations",
-    "run_migration_command",
+    "refuse_older_command_release",
+    "refuse_older_release",
     "run_phase",
     "take_verified_backup",
 ]

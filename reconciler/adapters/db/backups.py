@@ -3,7 +3,15 @@
 A backup is ``<store>/<db>/<UTC time>_<commit12>_pre-deploy.dump`` (``pg_dump
 -Fc -Z1``: about twice as fast as the default compression for a 3% larger
 file) with a JSON sidecar of the same name ending ``.json``.  The sidecar is
-written last, so a dump without one is incomplete and never listed.
+written last, so a dump without one is incomplete and never listed; it says
+``verified`` once the dump restored to nowhere (``mark_verified``).
+
+The sidecar also records the migration state at backup time (what the
+tracking table held, which migration command runs there had been) and what
+the run meant to apply.  A retry of the same commit and phase reuses the
+backup while nothing but that run's own migrations ran since (``reusable``):
+it is still the state before this commit, and a second dump of a large
+database per retry would fill the disk.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import re
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import psycopg
@@ -46,6 +55,12 @@ class Backup:
     sha256: str
     server_version: str
     created: str  # ISO 8601, UTC
+    phase: str = "pre-deploy"  # what it was taken before: expand, contract, restore, pre-deploy (older sidecars)
+    verified: bool = False  # restored to nowhere after it was written
+    # Migration state at backup time and what the run meant to apply (see
+    # ``reusable``).  Not compared: a dict would make the record unhashable,
+    # and the file and its hash already say which backup this is.
+    migrations: dict = dataclasses.field(default_factory=dict, compare=False)
 
     @property
     def sidecar(self) -> pathlib.Path:
@@ -55,11 +70,13 @@ class Backup:
     def load(cls, sidecar: pathlib.Path) -> "Backup":
         data = json.loads(sidecar.read_text())
         dump = sidecar.with_name(sidecar.name[: -len(".json")])
+        # Fields with a default were added later: older sidecars lack them.
         fields = {f.name for f in dataclasses.fields(cls)} - {"path"}
-        return cls(path=dump, **{k: data[k] for k in fields})
+        return cls(path=dump, **{k: data[k] for k in fields if k in data})
 
 
-def backup(dsn: str, store_dir: pathlib.Path, *, commit: str, environment: str) -> Backup:
+def backup(dsn: str, store_dir: pathlib.Path, *, commit: str, environment: str,
+           phase: str = "pre-deploy", migrations: dict | None = None) -> Backup:
     """Dump the database to the store, streamed, hashed while written.
 
     Raises BackupFailed naming the cause (pg_dump's own message, a full disk)
@@ -80,14 +97,28 @@ def backup(dsn: str, store_dir: pathlib.Path, *, commit: str, environment: str) 
     duration = round(time.monotonic() - started, 3)
     result = Backup(path=final, database=db, commit=commit, environment=environment, size=size,
                     duration=duration, sha256=sha, server_version=server_version,
-                    created=now.isoformat())
-    sidecar = {k: v for k, v in dataclasses.asdict(result).items() if k != "path"}
+                    created=now.isoformat(), phase=phase, migrations=dict(migrations or {}))
     try:
-        _write_atomic(result.sidecar, (json.dumps(sidecar, indent=2, sort_keys=True) + "\n").encode())
+        _write_sidecar(result)
     except OSError as exc:
         final.unlink(missing_ok=True)
         raise BackupFailed(f"writing {result.sidecar} failed: {exc}") from exc
     return result
+
+
+def mark_verified(item: Backup) -> Backup:
+    """Record in the sidecar that ``item`` verified (call after ``verify``)."""
+    done = dataclasses.replace(item, verified=True)
+    try:
+        _write_sidecar(done)
+    except OSError as exc:
+        raise BackupFailed(f"writing {item.sidecar} failed: {exc}") from exc
+    return done
+
+
+def _write_sidecar(item: Backup) -> None:
+    sidecar = {k: v for k, v in dataclasses.asdict(item).items() if k != "path"}
+    _write_atomic(item.sidecar, (json.dumps(sidecar, indent=2, sort_keys=True) + "\n").encode())
 
 
 def verify(item: Backup) -> None:
@@ -130,14 +161,22 @@ def list_backups(store_dir: pathlib.Path, db: str | None = None) -> tuple[Backup
     return tuple(sorted(found, key=lambda b: (b.created, b.path.name)))
 
 
-def prune_backups(store_dir: pathlib.Path, keep: int) -> tuple[Backup, ...]:
-    """Delete all but the newest ``keep`` backups of each database; return the deleted."""
+def prune_backups(store_dir: pathlib.Path, keep: int, *, database: str | None = None,
+                  environment: str | None = None) -> tuple[Backup, ...]:
+    """Delete all but the newest ``keep`` backups of each database; return the deleted.
+
+    With ``database``, only that database's backups are considered, and with
+    ``environment`` only that environment's: a run prunes what it backs up,
+    with its own environment's ``keep``, never another database's or
+    environment's backups (each keeps its own rollback targets).
+    """
     if keep < 1:
         raise ValueError("keep at least one backup")
     removed = []
     by_db: dict[str, list[Backup]] = {}
-    for item in list_backups(store_dir):
-        by_db.setdefault(item.path.parent.name, []).append(item)
+    for item in list_backups(store_dir, database):
+        if environment is None or item.environment == environment:
+            by_db.setdefault(item.path.parent.name, []).append(item)
     for items in by_db.values():
         for item in items[:-keep]:
             # Sidecar first: a dump without one is already not a backup.
@@ -145,6 +184,42 @@ def prune_backups(store_dir: pathlib.Path, keep: int) -> tuple[Backup, ...]:
             item.path.unlink(missing_ok=True)
             removed.append(item)
     return tuple(removed)
+
+
+def migration_record(files: dict[str, str], run_tokens: Sequence[str], *, intended_files: Iterable[str],
+                     intended_commands: Iterable[str]) -> dict:
+    """What a sidecar keeps of the migration state: the applied files (name ->
+    sha256), the command runs so far (a count and a hash of their tokens: a
+    sidecar stays small however many deploys ran), and what the run meant to
+    apply."""
+    return {"files": dict(sorted(files.items())), "runs": len(run_tokens), "runs_sha256": _tokens_hash(run_tokens),
+            "intended_files": sorted(intended_files), "intended_commands": sorted(intended_commands)}
+
+
+def changed_since(recorded: dict, files: dict[str, str], runs: Sequence, *, commit: str, phase: str) -> str | None:
+    """Why the database is no longer in the state a backup recorded, apart
+    from the migrations the backed-up run meant to apply itself; None when it
+    is.  ``files`` are the applied files now (name -> sha256), ``runs`` the
+    command runs now, in order (``CommandRun``)."""
+    if not recorded or "files" not in recorded:
+        return "it records no migration state (taken by an older reconciler)"
+    for name, sha in recorded["files"].items():
+        if files.get(name) != sha:
+            return f"{name} is no longer applied as it was then (a restore?)"
+    others = sorted(set(files) - set(recorded["files"]) - set(recorded.get("intended_files", ())))
+    if others:
+        return "migrations ran since that this run did not mean to apply: " + ", ".join(others)
+    count = recorded.get("runs", 0)
+    if len(runs) < count or _tokens_hash([r.token for r in runs[:count]]) != recorded.get("runs_sha256"):
+        return "the migration command runs differ from those it recorded (a restore?)"
+    for run in runs[count:]:
+        if run.commit != commit or run.phase != phase or run.service not in recorded.get("intended_commands", ()):
+            return f"{run.service}'s migration command ran since ({run.phase}, commit {run.commit[:12]})"
+    return None
+
+
+def _tokens_hash(tokens: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(tokens).encode()).hexdigest()
 
 
 def _dump_to(dsn: str, final: pathlib.Path) -> tuple[str, int]:

@@ -8,10 +8,11 @@ must start against a newer schema, which is the point of expand/contract.
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import psycopg
@@ -192,6 +193,14 @@ def _applied(conn: psycopg.Connection) -> dict[int, AppliedMigration]:
     rows = conn.execute(f"SELECT version, name, phase, sha256, duration_ms, lock_wait_ms, attempts "
                         f"FROM {TABLE} ORDER BY version").fetchall()
     return {row[0]: AppliedMigration(*row) for row in rows}
+
+
+@contextlib.contextmanager
+def advisory_lock(dsn: str, wait: float = 60.0) -> Iterator[None]:
+    """Hold the migration lock for a block (a migration command runs under it,
+    as files do): LockHeld when another migration holds it for ``wait`` s."""
+    with _connect(dsn) as conn, _advisory_lock(conn, wait):
+        yield
 
 
 class _advisory_lock:

@@ -96,4 +96,6 @@ def tunnel_for(dsn: str, hosts, via_host: str) -> Tunnel:
     address = params.get("host") or "127.0.0.1"
     if str(address).startswith("/"):
         raise DatabaseError(f"database.via_host needs a TCP address in the DSN, not the socket directory {address}")
-    return Tunnel(driver.conn.transport, str(address), int(params.get("port") or 5432), host=via_host)
+    from reconciler.adapters.db.images import database_host
+
+    return database_host(driver).open_tunnel(str(address), int(params.get("port") or 5432))
