@@ -84,7 +84,7 @@ def test_push_deploys_and_a_never_healthy_push_is_reverted_not_retried(fleet, se
         bad = work.commit(service(fleet.images["v3-unhealthy"], port), message="web v3")
         git(work.path, "push", "-q", "origin", "main")
         repo = pygit2.Repository(str(bare))
-        assert wait_for(lambda: (gitlog.env_record(repo, bad, work.env) or {}).get("result") == "rolled-back"), (tmp_path / "agent.log").read_text()
+        assert wait_for(lambda: getattr(gitlog.latest(repo, bad, work.env), "result", None) == "rolled-back"), (tmp_path / "agent.log").read_text()
         assert serving(fleet, port) == {h.name: "demo-web v2" for h in fleet.hosts}
         head = wait_for(lambda: gitlog.branch_head(repo, "refs/heads/main") if gitlog.branch_head(repo, "refs/heads/main") != bad else None)
         assert f"This reverts commit {bad}" in repo[head].message
@@ -100,7 +100,7 @@ def test_push_deploys_and_a_never_healthy_push_is_reverted_not_retried(fleet, se
 KILLER = """
 import os, signal, sys
 from reconciler.adapters import fleet
-from reconciler.engine.reconcile import Context, fleet_opener, reconcile
+from reconciler.engine.run import Context, fleet_opener, reconcile
 n = int(sys.argv[4]); count = [0]
 def hook(what):
     count[0] += 1
@@ -152,9 +152,9 @@ def test_pushes_during_a_slow_deploy_coalesce_into_one_reconcile_of_the_newest(f
         newest = work.commit(service(fleet.images["v2"], port) + "\n  # newest\n", message="v2 again, newest")
         git(work.path, "push", "-q", "origin", "main")
         repo = pygit2.Repository(str(bare))
-        assert wait_for(lambda: (gitlog.env_record(repo, newest, work.env) or {}).get("result") in ("deployed", "in-sync"), timeout=120), log.read_text()
-        assert (gitlog.env_record(repo, first, work.env) or {}).get("result") == "deployed"
-        assert (gitlog.env_record(repo, middle, work.env) or {}).get("result") == "superseded"
+        assert wait_for(lambda: getattr(gitlog.latest(repo, newest, work.env), "result", None) in ("deployed", "in-sync"), timeout=120), log.read_text()
+        assert getattr(gitlog.latest(repo, first, work.env), "result", None) == "deployed"
+        assert getattr(gitlog.latest(repo, middle, work.env), "result", None) == "superseded"
         assert serving(fleet, port) == {h.name: "demo-web v2" for h in fleet.hosts}
         # The middle commit was never deployed: no reconcile began for it.
         assert f'"commit": "{middle[:12]}", "reason"' not in log.read_text()

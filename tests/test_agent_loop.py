@@ -8,7 +8,7 @@ import json
 import threading
 
 from reconciler.agent.loop import EnvLoop, Timing, backoff, make_logger
-from reconciler.engine.reconcile import Result
+from reconciler.engine.run import Result
 
 
 class Clock:

@@ -12,7 +12,7 @@ from reconciler.adapters import gitlog
 from reconciler.adapters.journal import Journal, read_status
 from reconciler.adapters.locks import Locks
 from reconciler.core.model import ImageRef
-from reconciler.engine.reconcile import Context, reconcile
+from reconciler.engine.run import Context, reconcile
 
 REPO = "registry.example:5000/demo/web"
 V1 = ImageRef.parse(f"{REPO}:v1@{DIGEST1}")
@@ -57,8 +57,8 @@ def test_a_commit_deploys_and_is_noted(tmp_path, world, repo):
     result = reconcile(context(tmp_path, world), "staging")
     assert (result.result, result.kind) == ("deployed", None)
     assert serving(world) == (str(V1), "running")
-    note = gitlog.env_record(repo, c1, "staging")
-    assert note["result"] == "deployed" and note["digests"] == {"web": str(V1)} and note["hosts"] == ["h1"]
+    note = gitlog.latest(repo, c1, "staging")
+    assert note.result == "deployed" and dict(note.digests) == {"web": str(V1)} and note.hosts == ("h1",)
     assert read_status(tmp_path / "state", "staging").last_applied == c1
     again = reconcile(context(tmp_path, world), "staging")
     assert again.result == "in-sync"
@@ -71,15 +71,15 @@ def test_a_never_healthy_commit_is_rolled_back_reverted_and_not_retried(tmp_path
     result = reconcile(context(tmp_path, world), "staging")
     assert (result.result, result.kind, result.reason) == ("rolled-back", "stalled", "HealthCheckFailed")
     assert serving(world) == (str(V1), "running")
-    note = gitlog.env_record(repo, bad, "staging")
-    assert note["result"] == "rolled-back" and note["failed_check"]["host"] == "h1"
-    assert any("panic: no config" in e for e in note["evidence"])
+    note = gitlog.latest(repo, bad, "staging")
+    assert note.result == "rolled-back" and note.failed_check[0] == "h1"
+    assert any("panic: no config" in e for e in note.evidence)
     head = gitlog.branch_head(repo, "refs/heads/main")
     assert head == result.revert_commit and f"This reverts commit {bad}" in repo[head].message
     # The revert commit is what runs: it deploys as in sync and is noted.
     after = reconcile(context(tmp_path, world), "staging")
-    assert after.result == "in-sync" and gitlog.env_record(repo, head, "staging")["result"] == "deployed"
-    assert gitlog.running_at(repo, "staging", 10**12)["commit"] == head
+    assert after.result == "in-sync" and gitlog.latest(repo, head, "staging").result == "in-sync"
+    assert gitlog.running_at(repo, "staging", 10**12)[("h1", "web")].image == str(V1)
     assert c1 != head
 
 
@@ -95,7 +95,7 @@ def test_with_on_failure_note_the_failed_commit_stays_and_is_not_retried(tmp_pat
     assert world.hosts["h1"].calls.get("create", 0) == creates
     fixed = commit(repo, files_for(DIGEST2, tag="v2", on_failure="note"), "v2")
     assert reconcile(context(tmp_path, world), "staging").result == "deployed"
-    assert serving(world) == (str(V2), "running") and gitlog.env_record(repo, fixed, "staging")["result"] == "deployed"
+    assert serving(world) == (str(V2), "running") and gitlog.latest(repo, fixed, "staging").result == "deployed"
 
 
 def test_skipped_commits_are_recorded_as_superseded(tmp_path, world, repo):
@@ -105,7 +105,7 @@ def test_skipped_commits_are_recorded_as_superseded(tmp_path, world, repo):
     newest = commit(repo, files_for(DIGEST2, tag="v2"), "v2")
     result = reconcile(context(tmp_path, world), "staging")
     assert result.result == "deployed" and result.superseded == (middle,)
-    assert gitlog.env_record(repo, middle, "staging")["superseded_by"] == newest
+    assert gitlog.latest(repo, middle, "staging").superseded_by == newest
 
 
 def test_a_frozen_environment_waits(tmp_path, world, repo):
@@ -120,7 +120,7 @@ def test_invalid_desired_state_is_stalled_with_a_note(tmp_path, world, repo):
     bad = commit(repo, {**files_for(), "environments/staging/environment.yaml": "hosts: [\n"}, "broken")
     result = reconcile(context(tmp_path, world), "staging")
     assert (result.result, result.kind, result.reason) == ("failed", "stalled", "InvalidDesiredState")
-    assert "environment.yaml:" in gitlog.env_record(repo, bad, "staging")["failure"]
+    assert "environment.yaml:" in gitlog.latest(repo, bad, "staging").message
 
 
 def _journal_writes(tmp_path, world_factory, ports: bool, digest=DIGEST2, tag="v2") -> int:
@@ -176,8 +176,8 @@ def test_a_kill_at_any_journal_step_then_a_restart_converges(tmp_path, ports, ta
         names = set(world.hosts["h1"].snapshot())
         assert "staging-web-next" not in names, (n, names)
         if target == "healthy":
-            assert gitlog.env_record(repo, pushed, "staging")["result"] == "deployed", n
+            assert gitlog.latest(repo, pushed, "staging").result == "deployed", n
         else:
-            assert gitlog.env_record(repo, pushed, "staging")["result"] == "rolled-back", n
+            assert gitlog.latest(repo, pushed, "staging").result == "rolled-back", n
             head = gitlog.branch_head(repo, "refs/heads/main")
             assert head != pushed and f"This reverts commit {pushed}" in repo[head].message, n

@@ -1,17 +1,10 @@
 """Git as the deployment log: notes, revert commits, history.  pygit2 only.
 
-Every reconcile outcome becomes a git note on the deployed commit under
-``refs/notes/reconciler``.  The note body is a human summary (one line per
-environment) then a blank line then JSON::
-
-    reconciler: staging deployed 1a2b3c4d5e6f on h2,h3 at 2024-05-01T10:00:00Z (12.3s)
-
-    {"reconciler": 1, "environments": {"staging": {...record...}}}
-
-One commit can be deployed to several environments (a repository holds
-them all), so the JSON keeps one record per environment and a write merges
-into what is there.  Records carry ``result`` (deployed | rolled-back |
-failed | superseded), hosts, resolved digests, start/end, health evidence.
+Every engine run becomes an attempt appended to the note of its commit under
+``refs/notes/reconciler``; what a note says (typed attempts, append-only,
+several environments per commit) is ``reconciler.core.record``'s, and this
+module only reads and writes it, walks history, and makes the agent's and the
+promote/revert commits.
 
 Which branch an environment follows: ``git config reconciler.<env>.branch``,
 else a branch named like the environment, else the branch HEAD names.
@@ -19,23 +12,19 @@ else a branch named like the environment, else the branch HEAD names.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 import pygit2
 
+from reconciler.core import record
+from reconciler.core.record import Attempt, Serving
 from reconciler.errors import StalledError
 
 NOTES_REF = "refs/notes/reconciler"
-NOTE_VERSION = 1
-RESULTS = ("deployed", "rolled-back", "failed", "superseded")
-# Results after which the environment ran this commit's desired state.
-RAN = ("deployed",)
 
 
 def open_repo(path: str | os.PathLike[str]) -> pygit2.Repository:
@@ -99,81 +88,57 @@ def commits_between(repo: pygit2.Repository, old: str | None, new: str, limit: i
 
 
 # ---------------------------------------------------------------- notes
+# What a note says is reconciler.core.record's; this only reads and writes it.
 
 
-def read_note(repo: pygit2.Repository, commit: str) -> dict:
-    """The JSON document of ``commit``'s note ({} when it has none)."""
+def attempts(repo: pygit2.Repository, commit: str, env: str | None = None) -> tuple[Attempt, ...]:
+    """The attempts ``commit``'s note records (of ``env``), oldest first."""
     try:
         note = repo.lookup_note(commit, NOTES_REF)
     except KeyError:
-        return {}
-    return parse_note(note.message)
+        return ()
+    found = record.parse(note.message, commit)
+    return tuple(a for a in found if env is None or a.environment == env)
 
 
-def parse_note(message: str) -> dict:
-    start = message.find("\n{")
-    body = message[start + 1 :] if start >= 0 else (message if message.startswith("{") else "")
-    try:
-        doc = json.loads(body) if body else {}
-    except ValueError:
-        return {}
-    return doc if isinstance(doc, dict) else {}
+def latest(repo: pygit2.Repository, commit: str, env: str) -> Attempt | None:
+    """The newest attempt on ``commit`` for ``env`` (None when it has none)."""
+    found = attempts(repo, commit, env)
+    return found[-1] if found else None
 
 
-def env_record(repo: pygit2.Repository, commit: str, env: str) -> dict | None:
-    return read_note(repo, commit).get("environments", {}).get(env)
+def append_attempt(repo: pygit2.Repository, attempt: Attempt, signature: pygit2.Signature | None = None) -> None:
+    """Add ``attempt`` to its commit's note; every earlier attempt stays as it was.
 
-
-def summary_line(env: str, record: dict) -> str:
-    commit = record.get("commit", "")[:12]
-    result = record.get("result", "?")
-    hosts = ",".join(record.get("hosts", [])) or "-"
-    finished = record.get("finished") or record.get("started") or 0
-    took = ""
-    if record.get("finished") and record.get("started"):
-        took = f" ({record['finished'] - record['started']:.1f}s)"
-    line = f"reconciler: {env} {result} {commit} on {hosts} at {iso(finished)}{took}"
-    if record.get("failure"):
-        line += f": {record['failure'].splitlines()[0]}"
-    if record.get("superseded_by"):
-        line += f" by {record['superseded_by'][:12]}"
-    return line
-
-
-def write_note(repo: pygit2.Repository, commit: str, env: str, record: dict, signature: pygit2.Signature | None = None) -> None:
-    """Merge ``record`` as ``env``'s record into ``commit``'s note."""
-    doc = read_note(repo, commit) or {}
-    doc["reconciler"] = NOTE_VERSION
-    envs = doc.setdefault("environments", {})
-    envs[env] = {**record, "environment": env, "commit": commit}
-    summary = "\n".join(summary_line(name, envs[name]) for name in sorted(envs))
-    message = summary + "\n\n" + json.dumps(doc, indent=1, sort_keys=True) + "\n"
+    One engine run per environment at a time (the lock), so the only race is
+    two environments noting the same commit at once: each appends to what it
+    read, and the loser's attempt is the one lost.
+    """
+    note = record.render(record.append(attempts(repo, attempt.commit), attempt))
     sig = signature or agent_signature()
-    # Notes are rewritten by several agents at worst; last writer wins per
-    # commit, and each writer merged what it read, so a lost race loses at
-    # most the other environment's refresh of the same commit.
-    repo.create_note(message, sig, sig, commit, NOTES_REF, True)
+    repo.create_note(note, sig, sig, attempt.commit, NOTES_REF, True)
 
 
-def mark_superseded(repo: pygit2.Repository, env: str, commits: Iterable[str], by: str, at: float) -> list[str]:
-    """Record ``commits`` (skipped by coalescing) as superseded unless already noted."""
+def mark_superseded(repo: pygit2.Repository, env: str, commits: Iterable[str], by: str, at: float,
+                    actor: str = "") -> list[str]:
+    """Record ``commits`` (skipped by coalescing) as superseded, unless they have an attempt already."""
     marked = []
     for commit in commits:
-        if env_record(repo, commit, env) is not None:
+        if attempts(repo, commit, env):
             continue
-        write_note(repo, commit, env, {"result": "superseded", "superseded_by": by, "started": at, "finished": at, "hosts": []})
+        append_attempt(repo, Attempt(env, commit, "superseded", superseded_by=by, started=at, finished=at, actor=actor,
+                                     reason="Superseded", trigger="coalesced"))
         marked.append(commit)
     return marked
 
 
 def last_deployed(repo: pygit2.Repository, env: str, branch_ref: str, limit: int = 1000) -> str | None:
-    """The newest commit on ``env``'s branch whose note says it was deployed there."""
+    """The newest commit on ``env``'s branch whose note says it ran there."""
     head = branch_head(repo, branch_ref)
     if head is None:
         return None
     for n, commit in enumerate(repo.walk(pygit2.Oid(hex=head), pygit2.enums.SortMode.TOPOLOGICAL)):
-        record = env_record(repo, str(commit.id), env)
-        if record and record.get("result") in RAN:
+        if any(a.ran for a in attempts(repo, str(commit.id), env)):
             return str(commit.id)
         if n >= limit:
             break
@@ -195,8 +160,7 @@ def revert_failed(
     branch_ref: str,
     failed: str,
     base: str | None,
-    check: str,
-    host: str,
+    why: str,
     signature: pygit2.Signature | None = None,
 ) -> str | None:
     """Commit onto ``branch_ref`` the environment's files as they were at ``base``.
@@ -206,39 +170,49 @@ def revert_failed(
     holding several environments keeps the others' changes.  Returns the new
     commit id, or None when there is nothing to revert.
     """
-    if branch_head(repo, branch_ref) != failed:
-        return None
     failed_commit = repo[pygit2.Oid(hex=failed)]
     if base is None:
         if not failed_commit.parents:
             return None
         base = str(failed_commit.parents[0].id)
-    base_commit = repo[pygit2.Oid(hex=base)]
+    subject = failed_commit.message.splitlines()[0] if failed_commit.message else failed[:12]
+    message = (
+        f'Revert "{subject}" in {env}\n\n'
+        f"The deploy of {failed[:12]} to {env} {why}\n"
+        f"and {env} runs {base[:12]} again; this commit makes the branch say\n"
+        f"what {env} runs.\n\n"
+        f"This reverts commit {failed}.\n"
+    )
+    return set_environment_to(repo, env=env, branch_ref=branch_ref, head=failed, source=base,
+                              message=message, signature=signature)
+
+
+def set_environment_to(repo: pygit2.Repository, *, env: str, branch_ref: str, head: str, source: str,
+                       message: str, signature: pygit2.Signature | None = None) -> str | None:
+    """A commit on ``branch_ref`` (which must still be at ``head``) whose
+    ``env`` paths are those of ``source``; None when nothing would change or
+    the branch moved (a push won)."""
+    if branch_head(repo, branch_ref) != head:
+        return None
+    head_commit = repo[pygit2.Oid(hex=head)]
+    source_commit = repo[pygit2.Oid(hex=source)]
     index = pygit2.Index()
-    index.read_tree(failed_commit.tree)
+    index.read_tree(head_commit.tree)
     prefixes = environment_paths(env)
     for entry in list(index):
         if _under(entry.path, prefixes):
             index.remove(entry.path)
-    base_index = pygit2.Index()
-    base_index.read_tree(base_commit.tree)
-    for entry in base_index:
+    source_index = pygit2.Index()
+    source_index.read_tree(source_commit.tree)
+    for entry in source_index:
         if _under(entry.path, prefixes):
             index.add(pygit2.IndexEntry(entry.path, entry.id, entry.mode))
     tree = index.write_tree(repo)
-    if tree == failed_commit.tree.id:
+    if tree == head_commit.tree.id:
         return None
-    subject = failed_commit.message.splitlines()[0] if failed_commit.message else failed[:12]
-    message = (
-        f'Revert "{subject}" in {env}\n\n'
-        f"The deploy of {failed[:12]} to {env} failed the {check} check on {host}\n"
-        f"and was rolled back to {base[:12]}; this commit makes the branch say\n"
-        f"what {env} runs again.\n\n"
-        f"This reverts commit {failed}.\n"
-    )
     sig = signature or agent_signature()
     try:
-        new = repo.create_commit(branch_ref, sig, sig, message, tree, [failed_commit.id])
+        new = repo.create_commit(branch_ref, sig, sig, message, tree, [head_commit.id])
     except (pygit2.GitError, ValueError):
         return None  # the branch moved between our check and the update: a push won
     return str(new)
@@ -260,11 +234,11 @@ class HistoryEntry:
     committer: str
     committed: float
     changed: tuple[str, ...]
-    records: tuple[dict, ...]  # this commit's note records, filtered by env
+    attempts: tuple[Attempt, ...]  # this commit's attempts, filtered by env, oldest first
 
 
 def history(repo: pygit2.Repository, *, env: str | None = None, service: str | None = None, limit: int = 100) -> list[HistoryEntry]:
-    """Commits of the environment branch(es), newest first, with their outcomes."""
+    """Commits of the environment branch(es), newest first, with their attempts."""
     refs = sorted({environment_branch(repo, env)} if env else _all_branches(repo))
     seen: set[str] = set()
     entries: list[HistoryEntry] = []
@@ -278,12 +252,10 @@ def history(repo: pygit2.Repository, *, env: str | None = None, service: str | N
                 continue
             seen.add(cid)
             changed = changed_paths(repo, commit)
-            records = tuple(
-                r for name, r in sorted(read_note(repo, cid).get("environments", {}).items()) if env is None or name == env
-            )
-            if env and not records and not any(_under(p, environment_paths(env)) for p in changed):
+            found = attempts(repo, cid, env)
+            if env and not found and not any(_under(p, environment_paths(env)) for p in changed):
                 continue
-            if service and not _mentions_service(changed, records, service):
+            if service and not _mentions_service(changed, found, service):
                 continue
             entries.append(
                 HistoryEntry(
@@ -294,7 +266,7 @@ def history(repo: pygit2.Repository, *, env: str | None = None, service: str | N
                     committer=f"{commit.committer.name} <{commit.committer.email}>",
                     committed=float(commit.committer.time),
                     changed=changed,
-                    records=records,
+                    attempts=found,
                 )
             )
             if len(entries) >= limit:
@@ -307,8 +279,8 @@ def _all_branches(repo: pygit2.Repository) -> set[str]:
     return {r for r in repo.references if r.startswith("refs/heads/")}
 
 
-def _mentions_service(changed: tuple[str, ...], records: tuple[dict, ...], service: str) -> bool:
-    if any(service in r.get("services_changed", []) for r in records):
+def _mentions_service(changed: tuple[str, ...], found: tuple[Attempt, ...], service: str) -> bool:
+    if any(service in a.services_changed for a in found):
         return True
     return any(p.endswith(f"/services/{service}.yaml") for p in changed)
 
@@ -321,55 +293,28 @@ def changed_paths(repo: pygit2.Repository, commit: pygit2.Commit) -> tuple[str, 
     return tuple(sorted({d.delta.new_file.path for d in diff} | {d.delta.old_file.path for d in diff}))
 
 
-def running_at(repo: pygit2.Repository, env: str, at: float) -> dict | None:
-    """The note record of what ``env`` ran at time ``at`` (the last deploy finished by then)."""
-    best: dict | None = None
-    for entry in history(repo, env=env, limit=10_000):
-        for record in entry.records:
-            if record.get("environment") != env or record.get("result") not in RAN:
-                continue
-            finished = record.get("finished") or 0
-            if finished <= at and (best is None or finished > best.get("finished", 0)):
-                best = record
-    return best
+def env_attempts(repo: pygit2.Repository, env: str) -> list[Attempt]:
+    """Every attempt recorded for ``env`` on its branch, in no particular order."""
+    return [a for entry in history(repo, env=env, limit=100_000) for a in entry.attempts]
 
 
-def proven_image(repo: pygit2.Repository, env: str, service: str) -> tuple[str, dict] | None:
-    """The image ``service`` ran healthy in ``env`` most recently, with its record."""
-    best: dict | None = None
-    for entry in history(repo, env=env, limit=10_000):
-        for record in entry.records:
-            if record.get("result") in RAN and service in record.get("digests", {}):
-                if best is None or record.get("finished", 0) > best.get("finished", 0):
-                    best = record
-    if best is None:
-        return None
-    return best["digests"][service], best
+def running_at(repo: pygit2.Repository, env: str, at: float) -> dict[tuple[str, str], Serving]:
+    """(host, service) -> what ran there at ``at``, from the notes alone."""
+    return record.running_at(env_attempts(repo, env), at, env)
+
+
+def proven_image(repo: pygit2.Repository, env: str, service: str) -> tuple[str, Attempt] | None:
+    """The image ``service`` ran healthy in ``env`` most recently, with its attempt."""
+    ran = [a for a in env_attempts(repo, env) if a.ran and a.image_of(service)]
+    best = max(ran, key=lambda a: a.finished, default=None)
+    return (best.image_of(service), best) if best else None
 
 
 def healthy_since(repo: pygit2.Repository, env: str, service: str, image: str) -> float | None:
-    """Since when ``service`` has run ``image`` in ``env`` without a break.
-
-    Walks the deployment log back from the newest record while the service
-    kept that image, and returns the earliest such deploy's end: a commit
-    that changes only a flag (allow_contract) does not restart the soak.
-    """
-    ran = sorted(
-        (record for entry in history(repo, env=env, limit=10_000) for record in entry.records
-         if record.get("result") in RAN and service in record.get("digests", {})),
-        key=lambda record: record.get("finished") or 0,
-        reverse=True,
-    )
-    since = None
-    for record in ran:  # newest deploy first
-        if record["digests"][service] != image:
-            break
-        since = record.get("finished") or since
-    return since
+    return record.healthy_since(env_attempts(repo, env), env, service, image)
 
 
-def iso(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts)) if ts else "-"
+iso = record.iso
 
 
 def parse_time(text: str) -> float:
@@ -487,7 +432,7 @@ def promote(repo: pygit2.Repository, service: str, source: str, target: str, sig
     found = proven_image(repo, source, service)
     if found is None:
         raise StalledError(f"{service} has no healthy deploy recorded in {source}; nothing to promote")
-    image, record = found
+    image, proof = found
     ref = environment_branch(repo, target)
     head = repo.references[ref].peel(pygit2.Commit)
     path, keys = service_file(repo, head, target, service)
@@ -501,7 +446,7 @@ def promote(repo: pygit2.Repository, service: str, source: str, target: str, sig
     tag = name.rsplit("/", 1)[-1].partition(":")[2] or "untagged"
     message = (
         f"Promote {service} to {target}: {tag} ({digest[:19] or 'no digest'})\n\n"
-        f"{image}\nproven healthy in {source} at {record['commit']} ({iso(record.get('finished', 0))}).\n"
+        f"{image}\nproven healthy in {source} at {proof.commit} ({iso(proof.finished)}).\n"
     )
     return commit_files(repo, ref, {path: new_text}, message, signature or user_signature(repo)), image
 

@@ -97,6 +97,10 @@ class JournalState:
     failure: str | None = None
     previous_commit: str | None = None
     health: tuple[str, ...] | None = None  # host, service, check of a failed health gate
+    operation: str = "deploy"
+    trigger: str = ""
+    actor: str = ""
+    details: dict = field(default_factory=dict)  # what the run decided besides steps (the database phase's result)
 
     @property
     def finished(self) -> bool:
@@ -105,6 +109,11 @@ class JournalState:
     def steps_done(self, step: str) -> set[tuple[str, str]]:
         """(host, service) pairs whose ``step`` completed."""
         return {(r["host"], r["service"]) for r in self.records if r.get("event") == "done" and r.get("step") == step}
+
+    def serving(self) -> list[dict]:
+        """What the run observed each host serve after its steps (``serving`` records)."""
+        keys = ("at", "host", "service", "image", "container", "state", "revision")
+        return [{k: r.get(k) for k in keys} for r in self.records if r.get("event") == "serving"]
 
     def steps_begun(self, step: str) -> set[tuple[str, str]]:
         return {(r["host"], r["service"]) for r in self.records if r.get("event") == "begin" and r.get("step") == step}
@@ -142,6 +151,10 @@ class Journal:
             failure=doc.get("failure"),
             previous_commit=doc.get("previous_commit"),
             health=tuple(doc["health"]) if doc.get("health") else None,
+            operation=doc.get("operation", "deploy"),
+            trigger=doc.get("trigger", ""),
+            actor=doc.get("actor", ""),
+            details=doc.get("details") or {},
         )
 
     def unfinished(self) -> JournalState | None:
@@ -149,7 +162,8 @@ class Journal:
         return state if state is not None and not state.finished else None
 
     # ------------------------------------------------------------ writing
-    def begin(self, commit: str, *, previous_commit: str | None, touched: Iterable[TouchedRecord] = ()) -> str:
+    def begin(self, commit: str, *, previous_commit: str | None, touched: Iterable[TouchedRecord] = (),
+              operation: str = "deploy", trigger: str = "", actor: str = "") -> str:
         """Open a run; ``touched`` carries over what an interrupted run changed."""
         run_id = f"{int(self.clock() * 1000)}-{os.getpid()}"
         with self._lock:
@@ -162,6 +176,9 @@ class Journal:
                 "started": self.clock(),
                 "touched": [asdict(t) for t in touched],
                 "records": [],
+                "operation": operation,
+                "trigger": trigger,
+                "actor": actor,
             }
             self._write("begin-run")
         return run_id
@@ -170,7 +187,7 @@ class Journal:
         with self._lock:
             doc = self._require()
             entry = {"event": event, "at": self.clock()}
-            entry.update({k: v for k, v in fields.items() if isinstance(v, (str, int, float, bool, list, type(None)))})
+            entry.update({k: v for k, v in fields.items() if isinstance(v, (str, int, float, bool, list, dict, type(None)))})
             doc["records"].append(entry)
             self._write(f"{event}:{fields.get('step', '')}")
 

@@ -25,10 +25,11 @@ import re
 import sys
 import threading
 import time
+import traceback
 from dataclasses import dataclass
 from typing import Callable, TextIO
 
-from reconciler.engine.reconcile import Result
+from reconciler.engine.run import Result
 
 ReconcileFn = Callable[..., Result]  # (env, since=..., reason=...) -> Result
 HeadFn = Callable[[str], "str | None"]
@@ -129,7 +130,13 @@ class EnvLoop:
         self.log("reconcile-begin", environment=self.env, commit=head, reason=reason, coalesced=len(reasons))
         try:
             result = self.reconcile_fn(self.env, reason=reason)
-        except Exception as exc:  # a bug must not end the agent; it retries like a transient fault
+        except Exception as exc:
+            # A bug, not a verdict: nothing is written to git for it (the
+            # engine records only what it decided).  It must not end the
+            # agent either; it is logged with its traceback and retried with
+            # backoff, like a transient fault.
+            self.log("internal-error", environment=self.env, commit=head, error=f"{type(exc).__name__}: {exc}",
+                     traceback=traceback.format_exc())
             result = Result(self.env, head, "error", "transient", "InternalError", f"{type(exc).__name__}: {exc}")
         self._after(result, head)
         return result
@@ -143,6 +150,10 @@ class EnvLoop:
         if result.kind is None:
             self.attempts = 0
             self.due, self.due_reason = now + interval, "drift"
+            requeue = getattr(result, "requeue_after", None)
+            if requeue is not None and requeue < interval:
+                # A contract whose soak ends before the next drift check.
+                self.due, self.due_reason = now + max(requeue, 1.0), "contract"
         elif result.kind == "transient":
             self.attempts += 1
             self.due, self.due_reason = now + backoff(self.attempts, self.timing, self.rand), "retry"

@@ -78,6 +78,16 @@ class Restore(Action):
 
 
 @dataclass(frozen=True)
+class Resume(CheckHealth):
+    """Finish what an interrupted run left half-done on one host: rename the
+    candidate in if there is no active container, start it, check health.
+    A CheckHealth, so a failure rolls the deploy back."""
+
+    container: str = ""  # id
+    rename: bool = False
+
+
+@dataclass(frozen=True)
 class Heal(Action):
     """Start the desired container that was stopped by hand, then check it."""
 
@@ -121,6 +131,9 @@ class Backup(Action):
 
     database: str = ""
     required: bool = True  # policy backup: always; False = only if a migration is pending
+    # A retry of the same commit may reuse its verified backup while no
+    # migration ran since; the fresh backup before a restore never does.
+    reuse: bool = True
 
 
 @dataclass(frozen=True)
@@ -131,7 +144,23 @@ class Migrate(Action):
     phase: str = "expand"
 
 
-DATABASE_STEPS = (CheckMigrations, Backup, Migrate)
+@dataclass(frozen=True)
+class RestoreDatabase(Action):
+    """Restore ``backup`` into the environment's database (after a fresh Backup)."""
+
+    backup: str = ""
+
+
+DATABASE_STEPS = (CheckMigrations, Backup, Migrate, RestoreDatabase)
+
+
+def plan_restore(desired: Environment, revision: str, backup: str) -> Plan:
+    """A database restore: a fresh verified backup first (the way back), then the restore."""
+    name = (desired.database.name if desired.database else None) or "database"
+    return Plan(environment=desired.name, revision=revision, actions=(
+        Backup("", "", f"fresh verified backup of {name}: restore it to undo this", database=name, required=True, reuse=False),
+        RestoreDatabase("", "", f"restore {backup} into {name}; everything written since it was taken is gone", backup=backup),
+    ))
 
 
 @dataclass(frozen=True)

@@ -1,30 +1,29 @@
-"""One deploy of a target (environment at a commit): open the hosts, plan, run.
+"""One deploy of a target (environment at a commit), through the engine.
 
-Shared by ``reconciler apply`` and ``reconciler demo``; the agent adds the
-lock, the journal and the note in git around the same steps.
+For callers that hold a ``Target`` (the benchmarks, tests, scripts): the
+same ``engine.run`` as ``reconciler apply`` and the agent, so the same lock,
+journal and record in git.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
-from reconciler.engine import dbphase
-
-from reconciler.adapters import fleet
-
 from reconciler.core import report
-from reconciler.engine.executor import Outcome, Reporter, run_plan
+from reconciler.core.plan import Plan
+from reconciler.engine.executor import Outcome, Reporter
 from reconciler.engine.target import Target
-from reconciler.core.plan import Plan, plan_deploy
 
 
 @dataclass
 class DeployResult:
-    plan: Plan
-    outcome: Outcome | None  # None when nothing was applied (in sync, or declined)
+    plan: Plan | None
+    outcome: Outcome | None  # None when nothing was applied (in sync, declined, refused)
     running: list[dict]
     unreachable: list[str] = field(default_factory=list)  # hosts not observed after the run
+    result: object = None  # the engine's Result
 
 
 def deploy_target(
@@ -34,14 +33,31 @@ def deploy_target(
     confirm: Callable[[Plan], bool] = lambda plan: True,
     show_plan: Callable[[Plan], None] = lambda plan: None,
     timeout: float = 10.0,
+    state_dir: Path | None = None,
+    actor: str = "",
 ) -> DeployResult:
-    env = target.environment
-    with target.connect(timeout) as hosts:
-        plan = plan_deploy(env, fleet.observe_all(hosts), target.revision)
+    from reconciler.adapters import fleet
+    from reconciler.engine.recording import cli_actor
+    from reconciler.engine.run import Context, Request, run
+
+    def open_hosts(environment, known_hosts_file):
+        return fleet.open_hosts(environment.hosts, identity_file=target.identity_file,
+                                known_hosts_file=known_hosts_file, timeout=timeout)
+
+    def ask(plan: Plan) -> bool:
         show_plan(plan)
-        outcome = None
-        if not plan.in_sync and confirm(plan):
-            outcome = run_plan(env, hosts, plan, report=report_progress, before_deploy=dbphase.DatabasePhase(env, hosts, target.revision, report=report_progress))
-        unreachable: list[str] = []
-        running = report.running_rows(env, fleet.observe_all(hosts, unreachable=unreachable))
-    return DeployResult(plan, outcome, running, unreachable)
+        return confirm(plan)
+
+    gitdir = Path(fleet_git_dir(target.repo))
+    ctx = Context(repo=gitdir, state_dir=Path(state_dir) if state_dir else gitdir / "reconciler", open_hosts=open_hosts,
+                  close_hosts=fleet.close_hosts, observers=(report_progress,), confirm=ask)
+    result = run(ctx, Request(target.environment.name, "deploy", commit=target.revision, trigger="cli",
+                              actor=actor or cli_actor(), force=True))
+    running = report.running_rows(target.environment, result.observed) if result.observed is not None else []
+    return DeployResult(result.plan, result.outcome, running, list(result.unreachable), result)
+
+
+def fleet_git_dir(repo: Path) -> str:
+    import pygit2
+
+    return pygit2.discover_repository(str(repo))

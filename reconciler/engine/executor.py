@@ -10,11 +10,20 @@ Its promises:
 Hosts are driven through a small interface (``HostDriver``, implemented by
 ``hosts.DockerHost`` and by the in-memory fake in the tests), one worker per
 host, at most ``policy.parallel_hosts`` at a time.
+
+Whatever watches a run (the journal, the log, the progress board, the record
+of what each host served) is an *observer*: a callable ``(event, **fields)``.
+The events: ``begin``/``done``/``failed`` of a step, ``rollback``,
+``restored``, ``touched`` (the containers this run changed, with ``records``),
+and ``serving`` (what a host runs for a service after a step changed it,
+observed on the host).  The database steps go to the ``database`` object
+(``dbphase.DatabaseSteps``); without a database they are refused.
 """
 
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,7 +33,8 @@ from reconciler.core import model
 from reconciler.errors import DeployFailed, HostUnreachable, ReconcilerError, RollbackFailed
 from reconciler.core.health import CheckResult, Verdict, judge, next_check_at
 from reconciler.core.model import ContainerSpec, Environment, HealthCheck, ImageRef, ObservedContainer, ObservedHost, Service
-from reconciler.core.plan import Action, CheckHealth, Heal, Plan, Prune, Pull, Remove, Restore, Retire, Start, Switch
+from reconciler.core.plan import (DATABASE_STEPS, Action, CheckHealth, Heal, Plan, Prune, Pull, Remove, Restore, Resume,
+                                  Retire, Start, Switch)
 
 
 class HostDriver(Protocol):
@@ -46,6 +56,12 @@ class HostDriver(Protocol):
 
 
 Reporter = Callable[..., None]
+
+
+class DatabaseSteps(Protocol):
+    """Runs the plan's CheckMigrations, Backup and Migrate steps (engine.dbphase)."""
+
+    def run(self, action: Action) -> None: ...
 
 
 def _quiet(event: str, **fields) -> None:
@@ -88,29 +104,38 @@ class Executor:
         hosts: Mapping[str, HostDriver],
         revision: str,
         *,
-        report: Reporter = _quiet,
+        observers: Sequence[Reporter] = (),
+        database: DatabaseSteps | None = None,
+        seeds: Sequence[Touched] = (),
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
-        before_deploy: Callable[[Plan], None] | None = None,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.desired = desired
-        # Runs after pre-flight and before the first change to a container:
-        # the database phase (backup, verify, expand migrations) goes here,
-        # so a failure in it still leaves every host untouched.
-        self.before_deploy = before_deploy
         self.hosts = hosts
         self.revision = revision
-        self.report = report
+        self.observers = tuple(observers)
+        self.database = database
         self.clock = clock
         self.sleep = sleep
+        self.wall = wall
+        # Workers of different hosts change entries while another reports them.
+        self._touched_lock = threading.RLock()
         self.touched: dict[tuple[str, str], Touched] = {}
+        for seed in seeds:  # what an interrupted run changed: still ours to roll back
+            self.touched[(seed.host, seed.service)] = Touched(seed.host, seed.service, seed.previous, seed.new)
+        self.health_failure: tuple[str, str, str] | None = None  # host, service, check
         self.workers = ThreadPoolExecutor(max_workers=max(1, desired.policy.parallel_hosts))
+
+    def report(self, event: str, **fields) -> None:
+        for observer in self.observers:
+            observer(event, **fields)
 
     # ----------------------------------------------------------- running
     def preflight(self, plan: Plan) -> None:
         """Engines answer and images are present; raises before any change,
         naming every host that failed (not only the first)."""
-        needed = sorted({a.host for a in plan.actions})
+        needed = sorted({a.host for a in plan.actions if a.host})
         pings = [Action(h, "", "engine answers") for h in needed]
         errors = [exc for _, exc in self._per_host(pings, lambda a: self.hosts[a.host].ping()) if exc]
         pulls = [a for a in plan.actions if isinstance(a, Pull)]
@@ -135,9 +160,10 @@ class Executor:
             if plan.in_sync:
                 return outcome
             self.preflight(plan)
-            deploy, maintenance = split_phases(plan.actions)
-            if deploy and self.before_deploy is not None:
-                self.before_deploy(plan)
+            database, deploy, maintenance = split_phases(plan.actions)
+            # After pre-flight, before the first container change: a refusal
+            # or failure here leaves every host, and the schema, as they were.
+            self._run_groups(database, outcome)
             try:
                 self._run_groups(deploy, outcome)
             except ReconcilerError as failure:
@@ -226,15 +252,58 @@ class Executor:
         return None
 
     def _track(self, host: str, service: str) -> Touched:
-        return self.touched.setdefault((host, service), Touched(host, service))
+        with self._touched_lock:
+            return self.touched.setdefault((host, service), Touched(host, service))
+
+    def _set(self, touched: Touched, **changes) -> None:
+        """Change what this run touched, and tell the observers at once: the
+        journal must hold a container's id before the next step affects it."""
+        with self._touched_lock:
+            for name, value in changes.items():
+                setattr(touched, name, value)
+            records = [dict(host=t.host, service=t.service, previous=t.previous, new=t.new) for t in self.touched.values()]
+        self.report("touched", records=records)
 
     def _run(self, action: Action) -> None:
         self.report("begin", step=action.step, host=action.host, service=action.service, reason=action.reason)
+        if isinstance(action, DATABASE_STEPS):
+            if self.database is None:
+                raise ReconcilerError(f"{action.step} {action.service or ''}: the plan has a database step but no database is configured")
+            self.database.run(action)
+            return
+        try:
+            self._run_host_step(action)
+        except DeployFailed as exc:
+            if self.health_failure is None:
+                self.health_failure = (exc.host or action.host, action.service, self._check_name(action.service))
+            raise
+        finally:
+            if isinstance(action, _CHANGES_SERVING):
+                self._report_serving(action.host, action.service)
+
+    def _check_name(self, service: str) -> str:
+        known = {s.name for s in self.desired.services}
+        return self.desired.service(service).health.kind if service in known else "health"
+
+    def _report_serving(self, host: str, service: str) -> None:
+        """What the host runs for the service now, as observed (for history --at)."""
+        try:
+            active = self._find(host, service, model.ROLE_ACTIVE)
+        except ReconcilerError:
+            return  # the host is gone: the next observation says what it runs
+        running = active is not None and active.running
+        self.report("serving", host=host, service=service, at=self.wall(),
+                    image=active.image if running else None, container=active.id if active else None,
+                    state=active.state if active else "absent", revision=active.revision if active else None)
+
+    def _run_host_step(self, action: Action) -> None:
         driver = self.hosts[action.host]
-        if isinstance(action, Retire):
+        if isinstance(action, Resume):
+            self._resume(driver, action)
+        elif isinstance(action, Retire):
             active = self._find(action.host, action.service, model.ROLE_ACTIVE)
             if active is not None:
-                self._track(action.host, action.service).previous = active.id
+                self._set(self._track(action.host, action.service), previous=active.id)
                 self._retire(driver, active)
         elif isinstance(action, Start):
             self._start(driver, self._service(action.service), action)
@@ -245,7 +314,7 @@ class Executor:
             touched = self._track(action.host, action.service)
             active = self._find(action.host, action.service, model.ROLE_ACTIVE)
             if active is not None:
-                touched.previous = active.id
+                self._set(touched, previous=active.id)
                 self._retire(driver, active)
             driver.rename(touched.new, model.container_name(self.desired.name, action.service))
         elif isinstance(action, Restore):
@@ -281,9 +350,9 @@ class Executor:
         touched = self._track(action.host, action.service)
         active = containers.get(model.container_name(env, action.service))
         if active is not None:
-            touched.previous = active.id
+            self._set(touched, previous=active.id)
             self._retire(driver, active)
-        touched.new, touched.new_was = target.id, target.name
+        self._set(touched, new=target.id, new_was=target.name)
         driver.rename(target.id, model.container_name(env, action.service))
         driver.start(target.id)
         check = target.health_check or self._service(action.service).health
@@ -296,8 +365,17 @@ class Executor:
             if c.name == name:
                 driver.remove(c.id)  # leftover of an interrupted run, never a serving one
         touched = self._track(action.host, service.name)
-        touched.new = driver.create(service, ContainerSpec(self.desired.name, self.revision, name))
+        self._set(touched, new=driver.create(service, ContainerSpec(self.desired.name, self.revision, name)))
         driver.start(touched.new)
+
+    def _resume(self, driver: HostDriver, action: Resume) -> None:
+        touched = self._track(action.host, action.service)
+        self._set(touched, new=action.container)
+        if action.rename:
+            driver.rename(action.container, model.container_name(self.desired.name, action.service))
+        if not driver.inspect(action.container).running:
+            driver.start(action.container)
+        self.wait_healthy(driver, action.container, self._service(action.service).health)
 
     def _prune(self, driver: HostDriver, action: Prune) -> None:
         observed = {c.name: c for c in driver.observe().containers}
@@ -336,7 +414,11 @@ class Executor:
         back to the desired state at the next reconcile.  Any other failure
         to restore raises ``RollbackFailed`` once; it never retries.
         """
-        self.report("rollback", hosts=sorted({h for h, _ in self.touched}))
+        # The failing check goes with the event: the journal keeps it with the
+        # phase, so a restart that finishes this rollback still knows to
+        # revert and not to retry.
+        self.report("rollback", hosts=sorted({h for h, _ in self.touched}),
+                    health=list(self.health_failure) if self.health_failure else None)
         problems: list[str] = []
 
         def restore(touched: Touched) -> None:
@@ -362,6 +444,7 @@ class Executor:
                 check = service.health if service else HealthCheck()
             self.wait_healthy(driver, touched.previous, check)
             self.report("restored", host=touched.host, service=touched.service)
+            self._report_serving(touched.host, touched.service)
 
         # Newest first (dependents before their dependencies); hosts in
         # parallel, one host's restores in order (see _per_host).
@@ -377,15 +460,19 @@ class Executor:
 
 
 _DEPLOY_STEPS = (Retire, Start, CheckHealth, Switch, Restore)
+# Steps after which a host may serve something else for the service.
+_CHANGES_SERVING = (Retire, Start, Switch, Restore, Heal, Resume, Remove)
 
 
-def split_phases(actions: Sequence[Action]) -> tuple[list[Action], list[Action]]:
-    """Deploy steps (rolled back together on failure) and the maintenance
-    after them (heal, prune, remove).  The planner puts maintenance last;
-    a Remove before the last deploy step clears a leftover for the deploy."""
-    work = [a for a in actions if not isinstance(a, Pull)]
+def split_phases(actions: Sequence[Action]) -> tuple[list[Action], list[Action], list[Action]]:
+    """The database steps, the deploy steps (rolled back together on
+    failure) and the maintenance after them (heal, prune, remove).  The
+    planner puts maintenance last; a Remove before the last deploy step
+    clears a leftover for the deploy."""
+    database = [a for a in actions if isinstance(a, DATABASE_STEPS)]
+    work = [a for a in actions if not isinstance(a, (Pull, *DATABASE_STEPS))]
     last = max((i for i, a in enumerate(work) if isinstance(a, _DEPLOY_STEPS)), default=-1)
-    return work[: last + 1], work[last + 1 :]
+    return database, work[: last + 1], work[last + 1 :]
 
 
 def _group_key(action: Action) -> tuple:
@@ -393,4 +480,5 @@ def _group_key(action: Action) -> tuple:
 
 
 def run_plan(desired: Environment, hosts: Mapping[str, HostDriver], plan: Plan, *, report: Reporter = _quiet, **kwargs) -> Outcome:
-    return Executor(desired, hosts, plan.revision, report=report, **kwargs).apply(plan)
+    """Run ``plan`` with one observer; the engine's runs add the journal and the record."""
+    return Executor(desired, hosts, plan.revision, observers=(report,), **kwargs).apply(plan)

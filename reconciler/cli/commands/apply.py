@@ -1,13 +1,8 @@
-"""reconciler apply: make the hosts run what the commit says."""
+"""reconciler apply: make the hosts run what a commit says, through the engine."""
 
 from __future__ import annotations
 
-import sys
-
-from reconciler.core import report
-from reconciler.cli.commands._common import add_target_arguments, is_tty, load_target
-from reconciler.engine.deploy import deploy_target
-from reconciler.errors import StalledError
+from reconciler.cli.commands._common import add_target_arguments, load_target
 
 HELP = "deploy a commit of the environment repository to its hosts, health-gated, rolling back on failure"
 
@@ -27,41 +22,45 @@ def progress_printer():
 
 
 def run(args) -> int:
+    from reconciler.cli.commands import _engine
+    from reconciler.core import report
+    from reconciler.engine.recording import cli_actor
+    from reconciler.engine.run import Request, run as run_engine
+
     target = load_target(args)
-
-    def confirm(plan) -> bool:
-        if args.yes:
-            return True
-        if not (is_tty() and sys.stdin.isatty()):
-            raise StalledError("apply: not on a terminal; pass --yes to apply without asking")
-        return input("apply these changes? [y/N] ").strip().lower() in ("y", "yes")
-
-    result = deploy_target(
-        target,
-        report_progress=progress_printer(),
-        confirm=confirm,
-        show_plan=lambda plan: print(report.plan_text(plan)),
-        timeout=args.timeout,
-    )
+    ctx = _engine.context(args, target, observers=(progress_printer(),),
+                          confirm=_engine.asker(args, "apply", "apply these changes?", lambda plan: print(report.plan_text(plan))))
+    # A human asking for a commit retries it even if it failed before.
+    result = run_engine(ctx, Request(target.environment.name, "deploy", commit=target.revision, trigger="cli",
+                                     actor=cli_actor(), force=True))
+    _engine.fail_on(result)
     return print_result(target, result)
 
 
 def print_result(target, result) -> int:
     """The closing summary: the outcome, the evidence of a failure, what runs where."""
+    from reconciler.core import report
+
     outcome = result.outcome
-    if result.plan.in_sync:
+    if result.result == "in-sync":
+        print(report.plan_text(result.plan) if result.plan is not None else "")
         print("apply: nothing to change")
-    elif outcome is None:
+    elif result.result == "declined":
         print("apply: cancelled, nothing changed")
         return 1
     else:
-        print(f"{target.environment.name} @ {target.revision[:12]}: {outcome.result} in {outcome.finished - outcome.started:.1f}s")
+        print(f"{target.environment.name} @ {target.revision[:12]}: {result.result} in {outcome.finished - outcome.started:.1f}s")
         if outcome.failure:
             print(f"failure: {outcome.failure}")
             for item in outcome.evidence:
                 print("  " + item.replace("\n", "\n  "))
-    print("now running:")
-    print(report.running_text(result.running))
+        if result.revert_commit:
+            print(f"reverted by {result.revert_commit[:12]}")
+    if result.observed is not None:
+        print("now running:")
+        print(report.running_text(report.running_rows(target.environment, result.observed)))
     for host in result.unreachable:
         print(f"  {host:<8} UNREACHABLE: not observed after the run; the next reconcile converges it")
-    return EXIT_ROLLED_BACK if outcome is not None and outcome.result == "rolled-back" else 0
+    if result.result != "in-sync":
+        print(f"recorded in git: note on {(result.new_commit or result.commit or '')[:12]}")
+    return EXIT_ROLLED_BACK if result.result == "rolled-back" else 0

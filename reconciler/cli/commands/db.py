@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+
+from reconciler.errors import StalledError
 import json
 import os
 import pathlib
 import secrets
-import subprocess
-import sys
-import time
 
 HELP = "database backups: list them, restore one (asks first), drill a restore into a scratch database"
 
@@ -43,10 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     if args.db_command == "backups":
         return _backups(args)
+    if args.db_command == "restore":
+        return _restore(args)
     environment, revision, pins = _load(args)
     with _database(args, environment, pins) as dsn:
         args.loaded = (environment, revision, dsn)
-        return {"restore": _restore, "drill": _drill}[args.db_command](args)
+        return _drill(args)
 
 
 @contextlib.contextmanager
@@ -114,73 +115,58 @@ def _backups(args) -> int:
     return 0
 
 
-def _find(store: pathlib.Path, name: str):
-    from reconciler.adapters.db import list_backups
-    from reconciler.errors import StalledError
-
-    for item in list_backups(store):
-        if str(item.path) == name or item.path.name == name or str(item.path.resolve()) == str(pathlib.Path(name).resolve()):
-            return item
-    raise StalledError(f"no backup {name!r} in {store} (one with a sidecar); list them with `reconciler db backups`")
-
-
 def _restore(args) -> int:
-    from reconciler.adapters.db import verify
-    from reconciler.adapters.db.connection import database_name, redacted
-    from reconciler.engine.dbphase import take_verified_backup
-    from reconciler.errors import StalledError
+    """Through the engine: the environment's lock, a journal, a fresh backup
+    first (the way back), the restore, and an attempt recorded in git."""
+    from reconciler.adapters import fleet
+    from reconciler.cli.commands import _engine
+    from reconciler.cli.commands._agent import git_dir
+    from reconciler.engine.recording import cli_actor
+    from reconciler.engine.restore import find_backup
+    from reconciler.engine.run import Context, Request, run as run_engine
 
-    environment, revision, dsn = args.loaded
+    environment, revision, pins = _load(args)
     store = _store(args)
-    item = _find(store, args.backup)
-    if item.database != database_name(dsn):
-        raise StalledError(f"{item.path.name} is a backup of database {item.database}, but {args.env} uses "
-                           f"{database_name(dsn)}: pick one of its own backups")
-    verify(item)  # before anything is touched: a bad file must not replace good data
-    print(f"restore {item.path}\n  taken {item.created} at commit {item.commit[:12]} ({item.environment})\n"
-          f"  into {redacted(dsn)}\n  everything written since then will be gone (a fresh backup is taken first)")
-    if not args.yes:
-        if not (sys.stdin.isatty() and sys.stdout.isatty()):
-            raise StalledError("db restore: not on a terminal; pass --yes to restore without asking")
-        if input("restore this backup? [y/N] ").strip().lower() not in ("y", "yes"):
-            print("db restore: cancelled, nothing changed")
-            return 1
-    fresh = take_verified_backup(dsn, environment, revision, store)
-    print(f"fresh backup {fresh.backup} verified (restore it to undo this)")
-    seconds = restore_into(dsn, item.path)
-    print(f"restored {item.path.name} into {database_name(dsn)} in {seconds:.1f}s")
-    _record(args, environment.name, revision, {"backup": str(item.path), "backup_commit": item.commit,
-                                                "fresh_backup": fresh.backup, "seconds": seconds})
+    item = find_backup(store, args.backup)
+
+    def show(plan) -> None:
+        print(f"restore {item.path}\n  taken {item.created} at commit {item.commit[:12]} ({item.environment})\n"
+              f"  into {environment.database.name or 'the database'} of {environment.name}\n"
+              "  everything written since then will be gone (a fresh backup is taken first)")
+
+    confirm = _engine.asker(args, "restore", "restore this backup?", show)
+
+    def open_hosts(env, known_hosts_file):
+        # Only the host the database is reached through, if any: a restore changes no container.
+        via = env.database.via_host if env.database else None
+        if not via:
+            return {}
+        if not args.identity:
+            raise StalledError(f"database.via_host is {via}: pass --identity FILE (or set RECONCILER_IDENTITY) to reach it over SSH")
+        return fleet.open_hosts([env.host(via)], identity_file=args.identity, known_hosts_file=known_hosts_file)
+
+    ctx = Context(repo=git_dir(args.repo), state_dir=_engine.state_dir_for(args), open_hosts=open_hosts,
+                  close_hosts=fleet.close_hosts, confirm=confirm, backup_dir=store)
+    result = run_engine(ctx, Request(environment.name, "restore", commit=revision, trigger="cli", actor=cli_actor(),
+                                     backup=str(item.path)))
+    if result.result == "declined":
+        print("db restore: cancelled, nothing changed")
+        return 1
+    _engine.fail_on(result)
+    if result.result != "restored":
+        raise StalledError(f"db restore: {result.result} ({result.reason}): {result.message}")
+    database = (gitlog_latest(args, revision, environment.name) or {}).get("database", {})
+    print(f"fresh backup {database.get('backup')} verified (restore it to undo this)")
+    print(f"restored {item.path.name} in {database.get('restore', {}).get('seconds', 0):.1f}s")
+    print(f"recorded in git: note on {revision[:12]} ({environment.name})")
     return 0
 
 
-def restore_into(dsn: str, dump: pathlib.Path) -> float:
-    """``pg_restore --clean --if-exists`` in one transaction; return the seconds it took."""
-    from reconciler.adapters.db.connection import database_name, tool, tool_env
-    from reconciler.adapters.db import BackupFailed
-
-    started = time.monotonic()
-    result = subprocess.run([tool("pg_restore"), "--clean", "--if-exists", "--no-owner", "--single-transaction",
-                             "--exit-on-error", "--no-password", f"--dbname={database_name(dsn)}", str(dump)],
-                            capture_output=True, text=True, env=tool_env(dsn))
-    if result.returncode != 0:
-        raise BackupFailed(f"pg_restore of {dump} failed; the database was left as it was (one transaction): "
-                           f"{result.stderr.strip()}")
-    return round(time.monotonic() - started, 3)
-
-
-def _record(args, env: str, revision: str, restore: dict) -> None:
-    """Add the restore to the environment's record in the commit's note."""
+def gitlog_latest(args, revision: str, env: str) -> dict | None:
     from reconciler.adapters import gitlog
 
-    repo = gitlog.open_repo(args.repo)
-    record = dict(gitlog.env_record(repo, revision, env) or {"result": "restored", "hosts": []})
-    now = time.time()
-    record["restores"] = [*record.get("restores", []), {**restore, "at": now, "by": os.environ.get("USER", "?")}]
-    record.setdefault("started", now)
-    record.setdefault("finished", now)
-    gitlog.write_note(repo, revision, env, record, gitlog.user_signature(repo))
-    print(f"recorded in git: note on {revision[:12]} ({env})")
+    found = gitlog.latest(gitlog.open_repo(args.repo), revision, env)
+    return dict(found.details) if found else None
 
 
 def _drill(args) -> int:
@@ -189,7 +175,7 @@ def _drill(args) -> int:
 
     from reconciler.adapters.db import list_backups, verify
     from reconciler.adapters.db.connection import database_name, with_database
-    from reconciler.errors import StalledError
+    from reconciler.engine.restore import restore_into
 
     environment, _, dsn = args.loaded
     found = list_backups(_store(args), database_name(dsn))
@@ -201,7 +187,7 @@ def _drill(args) -> int:
     with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
         conn.execute(pgsql.SQL("CREATE DATABASE {}").format(pgsql.Identifier(scratch)))
     try:
-        seconds = restore_into(with_database(dsn, scratch), item.path)
+        seconds = restore_into(with_database(dsn, scratch), item.path)  # the drill changes nothing of the environment's
     finally:
         with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
             conn.execute(pgsql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(pgsql.Identifier(scratch)))

@@ -29,7 +29,9 @@ def answer_of(address: str, port: int, path: str = "/") -> str:
 
 def run(args: argparse.Namespace) -> int:
     from reconciler.cli import demo
-    from reconciler.engine.deploy import deploy_target
+    from reconciler.cli.commands import _engine
+    from reconciler.engine.recording import cli_actor
+    from reconciler.engine.run import Request, run as run_engine
     from reconciler.sandbox import fleet as sandbox_fleet
 
     sandbox = sandbox_fleet.up(args.hosts)
@@ -37,14 +39,17 @@ def run(args: argparse.Namespace) -> int:
     repo = Path(sandbox.state_dir) / "demo" / "environments"
     head = demo.prepare_repository(sandbox, repo)
     print(f"environment repository: {repo} @ {head[:12]}")
-    target = load_target(
-        argparse.Namespace(repo=str(repo), env=args.env or demo.DEMO_ENVIRONMENT, rev="HEAD", identity=sandbox.identity_file, worktree=False)
-    )
+    target_args = argparse.Namespace(repo=str(repo), env=args.env or demo.DEMO_ENVIRONMENT, rev="HEAD",
+                                     identity=sandbox.identity_file, worktree=False, timeout=10.0, yes=True)
+    target = load_target(target_args)
     env = target.environment
     with target.connect() as hosts:
         for made in demo.provision_secret_files(hosts, env):
             print(f"provisioned secret file {made} (an operator's job on real hosts)")
-    result = deploy_target(target, report_progress=progress_printer(), show_plan=lambda plan: print(report.plan_text(plan)))
+    ctx = _engine.context(target_args, target, observers=(progress_printer(),),
+                          confirm=lambda plan: print(report.plan_text(plan)) or True)
+    result = run_engine(ctx, Request(env.name, "deploy", commit=target.revision, trigger="demo", actor=cli_actor(), force=True))
+    _engine.fail_on(result)
     code = print_result(target, result)
     print("what each host serves:")
     for service in env.services:

@@ -7,7 +7,7 @@ from dataclasses import asdict
 
 from reconciler.cli.commands._agent import git_dir
 
-HELP = "the deployment log from git: when, which commit, who wrote and merged it, what changed, the outcome; --at: what ran then"
+HELP = "the deployment log from git: every attempt on every commit, who asked, the outcome; --at: what each host ran then"
 
 
 def add_arguments(parser) -> None:
@@ -16,13 +16,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--repo", default=os.environ.get("RECONCILER_REPO", "."), help="environment repository (default: .)")
     parser.add_argument("--env", help="only this environment")
     parser.add_argument("--service", help="only commits that changed this service")
-    parser.add_argument("--at", metavar="TIMESTAMP", help="what ran at this moment (ISO 8601 or epoch seconds); needs --env")
+    parser.add_argument("--at", metavar="TIMESTAMP", help="what each host ran at this moment (ISO 8601 or epoch seconds); needs --env")
     parser.add_argument("--limit", type=int, default=50)
     parser.add_argument("--json", action="store_true")
 
 
 def run(args) -> int:
     from reconciler.adapters import gitlog
+    from reconciler.core import record
     from reconciler.errors import StalledError
 
     repo = gitlog.open_repo(git_dir(args.repo))
@@ -30,38 +31,44 @@ def run(args) -> int:
         if not args.env:
             raise StalledError("history --at needs --env")
         at = gitlog.parse_time(args.at)
-        record = gitlog.running_at(repo, args.env, at)
+        running = {k: v for k, v in gitlog.running_at(repo, args.env, at).items() if not args.service or k[1] == args.service}
         if args.json:
-            print(json.dumps(record, indent=2, sort_keys=True))
+            print(json.dumps([asdict(s) for _, s in sorted(running.items())], indent=2, sort_keys=True))
             return 0
-        if record is None:
-            print(f"{args.env} at {gitlog.iso(at)}: nothing deployed by reconciler yet")
+        if not running:
+            print(f"{args.env} at {gitlog.iso(at)}: nothing recorded by reconciler yet")
             return 0
-        commit = repo[record["commit"]]
-        print(f"{args.env} at {gitlog.iso(at)} ran {record['commit'][:12]} (deployed {gitlog.iso(record.get('finished', 0))}): {commit.message.splitlines()[0] if commit.message else ''}")
-        for service, image in sorted(record.get("digests", {}).items()):
-            if args.service and service != args.service:
-                continue
-            print(f"  {service}: {image}")
+        print(f"{args.env} at {gitlog.iso(at)}:")
+        for (host, service), s in sorted(running.items()):
+            what = s.image if s.image else f"nothing running ({s.state})"
+            since = f"since {gitlog.iso(s.at)}"
+            rev = f" rev {s.revision[:12]}" if s.revision else ""
+            container = f" container {s.container[:12]}" if s.container else ""
+            print(f"  {host}/{service}: {what}{rev}{container} {since}")
         return 0
     entries = gitlog.history(repo, env=args.env, service=args.service, limit=args.limit)
     if args.json:
-        print(json.dumps([asdict(e) for e in entries], indent=2, sort_keys=True))
+        print(json.dumps([{**{k: v for k, v in asdict(e).items() if k != "attempts"},
+                           "attempts": [record.to_json(a) for a in e.attempts]} for e in entries], indent=2, sort_keys=True))
         return 0
     for e in entries:
-        outcomes = ", ".join(f"{r.get('environment')} {r.get('result')}" + (f" {gitlog.iso(r['finished'])}" if r.get("finished") else "") for r in e.records) or "not deployed"
         merged = "" if e.committer == e.author else f", merged by {e.committer} {gitlog.iso(e.committed)}"
         print(f"{gitlog.iso(e.committed)} {e.commit[:12]} {e.subject}")
         print(f"    by {e.author} {gitlog.iso(e.authored)}{merged}")
         print(f"    changed: {', '.join(e.changed) or '(nothing)'}")
-        print(f"    outcome: {outcomes}")
-        for r in e.records:
-            if r.get("failure"):
-                print(f"    {r.get('environment')}: {r['failure'].splitlines()[0]}")
-            if r.get("revert_commit"):
-                print(f"    {r.get('environment')}: reverted by {r['revert_commit'][:12]}")
-            if r.get("superseded_by"):
-                print(f"    {r.get('environment')}: superseded by {r['superseded_by'][:12]}")
+        if not e.attempts:
+            print("    outcome: not deployed")
+        for a in e.attempts:
+            op = "" if a.operation == "deploy" else f"{a.operation} "
+            who = f" by {a.actor}" if a.actor else ""
+            trigger = f" ({a.trigger})" if a.trigger else ""
+            print(f"    {a.environment}: {op}{a.result} {gitlog.iso(a.finished or a.started)}{who}{trigger}")
+            if a.message:
+                print(f"        {a.reason + ': ' if a.reason and a.reason not in a.message else ''}{a.message.splitlines()[0]}")
+            if a.revert_commit:
+                print(f"        reverted by {a.revert_commit[:12]}")
+            if a.superseded_by:
+                print(f"        superseded by {a.superseded_by[:12]}")
     if not entries:
         print("no history")
     return 0

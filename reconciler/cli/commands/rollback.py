@@ -1,19 +1,15 @@
-"""reconciler rollback: the emergency lever, back to a retained version on every host."""
+"""reconciler rollback: the emergency lever, back to a retained version on every host.
+
+It runs through the engine like any deploy (lock, journal, a note in git),
+and ends with a commit that sets the environment's files to the revision it
+went back to, so the branch says what runs and the agent does not undo it.
+"""
 
 from __future__ import annotations
 
-import sys
+from reconciler.cli.commands._common import add_target_arguments, load_target
 
-from reconciler.adapters import fleet
-
-from reconciler.core import report
-from reconciler.engine.executor import run_plan
-from reconciler.cli.commands._common import add_target_arguments, is_tty, load_target
-from reconciler.cli.commands.apply import EXIT_ROLLED_BACK, progress_printer
-from reconciler.errors import StalledError
-from reconciler.core.plan import plan_rollback
-
-HELP = "restore a retained previous version on all hosts (the git way is a revert commit)"
+HELP = "restore a retained previous version on all hosts, and commit so that git says so"
 
 
 def add_arguments(parser) -> None:
@@ -23,44 +19,34 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    target = load_target(args)
-    env = target.environment
-    with target.connect(args.timeout) as hosts:
-        observed = fleet.observe_all(hosts)
-        plan = plan_rollback(env, observed, args.to_revision)
-        print(report.plan_text(plan))
-        missing = [f for f in plan.findings if f.kind == "no-rollback-target"]
-        if missing:
-            raise StalledError(
-                "rollback refused, no host changed: "
-                + "; ".join(f"{f.host}/{f.service}: {f.detail}" for f in missing)
-            )
-        if plan.in_sync:
-            print("rollback: every host already runs that version")
-            return 0
-        from reconciler.engine.contract import refuse_rollback_past_contracts
+    from reconciler.cli.commands import _engine
+    from reconciler.cli.commands.apply import EXIT_ROLLED_BACK, progress_printer
+    from reconciler.core import report
+    from reconciler.engine.recording import cli_actor
+    from reconciler.engine.run import Request, run as run_engine
 
-        refuse_rollback_past_contracts(env, hosts, plan, observed)
-        if not args.yes:
-            if not (is_tty() and sys.stdin.isatty()):
-                raise StalledError("rollback: not on a terminal; pass --yes")
-            if input("roll back these hosts? [y/N] ").strip().lower() not in ("y", "yes"):
-                print("rollback: cancelled, nothing changed")
-                return 1
-        outcome = run_plan(env, hosts, plan, report=progress_printer())
-        unreachable: list[str] = []
-        rows = report.running_rows(env, fleet.observe_all(hosts, unreachable=unreachable))
-    print(f"rollback: {outcome.result}")
-    if outcome.failure:
-        print(f"failure: {outcome.failure}")
-    print("now running:")
-    print(report.running_text(rows))
-    for host in unreachable:
+    target = load_target(args)
+    ctx = _engine.context(args, target, observers=(progress_printer(),),
+                          confirm=_engine.asker(args, "rollback", "roll back these hosts?", lambda plan: print(report.plan_text(plan))))
+    result = run_engine(ctx, Request(target.environment.name, "rollback", commit=target.revision, trigger="cli",
+                                     actor=cli_actor(), to_revision=args.to_revision))
+    _engine.fail_on(result)
+    if result.result == "declined":
+        print("rollback: cancelled, nothing changed")
+        return 1
+    if result.result == "in-sync":
+        print("rollback: every host already runs that version")
+        return 0
+    print(f"rollback: {result.result}")
+    if result.message:
+        print(f"failure: {result.message}")
+    if result.observed is not None:
+        print("now running:")
+        print(report.running_text(report.running_rows(target.environment, result.observed)))
+    for host in result.unreachable:
         print(f"  {host:<8} UNREACHABLE: not observed after the rollback")
-    if outcome.result == "deployed":
-        print(
-            f"note: the hosts now differ from {target.revision[:12]}, which git says should run; "
-            "commit a revert (`reconciler revert`) or freeze the environment (`reconciler lock`), "
-            "or the agent will deploy that commit again"
-        )
-    return EXIT_ROLLED_BACK if outcome.result == "rolled-back" else 0
+    if result.new_commit and result.new_commit != result.commit:
+        print(f"committed {result.new_commit[:12]}: the branch now says what {target.environment.name} runs")
+    elif result.result == "rolled-back" and not result.new_commit:
+        print(f"{target.environment.name} is frozen: the hosts differ from the branch head; see `reconciler status`")
+    return 0 if result.result == "rolled-back" else EXIT_ROLLED_BACK

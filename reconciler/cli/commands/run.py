@@ -33,7 +33,7 @@ def run(args) -> int:
     from reconciler.core import schema
     from reconciler.agent.loop import Agent, EnvLoop, make_logger
     from reconciler.errors import StalledError
-    from reconciler.engine.reconcile import Context, reconcile
+    from reconciler.engine.run import Context, reconcile
     from reconciler.agent.triggers import NudgeSocket, RefWatcher, RemoteTracker, Webhook, default_socket_path
 
     if not args.identity:

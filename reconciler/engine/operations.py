@@ -1,0 +1,86 @@
+"""What each operation plans, and what a run that finds nothing to do does.
+
+deploy    ``plan_deploy`` (with Resume steps for a dead run's half-done work);
+rollback  ``plan_rollback``: a retained container back on every host, refused
+          whole when one host has none or when it is older than a contract;
+restore   ``plan_restore``: a fresh verified backup, then the restore;
+contract  the contract migrations whose soak is over (``core.contracts``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Mapping
+
+from reconciler.core.plan import DATABASE_STEPS, Plan, RestoreDatabase, plan_deploy, plan_restore, plan_rollback
+from reconciler.engine import recovery
+from reconciler.errors import StalledError
+
+if TYPE_CHECKING:
+    from reconciler.engine.run import Result, RunState
+
+
+class RollbackRefused(StalledError):
+    """The rollback lever found a host with no retained version to go back to."""
+
+
+def observe(hosts: Mapping[str, Any]) -> dict:
+    from reconciler.adapters import fleet
+
+    return fleet.observe_all(hosts)
+
+
+def plan_for(run: "RunState") -> Plan:
+    env, observed = run.environment, run.observed
+    if run.operation == "deploy":
+        interrupted = run.interrupted if run.carried else None
+        run.seeds = recovery.carried_seeds(interrupted, observed)
+        return recovery.with_resumes(plan_deploy(env, observed, run.commit), env, observed, interrupted)
+    if run.operation == "rollback":
+        plan = plan_rollback(env, observed, run.request.to_revision)
+        missing = [f for f in plan.findings if f.kind == "no-rollback-target"]
+        if missing:
+            raise RollbackRefused("rollback refused, no host changed: "
+                                  + "; ".join(f"{f.host}/{f.service}: {f.detail}" for f in missing))
+        if not plan.in_sync:
+            from reconciler.engine.contract import refuse_rollback_past_contracts
+
+            refuse_rollback_past_contracts(env, run.hosts, plan, observed)
+        return plan
+    if run.operation == "restore":
+        from reconciler.engine import restore
+
+        restore.check_backup(run, run.request.backup)  # before anything: a bad file must not replace good data
+        return plan_restore(env, run.commit, run.request.backup)
+    if run.operation == "contract":
+        from reconciler.engine import contracts_run
+
+        return contracts_run.plan(run)
+    raise StalledError(f"unknown operation {run.operation!r}")
+
+
+def database_steps(run: "RunState"):
+    """The object that runs the plan's database steps, or None when it has none."""
+    if not any(isinstance(a, DATABASE_STEPS) for a in run.plan.actions):
+        return None
+    from reconciler.engine import dbphase
+    from reconciler.engine import restore
+
+    steps = dbphase.DatabaseSteps(run.environment, run.hosts, run.commit, store_dir=run.ctx.backup_dir)
+    if any(isinstance(a, RestoreDatabase) for a in run.plan.actions):
+        return restore.WithRestore(steps, run)
+    return steps
+
+
+def in_sync(run: "RunState") -> "Result":
+    """Nothing to change: say so, and give contracts their turn."""
+    from reconciler.engine import recording
+
+    if run.operation == "rollback":
+        return run.result("in-sync", None, "AlreadyThere", "every host already runs that version")
+    drifted = bool(run.plan.findings)
+    result = recording.in_sync(run, drifted)
+    if run.operation == "deploy":
+        from reconciler.engine import contracts_run
+
+        return contracts_run.after_in_sync(run, result)
+    return result
