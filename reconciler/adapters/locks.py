@@ -14,6 +14,12 @@ Reading, judging and replacing a lock happen under an ``flock`` on a guard
 file so that two agents racing for a stale lock cannot both win; the flock
 is released by the kernel if its holder dies, so the guard itself can never
 go stale.
+
+Two users meet here: the agent (the unit's ``reconciler`` user) and whoever
+runs ``reconciler lock`` (a pusher in the ``reconciler`` group).  So the
+locks directory is group-writable and set-group-id, the files are written
+readable by both, and the guard is opened read-only (``flock`` needs no
+write access), whoever created it.
 """
 
 from __future__ import annotations
@@ -22,19 +28,67 @@ import contextlib
 import errno
 import fcntl
 import getpass
+import json
 import os
 import socket
+import stat
+import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from reconciler.errors import LockHeld
-from reconciler.adapters.journal import atomic_write_json, read_json
+from reconciler.adapters.journal import read_json
 
 HEARTBEAT_INTERVAL = 5.0
 STALE_AFTER = 60.0
+SHARED_FILE_MODE = 0o644  # the other user (agent or pusher) must read it
+LOCKS_DIR_MODE = 0o2770  # the group may freeze; new files take the directory's group
+
+
+def write_shared_json(path: Path, document: Any, mode: int = SHARED_FILE_MODE) -> None:
+    """journal.atomic_write_json, but with ``mode`` set before the rename.
+
+    atomic_write_json's temporary file is mkstemp's 0600, which the other
+    user could not read; a chmod after the rename would leave a window in
+    which a reader gets PermissionError instead of the old or the new file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            os.fchmod(handle.fileno(), mode)
+            json.dump(document, handle, indent=1, sort_keys=True)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(dir_fd)  # the rename is durable only once the directory entry is
+    finally:
+        os.close(dir_fd)
+
+
+def prepare_locks_dir(state_dir: Path) -> Path:
+    """Create ``<state>/locks`` so that the pushers' group can freeze there.
+
+    Only the directory's owner may change its mode; a directory someone else
+    created is left as it is (the unit's StateDirectory is the agent's own).
+    """
+    path = Path(state_dir) / "locks"
+    path.mkdir(parents=True, exist_ok=True)
+    info = path.stat()
+    if info.st_uid == os.geteuid() and stat.S_IMODE(info.st_mode) != LOCKS_DIR_MODE:
+        os.chmod(path, LOCKS_DIR_MODE)
+    return path
 
 
 @dataclass(frozen=True)
@@ -55,7 +109,9 @@ class Freeze:
     since: float
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False  # kill(0 or -n) would signal a process group, not ask about a pid
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -91,8 +147,10 @@ class Locks:
 
     @contextlib.contextmanager
     def _guard(self, env: str) -> Iterator[None]:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.dir / f".{env}.guard", os.O_RDWR | os.O_CREAT, 0o644)
+        if not self.dir.is_dir():
+            prepare_locks_dir(self.dir.parent)
+        # Read-only: flock needs no write access, and the guard may belong to the other user.
+        fd = os.open(self.dir / f".{env}.guard", os.O_RDONLY | os.O_CREAT, SHARED_FILE_MODE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -100,6 +158,12 @@ class Locks:
             os.close(fd)
 
     # ----------------------------------------------------------- reading
+    def environments(self) -> list[str]:
+        """Every environment with a lock or a freeze file, sorted."""
+        if not self.dir.is_dir():
+            return []
+        return sorted({p.stem for p in self.dir.glob("*.lock")} | {p.stem for p in self.dir.glob("*.freeze")})
+
     def holder(self, env: str) -> LockInfo | None:
         doc = read_json(self._lock_path(env))
         return LockInfo(**doc) if doc else None
@@ -109,7 +173,7 @@ class Locks:
         return Freeze(**doc) if doc else None
 
     def is_stale(self, info: LockInfo) -> bool:
-        if info.host == self.hostname and not _pid_alive(info.pid):
+        if info.host == self.hostname and not pid_alive(info.pid):
             return True
         return self.clock() - info.heartbeat > self.stale_after
 
@@ -129,7 +193,7 @@ class Locks:
                     )
             now = self.clock()
             info = LockInfo(env, self.pid, self.hostname, commit, now, now)
-            atomic_write_json(self._lock_path(env), asdict(info))
+            write_shared_json(self._lock_path(env), asdict(info))
             return info
 
     def heartbeat(self, env: str) -> None:
@@ -137,7 +201,7 @@ class Locks:
             current = self.holder(env)
             if current is None or (current.pid, current.host) != (self.pid, self.hostname):
                 return  # taken over (we were judged stale): never overwrite the new owner
-            atomic_write_json(self._lock_path(env), {**asdict(current), "heartbeat": self.clock()})
+            write_shared_json(self._lock_path(env), {**asdict(current), "heartbeat": self.clock()})
 
     def release(self, env: str) -> None:
         with self._guard(env):
@@ -172,7 +236,7 @@ class Locks:
     def freeze(self, env: str, reason: str, by: str | None = None) -> Freeze:
         with self._guard(env):
             info = Freeze(env, reason, by or _who(), self.clock())
-            atomic_write_json(self._freeze_path(env), asdict(info))
+            write_shared_json(self._freeze_path(env), asdict(info))
             return info
 
     def unfreeze(self, env: str) -> Freeze | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from reconciler.cli.commands._agent import add_repo_arguments, state_dir
+from reconciler.cli.commands._agent import add_repo_arguments, state_location
 
 HELP = "freeze an environment: the agent deploys nothing there until `reconciler unlock`; without --reason, show locks"
 
@@ -24,17 +24,20 @@ def run(args) -> int:
     from reconciler.errors import StalledError
     from reconciler.adapters.locks import Locks
 
-    locks = Locks(state_dir(args))
+    location = state_location(args)
+    locks = Locks(location.path)
     if args.reason:
         if not args.env:
             raise StalledError("lock: name the environment to freeze")
         info = locks.freeze(args.env, args.reason, args.by)
         print(f"{args.env}: frozen by {info.by} at {_when(info.since)}: {info.reason}")
+        print(f"state: {location.describe()}")
         holder = locks.holder(args.env)
         if holder is not None:
             print(f"note: a reconcile of {holder.commit[:12]} is in progress (pid {holder.pid} on {holder.host}); it finishes, none follows")
         return 0
-    names = [args.env] if args.env else sorted({p.stem for p in locks.dir.glob("*.lock")} | {p.stem for p in locks.dir.glob("*.freeze")}) if locks.dir.is_dir() else []
+    names = [args.env] if args.env else locks.environments()
+    print(f"state: {location.describe()}")
     if not names:
         print("no locks, no freezes")
     for env in names:

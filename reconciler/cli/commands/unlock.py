@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from reconciler.cli.commands._agent import add_repo_arguments, git_dir, state_dir
+from reconciler.cli.commands._agent import add_repo_arguments, git_dir, state_location
 
 HELP = "lift an environment's freeze; the agent reconciles it at once"
 
@@ -17,9 +17,10 @@ def run(args) -> int:
     from reconciler.adapters.locks import Locks
     from reconciler.agent.triggers import default_socket_path, send_nudge
 
-    previous = Locks(state_dir(args)).unfreeze(args.env)
+    location = state_location(args)
+    previous = Locks(location.path).unfreeze(args.env)
     if previous is None:
-        print(f"{args.env}: was not frozen")
+        print(f"{args.env}: was not frozen (state: {location.describe()})")
         return 0
     print(f"{args.env}: unfrozen (was frozen by {previous.by}: {previous.reason})")
     if not send_nudge(args.socket or default_socket_path(git_dir(args.repo)), f"unlock {args.env}"):
