@@ -1,7 +1,10 @@
 """The local fleet: reproducible demo images (unit), and the real sandbox (fleet).
 
-The fleet tests run in file order and the last one takes the fleet down and
-brings it up again, leaving it up for the rest of the session.
+The fleet tests run in file order and the last ones take the fleet down (and
+kill it) and bring it up again, several times while both cores are kept
+busy, leaving it up for the rest of the session.  Readiness itself (a late
+banner, a pidfile being written, a part that never answers) is unit-tested
+on loopback in tests/test_sandbox_readiness.py.
 """
 
 from __future__ import annotations
@@ -10,7 +13,10 @@ import gzip
 import hashlib
 import io
 import json
+import os
+import signal
 import subprocess
+import sys
 import tarfile
 import time
 import urllib.error
@@ -290,3 +296,75 @@ def test_down_leaves_nothing_and_up_works_again(fleet) -> None:
     again = sandbox_fleet.up(3)
     assert again.hosts == fleet.hosts and dict(again.images) == dict(fleet.images)
     assert sandbox_fleet.status().all_up
+
+
+# Two loaded cores, as on the machine where the first `make demo` failed: one
+# spinning process per core, and one that writes and fsyncs (dockerd, initdb
+# and the registry all fsync while they start).  Each exits by itself after
+# BUSY_SECONDS whatever happens to the test, and is killed when it ends.
+BUSY_SECONDS = 1200
+_SPIN = "import sys, time\nend = time.time() + float(sys.argv[1])\nwhile time.time() < end: pass\n"
+_FSYNC = """
+import os, sys, tempfile, time
+end = time.time() + float(sys.argv[1])
+fd, path = tempfile.mkstemp(prefix="rcl-busy-")
+try:
+    while time.time() < end:
+        os.pwrite(fd, os.urandom(1 << 20), 0)
+        os.fsync(fd)
+finally:
+    os.close(fd)
+    os.unlink(path)
+"""
+
+
+def _keep_both_cores_busy() -> list[subprocess.Popen]:
+    spinners = [subprocess.Popen([sys.executable, "-c", _SPIN, str(BUSY_SECONDS)]) for _ in range(os.cpu_count() or 2)]
+    return spinners + [subprocess.Popen([sys.executable, "-c", _FSYNC, str(BUSY_SECONDS)])]
+
+
+def _assert_every_host_answers_ssh(sandbox) -> None:
+    for host in sandbox.hosts:
+        proc = subprocess.run(
+            ["ssh", "-i", host.identity_file, "-o", f"UserKnownHostsFile={host.known_hosts_file}",
+             "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=30",
+             "-p", str(host.port), f"{host.user}@{host.address}", "docker", "ps"],
+            capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, f"{host.name}: {proc.stderr}"
+
+
+def _crash(state_dir: str) -> None:
+    """SIGKILL every daemon of the sandbox at once, as a power cut would leave them."""
+    for pid in procs.find_ours(path_marks=[state_dir + "/"], cgroup_marks=[procs.CGROUP_MARK]):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.mark.fleet
+@pytest.mark.slow
+def test_up_works_the_first_time_after_down_or_a_crash_while_both_cores_are_busy(fleet, capfd) -> None:
+    from reconciler.sandbox import fleet as sandbox_fleet
+
+    load = _keep_both_cores_busy()
+    try:
+        for cycle, how in enumerate(["down", "crash", "down", "crash", "down"]):
+            if how == "down":
+                sandbox_fleet.down()
+                assert not sandbox_fleet.leftovers(), cycle
+            else:
+                _crash(fleet.state_dir)
+            # The user's first `sandbox up`: no exception is the point.
+            again = sandbox_fleet.up(3)
+            assert again.hosts == fleet.hosts and dict(again.images) == dict(fleet.images), cycle
+            assert sandbox_fleet.status().all_up, (cycle, sandbox_fleet.status())
+            _assert_every_host_answers_ssh(again)
+            print(f"cycle {cycle} ({how}): up in {again.elapsed_seconds:.1f}s under load")
+        retries = capfd.readouterr().err.count("starting it once more")
+        print(f"parts that needed their one retry: {retries}")
+    finally:
+        for proc in load:
+            proc.kill()
+            proc.wait()
+        sandbox_fleet.up(3)  # leave it up for the rest of the session

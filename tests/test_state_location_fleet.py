@@ -188,7 +188,7 @@ def test_lock_from_a_plain_shell_freezes_the_agent_started_as_the_unit_starts_it
         assert serving(fleet, PORT) == {h.name: "demo-web v1" for h in fleet.hosts}
         assert containers(fleet, f"{ENV}-") == before
         repo = pygit2.Repository(str(bare))
-        assert (gitlog.env_record(repo, v2, ENV) or {}).get("result") != "deployed"
+        assert "deployed" not in {a.result for a in gitlog.attempts(repo, v2, ENV)}
 
         # status, from the same shell, shows the agent's view of it.
         shown = shell(f"reconciler status --identity {shlex.quote(work.identity)}", bare)
@@ -201,7 +201,7 @@ def test_lock_from_a_plain_shell_freezes_the_agent_started_as_the_unit_starts_it
         assert unfrozen.returncode == 0, unfrozen.stderr
         assert "unfrozen" in unfrozen.stdout and "no agent is listening" not in unfrozen.stdout, unfrozen.stdout
         assert wait_for(lambda: set(serving(fleet, PORT).values()) == {"demo-web v2"}), log.read_text()
-        assert wait_for(lambda: (gitlog.env_record(repo, v2, ENV) or {}).get("result") == "deployed"), log.read_text()
+        assert wait_for(lambda: getattr(gitlog.latest(repo, v2, ENV), "result", None) == "deployed"), log.read_text()
 
         after = shell(f"reconciler status --identity {shlex.quote(work.identity)}", bare)
         assert after.returncode == 0, after.stderr

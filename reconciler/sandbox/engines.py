@@ -14,11 +14,13 @@ import shutil
 
 import docker
 
-from reconciler.errors import SandboxError
 from reconciler.sandbox import procs
 from reconciler.sandbox.layout import REGISTRY, HostLayout
 
-START_TIMEOUT = 45.0
+# A first start initialises containerd, the overlay store and iptables in the
+# namespace; three at once on two loaded cores took over 45 s.
+START_TIMEOUT = 120.0
+STATUS_PROBE = 5.0
 
 
 @contextlib.contextmanager
@@ -31,18 +33,24 @@ def client(host: HostLayout, timeout: float = 5.0):
         c.close()
 
 
-def answers(host: HostLayout) -> bool:
+def probe(host: HostLayout, limit: float) -> str | None:
+    """None when the engine answers a ping on its socket within ``limit`` seconds; else what happened."""
     if not host.docker_socket.exists():
-        return False
+        return f"no socket {host.docker_socket} yet"
     try:
-        with client(host, timeout=2.0) as c:
-            return bool(c.ping())
-    except Exception:  # any failure means "not usable", the caller restarts it
-        return False
+        with client(host, timeout=limit) as c:
+            c.ping()
+    except (docker.errors.DockerException, OSError) as exc:  # requests' errors are OSErrors
+        return f"no ping answer on {host.docker_socket}: {type(exc).__name__}: {str(exc)[:200]}"
+    return None
+
+
+def answers(host: HostLayout, timeout: float = STATUS_PROBE) -> bool:
+    return probe(host, timeout) is None
 
 
 def healthy(host: HostLayout) -> bool:
-    return procs.live_pid(host.dockerd_pidfile) is not None and answers(host)
+    return procs.pid_in(host.dockerd_pidfile) is not None and answers(host)
 
 
 def dockerd_argv(host: HostLayout) -> list[str]:
@@ -72,7 +80,7 @@ def stop(host: HostLayout) -> None:
                         container.remove(force=True)
                     except docker.errors.APIError:
                         pass
-        except Exception:
+        except (docker.errors.DockerException, OSError):
             pass  # the scan below still finds whatever survives
     pid = procs.live_pid(host.dockerd_pidfile)
     if pid:
@@ -100,11 +108,21 @@ def start(host: HostLayout) -> int:
     return procs.spawn_detached(dockerd_argv(host), host.dockerd_log)
 
 
-def wait_ready(host: HostLayout, pid: int | None = None) -> None:
-    """Wait for the engine to answer; fail at once if the process we started died."""
-    died = lambda: pid is not None and not procs.alive(pid)  # noqa: E731
-    procs.wait_until(lambda: died() or answers(host), timeout=START_TIMEOUT, interval=0.2)
-    if not answers(host):
-        why = "exited" if died() else f"did not answer on {host.docker_socket} within {START_TIMEOUT:.0f}s"
-        raise SandboxError(f"dockerd for {host.name} {why}; see {host.dockerd_log}:\n"
-                           + procs.tail(host.dockerd_log))
+def wait_ready(host: HostLayout, pid: int | None = None, *, timeout: float = START_TIMEOUT) -> None:
+    """Wait for the engine to answer (failing at once if the process we
+    started died); if it does not, stop it and start it once more."""
+    def again() -> None:
+        stop(host)
+        _wait(host, start(host), timeout)
+
+    procs.retry_once(f"dockerd for {host.name}", lambda: _wait(host, pid, timeout), again)
+
+
+def _wait(host: HostLayout, pid: int | None, timeout: float) -> None:
+    def gone() -> str | None:
+        if pid is None or procs.alive(pid):
+            return None
+        return f"dockerd (pid {pid}) exited; see {host.dockerd_log}:\n{procs.tail(host.dockerd_log)}"
+
+    procs.poll(f"dockerd for {host.name}", f"a ping answer on {host.docker_socket}",
+               lambda limit: probe(host, limit), timeout=timeout, interval=0.2, gone=gone)

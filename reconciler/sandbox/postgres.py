@@ -13,7 +13,11 @@ It listens on 127.0.0.1 and, when the sandbox bridge address 10.213.0.1
 exists on this machine, on that too, so containers on the fleet reach it.
 ``ensure_cluster`` is idempotent: it re-creates what is missing, restarts
 when the listen addresses changed (the bridge appeared or went), and resets
-the password when its file was lost.  Needs root (or to run as postgres).
+the password when its file was lost.  After a crash it removes a
+``postmaster.pid`` whose pid is gone or now belongs to another program
+(``pg_ctl`` would take that one for a running server), and a start that
+fails is retried once after an immediate stop.  Needs root (or to run as
+postgres).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import socket
 import subprocess
 
 from reconciler.errors import SandboxError
+from reconciler.sandbox import procs
 
 BRIDGE_ADDRESS = "10.213.0.1"
 BRIDGE_NETWORK = "10.213.0.0/16"
@@ -36,6 +41,9 @@ DEFAULT_PORT = 5433
 ROLE = "reconciler"
 DATABASE = "demo"
 _CONF_NAME = "reconciler.conf"
+# pg_ctl -w waits this long for a start: crash recovery plus a first
+# checkpoint while the engines start on two loaded cores, not the idle 1 s.
+START_TIMEOUT = 120
 # Unix socket paths are limited to 107 bytes on Linux, including the file name.
 _MAX_SOCKET_DIR = 107 - len("/.s.PGSQL.65535") - 1
 
@@ -60,11 +68,13 @@ def ensure_cluster(state_dir: pathlib.Path, *, port: int = DEFAULT_PORT) -> str:
         with open(layout.data / "postgresql.conf", "a") as conf:
             conf.write(f"\ninclude_if_exists '{_CONF_NAME}'\n")
     changed = _write_config(layout, port)
+    clear_stale_pidfile(layout.data)
     running = _is_running(bindir, layout)
     if running and changed:
         _pg_ctl(bindir, layout, "restart")
     elif not running:
-        _pg_ctl(bindir, layout, "start")
+        procs.retry_once("PostgreSQL", lambda: _pg_ctl(bindir, layout, "start"),
+                         lambda: _start_again(bindir, layout))
     elif changed:
         _pg_ctl(bindir, layout, "reload")
     password = _ensure_role_and_database(layout, port)
@@ -176,6 +186,45 @@ def _read_or_make_password(path: pathlib.Path) -> str:
     return password
 
 
+def clear_stale_pidfile(data: pathlib.Path) -> bool:
+    """Remove ``postmaster.pid`` unless it names a live postgres of this data
+    directory; return whether it was removed.
+
+    After a crash the pid may belong to another program by now; pg_ctl (a
+    kill(pid, 0)) would report that one as our running server, and the
+    postmaster would refuse to start over its lock file.
+    """
+    pidfile = data / "postmaster.pid"
+    try:
+        first = pidfile.read_text().splitlines()[:1]
+    except FileNotFoundError:
+        return False
+    pid = int(first[0]) if first and first[0].strip().isdigit() else None
+    if pid is None:
+        return False  # being written by a postmaster starting this instant
+    if procs.alive(pid) and _works_in(pid, data):
+        return False
+    pidfile.unlink(missing_ok=True)
+    return True
+
+
+def _works_in(pid: int, data: pathlib.Path) -> bool:
+    # The postmaster chdirs to its data directory: a test that no symlink or
+    # relative -D in its command line can fool.
+    try:
+        return os.path.samefile(f"/proc/{pid}/cwd", data)
+    except OSError:
+        return False
+
+
+def _start_again(bindir: pathlib.Path, layout: _Layout) -> None:
+    """After a failed start: stop whatever half-started, clear its pid file, start."""
+    _as_postgres([str(bindir / "pg_ctl"), "stop", "-D", str(layout.data), "-m", "immediate", "-w", "-t", "30"],
+                 what="pg_ctl stop", check=False)
+    clear_stale_pidfile(layout.data)
+    _pg_ctl(bindir, layout, "start")
+
+
 def _is_running(bindir: pathlib.Path, layout: _Layout) -> bool:
     # pg_ctl status: 0 running, 3 not running (a stale pid file counts as not running).
     result = _as_postgres([str(bindir / "pg_ctl"), "status", "-D", str(layout.data)],
@@ -186,14 +235,15 @@ def _is_running(bindir: pathlib.Path, layout: _Layout) -> bool:
 def _pg_ctl(bindir: pathlib.Path, layout: _Layout, action: str) -> None:
     argv = [str(bindir / "pg_ctl"), action, "-D", str(layout.data), "-l", str(layout.log)]
     if action in ("start", "restart", "stop"):
-        argv += ["-w", "-t", "60"]
+        argv += ["-w", "-t", str(START_TIMEOUT)]
     if action in ("restart", "stop"):
         argv += ["-m", "fast"]
     try:
         _as_postgres(argv, what=f"pg_ctl {action}")
     except SandboxError as exc:
         tail = layout.log.read_text(errors="replace").splitlines()[-10:] if layout.log.exists() else []
-        raise SandboxError(f"{exc}\n{layout.log} ends with:\n" + "\n".join(tail)) from None
+        waited = f" (waited up to {START_TIMEOUT}s for it to accept connections)" if action in ("start", "restart") else ""
+        raise SandboxError(f"{exc}{waited}\n{layout.log} ends with:\n" + "\n".join(tail)) from None
 
 
 def _as_postgres(argv: list[str], *, what: str, stdin: str | None = None,

@@ -5,20 +5,38 @@ alone: a process is ours when its pidfile says so, when its command line
 names the state directory, when it lives in one of our network namespaces,
 or when it sits in one of our container cgroups (``--cgroup-parent rcl-hN``),
 which is the only way to find container processes whose shim was killed.
+
+Readiness is polled (``poll``) against a deadline that fits two loaded cores,
+each look given the time that is left rather than a fixed second (a daemon
+that needs 1.5 s to answer under load never answers a 1 s probe), and a part
+that does not come up is stopped and started once more (``retry_once``)
+before ``up`` gives up, saying what it waited for and what it saw last.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from reconciler.errors import SandboxError
 
 CGROUP_MARK = "/rcl-h"
+# No single look blocks longer than this, so a wedged connection is dropped
+# and the next look starts afresh while the deadline still has time.
+PROBE_CAP = 15.0
+PROBE_FLOOR = 1.0  # even at the deadline a look gets this long
+
+# A probe is given the seconds it may block; it returns None when the part
+# is ready, else what it saw ("connection refused", "no banner within 3.0s").
+Probe = Callable[[float], str | None]
+T = TypeVar("T")
 
 
 def run(argv: Sequence[str], *, what: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -68,12 +86,28 @@ def read_pidfile(path: Path) -> int | None:
         return None
 
 
+def pid_in(path: Path) -> int | None:
+    """The pid in ``path`` if that process still runs; never touches the file.
+
+    What readiness polls call: a daemon truncates its pidfile before it
+    writes its pid, and a reader that removed the file it found empty would
+    remove the daemon's only pidfile (sshd writes it once, after binding).
+    """
+    pid = read_pidfile(path)
+    return pid if alive(pid) else None
+
+
 def live_pid(path: Path) -> int | None:
-    """The pid in ``path`` if that process still runs; removes a stale pidfile."""
+    """The pid in ``path`` if that process still runs; removes a stale pidfile.
+
+    Only a file naming a dead process is stale: an empty one may be a pidfile
+    being written this instant (see ``pid_in``), so it is left alone.
+    """
     pid = read_pidfile(path)
     if alive(pid):
         return pid
-    path.unlink(missing_ok=True)
+    if pid is not None:
+        path.unlink(missing_ok=True)
     return None
 
 
@@ -93,6 +127,81 @@ def wait_until(check: Callable[[], bool], *, timeout: float, interval: float = 0
         if time.monotonic() >= deadline:
             return False
         time.sleep(interval)
+
+
+def poll(what: str, waiting_for: str, probe: Probe, *, timeout: float, interval: float = 0.2,
+         gone: Callable[[], str | None] = lambda: None,
+         clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> float:
+    """Look with ``probe`` until it says ready; return the seconds that took.
+
+    Each look may block for the time left (between PROBE_FLOOR and
+    PROBE_CAP).  Raises SandboxError at the deadline, or at once when
+    ``gone()`` says why the process waited for cannot answer any more (it
+    exited), naming ``what``, what it waited for and the last thing seen.
+    """
+    started = clock()
+    deadline = started + timeout
+    looks = 0
+    while True:
+        looks += 1
+        seen = probe(min(PROBE_CAP, max(PROBE_FLOOR, deadline - clock())))
+        if seen is None:
+            return clock() - started
+        why = gone()
+        elapsed = clock() - started
+        if why:
+            raise SandboxError(f"{what}: {why} after {elapsed:.1f}s, while waiting for {waiting_for}; "
+                               f"the last of {looks} looks saw: {seen}")
+        if clock() >= deadline:
+            raise SandboxError(f"{what}: gave up after {elapsed:.1f}s (deadline {timeout:.0f}s) waiting for "
+                               f"{waiting_for}; the last of {looks} looks saw: {seen}")
+        sleep(max(0.0, min(interval, deadline - clock())))
+
+
+def retry_once(what: str, first: Callable[[], T], again: Callable[[], T] | None = None,
+               *, note: Callable[[str], None] | None = None) -> T:
+    """``first()``; when it raises SandboxError, ``again()`` once (default: ``first``).
+
+    ``again`` is the full restart (stop, start, wait) when ``first`` only
+    waited for a part started earlier.  A second failure names both.
+    """
+    try:
+        return first()
+    except SandboxError as exc:
+        (note or _note)(f"{what}: {exc}\n{what}: stopping it and starting it once more")
+        try:
+            return (again or first)()
+        except SandboxError as second:
+            raise SandboxError(f"{what} did not come up twice.\nfirst try: {exc}\nsecond try: {second}") from second
+
+
+def _note(message: str) -> None:
+    # A retry makes ``up`` slower: say why on stderr, where daemons' notes go.
+    print(f"sandbox: {message}", file=sys.stderr, flush=True)
+
+
+def tcp_banner(address: str, port: int, prefix: bytes, limit: float) -> str | None:
+    """None when ``address:port`` accepts and sends a first line starting
+    with ``prefix`` within ``limit`` seconds (connect and banner together);
+    else what happened."""
+    end = time.monotonic() + limit
+    try:
+        with socket.create_connection((address, port), timeout=limit) as conn:
+            conn.settimeout(max(0.05, end - time.monotonic()))
+            try:
+                data = conn.recv(64)
+            except TimeoutError:
+                return f"connected to {address}:{port}, no banner within {limit:.1f}s"
+    except TimeoutError:
+        return f"no TCP answer from {address}:{port} within {limit:.1f}s"
+    except ConnectionRefusedError:
+        return f"{address}:{port} refused the connection"
+    except OSError as exc:
+        return f"{address}:{port}: {exc.strerror or exc}"
+    if data.startswith(prefix):
+        return None
+    return f"{address}:{port} closed the connection without a banner" if not data else \
+        f"{address}:{port} sent {data[:24]!r}, not {prefix!r}..."
 
 
 def _all_pids() -> list[int]:

@@ -7,15 +7,16 @@ with ``--insecure-registry``) and from nowhere beyond this machine.
 
 from __future__ import annotations
 
+import http.client
 import shutil
 import urllib.error
 import urllib.request
 
-from reconciler.errors import SandboxError
 from reconciler.sandbox import procs
 from reconciler.sandbox.layout import REGISTRY, Layout
 
-START_TIMEOUT = 15.0
+START_TIMEOUT = 60.0  # it starts in well under a second idle; not on two loaded cores
+STATUS_PROBE = 5.0
 
 
 def config_text(layout: Layout) -> str:
@@ -35,16 +36,23 @@ def config_text(layout: Layout) -> str:
     ])
 
 
-def answers() -> bool:
+def probe(limit: float) -> str | None:
+    """None when the registry answers ``GET /v2/`` with 200 within ``limit`` seconds."""
     try:
-        with urllib.request.urlopen(f"http://{REGISTRY}/v2/", timeout=1.0) as resp:
-            return resp.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
+        with urllib.request.urlopen(f"http://{REGISTRY}/v2/", timeout=limit) as resp:
+            return None if resp.status == 200 else f"http://{REGISTRY}/v2/ answered {resp.status}"
+    except urllib.error.HTTPError as exc:
+        return f"http://{REGISTRY}/v2/ answered {exc.code}"
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+        return f"http://{REGISTRY}/v2/: {getattr(exc, 'reason', exc)}"
+
+
+def answers(timeout: float = STATUS_PROBE) -> bool:
+    return probe(timeout) is None
 
 
 def healthy(layout: Layout) -> bool:
-    return procs.live_pid(layout.registry_pidfile) is not None and answers()
+    return procs.pid_in(layout.registry_pidfile) is not None and answers()
 
 
 def stop(layout: Layout) -> None:
@@ -68,7 +76,21 @@ def start(layout: Layout) -> None:
     layout.registry_pidfile.write_text(f"{pid}\n")
 
 
-def wait_ready(layout: Layout) -> None:
-    if not procs.wait_until(answers, timeout=START_TIMEOUT, interval=0.1):
-        raise SandboxError(f"registry did not answer http://{REGISTRY}/v2/ within "
-                           f"{START_TIMEOUT:.0f}s; see {layout.registry_log}:\n" + procs.tail(layout.registry_log))
+def wait_ready(layout: Layout, *, timeout: float = START_TIMEOUT) -> None:
+    """Wait for the registry started by ``start``; if it does not answer, restart it once."""
+    def again() -> None:
+        stop(layout)
+        start(layout)
+        _wait(layout, timeout)
+
+    procs.retry_once("registry", lambda: _wait(layout, timeout), again)
+
+
+def _wait(layout: Layout, timeout: float) -> None:
+    def gone() -> str | None:
+        pid = procs.read_pidfile(layout.registry_pidfile)
+        if pid is None or procs.alive(pid):
+            return None
+        return f"docker-registry (pid {pid}) exited; see {layout.registry_log}:\n{procs.tail(layout.registry_log)}"
+
+    procs.poll("registry", f"200 from http://{REGISTRY}/v2/", probe, timeout=timeout, interval=0.1, gone=gone)
