@@ -10,14 +10,18 @@ Flux's controllers carry as data)::
     |   +-- HostKeyMismatch       a host presented a key that is not the pinned one
     |   +-- UnknownHostKey        a host has no pinned key at all
     |   +-- ImageNotPinned        policy wants a digest and the image has none
-    |   +-- DeployFailed          health checks failed; rolled back
+    |   +-- DeployFailed          health checks failed; rolled back            (blames the commit)
+    |   +-- MigrationError        migration files malformed or refused         (blames the commit)
+    |   |   +-- MigrationRefused      an expand file is not additive
+    |   +-- RollbackRefused       the rollback lever has no target on some host
     |   +-- RollbackFailed        rolling back failed too: a human must look now
     |   +-- SandboxError          the local fleet could not be set up
     |   +-- RouterConfigRejected  a host's HAProxy refused the config we rendered
+    |   +-- SecretUnreadable      a secret file on a host is missing or cannot be read
     +-- WaitingError          retry later, the world may change (a lock, a freeze)
     |   +-- LockHeld
     +-- TransientError        retry with backoff and jitter
-        +-- HostUnreachable       SSH could not connect / timed out
+        +-- HostUnreachable       SSH could not connect, timed out, or the connection was lost
         +-- EngineError           the Docker engine on a host answered with an error
         +-- RouterError           a host's router (HAProxy) failed or refused a command
 
@@ -33,6 +37,10 @@ class ReconcilerError(Exception):
     """Base of every error reconciler raises on purpose."""
 
     kind = "stalled"
+    # True when the commit itself is at fault (its migrations, its release, its
+    # health), so that ``policy.on_failure: revert`` reverts it; a host's key
+    # or a lost connection is no reason to revert anybody's commit.
+    blames_commit = False
 
     def __init__(self, message: str, *, host: str | None = None) -> None:
         self.host = host
@@ -84,6 +92,29 @@ class ImageNotPinned(StalledError):
 class DeployFailed(StalledError):
     """A deploy failed its health checks and was rolled back."""
 
+    blames_commit = True
+
+
+class MigrationError(StalledError):
+    """Migration files are malformed, or a check refused them.
+
+    ``problems`` holds each problem as ``file:line: message``.
+    """
+
+    blames_commit = True
+
+    def __init__(self, problems) -> None:
+        self.problems = tuple(problems)
+        super().__init__("\n".join(self.problems) or "migration error")
+
+
+class MigrationRefused(MigrationError):
+    """An expand migration contains a statement that is not additive."""
+
+
+class RollbackRefused(StalledError):
+    """The rollback lever found a host with no retained version to go back to."""
+
 
 class RollbackFailed(StalledError):
     """The rollback after a failed deploy failed as well."""
@@ -97,12 +128,21 @@ class RouterConfigRejected(StalledError):
     """``haproxy -c`` on the host rejected the rendered config; the running one is unchanged."""
 
 
+class SecretUnreadable(StalledError):
+    """A secret's file on a host is missing, not readable, or cannot be read
+    at all (no SFTP and no exec channel); the message names the host, the
+    file, how it was read and what to change."""
+
+
 class LockHeld(WaitingError):
     """Another reconcile, or a manual freeze, holds the environment."""
 
 
 class HostUnreachable(TransientError):
-    """SSH to the host failed or timed out."""
+    """SSH to the host failed or timed out, or an open connection was lost.
+
+    Every SSH-level failure ends as this (paramiko's, and the HTTP stack's
+    above an SSH channel), naming the host and the operation that failed."""
 
 
 class EngineError(TransientError):

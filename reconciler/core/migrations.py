@@ -27,28 +27,13 @@ import pglast
 from pglast import ast
 from pglast.enums import AlterTableType, ConstrType, ObjectType
 
-from reconciler.errors import StalledError
+from reconciler.errors import MigrationError, MigrationRefused  # noqa: F401  (raised here; defined in the tree)
 
 Phase = Literal["expand", "contract"]
 
 _NAME_RE = re.compile(r"^(?P<version>\d{4,})_(?P<slug>[a-z0-9][a-z0-9_-]*)\.(?P<phase>expand|contract)\.sql$")
 _PRAGMA_RE = re.compile(r"^--\s*reconciler:\s*(?P<body>.*)$")
 _PRAGMAS = {"transaction": ("on", "off")}
-
-
-class MigrationError(StalledError):
-    """Migration files are malformed, or a check refused them.
-
-    ``problems`` holds each problem as ``file:line: message``.
-    """
-
-    def __init__(self, problems: Iterable[str]) -> None:
-        self.problems = tuple(problems)
-        super().__init__("\n".join(self.problems) or "migration error")
-
-
-class MigrationRefused(MigrationError):
-    """An expand migration contains a statement that is not additive."""
 
 
 @dataclass(frozen=True)

@@ -13,14 +13,10 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from reconciler.core.plan import DATABASE_STEPS, Plan, RestoreDatabase, plan_deploy, plan_restore, plan_rollback
 from reconciler.engine import recovery
-from reconciler.errors import StalledError
+from reconciler.errors import RollbackRefused, StalledError
 
 if TYPE_CHECKING:
     from reconciler.engine.run import Result, RunState
-
-
-class RollbackRefused(StalledError):
-    """The rollback lever found a host with no retained version to go back to."""
 
 
 def observe(hosts: Mapping[str, Any]) -> dict:

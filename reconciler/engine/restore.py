@@ -8,7 +8,6 @@ touched: a bad file must not replace good data.
 
 from __future__ import annotations
 
-import contextlib
 import pathlib
 import subprocess
 import time
@@ -92,8 +91,7 @@ class WithRestore:
         return _Combined(self.steps.result, self.restored)
 
     def close(self) -> None:
-        with contextlib.suppress(AttributeError):
-            self.steps.close()
+        self.steps.close()
 
 
 class _Combined:
