@@ -206,5 +206,13 @@ def test_a_backup_is_out_of_date_when_anything_else_migrated(files, runs, why):
     assert changed_since(RECORD, files, runs, commit=COMMIT, phase="expand") == why
 
 
+def test_a_table_recreated_since_the_backup_is_a_restore_a_new_table_is_not():
+    record = migration_record(FILES, ["t1"], intended_files=(), intended_commands=(), tables={"public.notes": 16400})
+    assert changed_since(record, FILES, [cmd("t1")], commit=COMMIT, phase="expand",
+                         tables={"public.notes": 16400, "public.tags": 16500}) is None
+    assert changed_since(record, FILES, [cmd("t1")], commit=COMMIT, phase="expand",
+                         tables={"public.notes": 16600}) == "public.notes was dropped or recreated since (a restore?)"
+
+
 def test_a_backup_without_a_record_is_never_reused():
     assert "records no migration state" in changed_since({}, {}, [], commit=COMMIT, phase="expand")

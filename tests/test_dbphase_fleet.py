@@ -39,6 +39,14 @@ def deploy(repo):
     return deploy_target(repo.target(), report_progress=lambda *a, **k: None)
 
 
+def refused(repo) -> tuple[str, str]:
+    """Deploy HEAD, which the engine must refuse before any host changed:
+    (the refusal's reason, its message)."""
+    done = deploy(repo)
+    assert (done.result.result, done.outcome) == ("refused", None), done.result
+    return done.result.reason, done.result.message
+
+
 def test_expand_migration_backup_verifies_column_added_new_version_serves(fleet, db_env):
     db_env.commit(web(migrating_image(fleet, {}, version="v1"), 18201))
     assert deploy(db_env).outcome.result == "deployed"
@@ -88,10 +96,10 @@ def test_non_additive_expand_is_refused_before_any_change(fleet, db_env, sql_tex
     before = (containers(fleet, db_env.env), columns(db_env.dsn, "notes"), fingerprint(db_env.dsn))
     db_env.commit(web(migrating_image(fleet, {"0001_bad.expand.sql": sql_text}, version="v2"), 18203))
 
-    with pytest.raises(Exception) as raised:
-        deploy(db_env)
+    reason, message = refused(db_env)
 
-    assert f"0001_bad.expand.sql:{line}:" in str(raised.value) and what in str(raised.value), str(raised.value)
+    assert reason == "MigrationRefused"
+    assert f"0001_bad.expand.sql:{line}:" in message and what in message, message
     assert (containers(fleet, db_env.env), columns(db_env.dsn, "notes"), fingerprint(db_env.dsn)) == before
     assert serving(fleet, 18203) == {h.name: "demo-web v1" for h in fleet.hosts}
 
@@ -108,8 +116,7 @@ def test_a_migration_command_runs_in_a_one_off_container_told_the_phase(fleet, d
     before = containers(fleet, db_env.env)
     failing = '{command: ["sh", "-c", "echo cannot migrate; exit 3"]}'
     db_env.commit(web(fleet.images["v1"], 18205, migrations=failing), message="v1 with a failing migration")
-    with pytest.raises(Exception) as raised:
-        deploy(db_env)
-    assert "exit 3" in str(raised.value) and "cannot migrate" in str(raised.value)
+    reason, message = refused(db_env)
+    assert reason == "MigrationFailed" and "exit 3" in message and "cannot migrate" in message
     assert containers(fleet, db_env.env) == before  # nothing deployed
     assert set(serving(fleet, 18205).values()) == {"demo-web v2"}

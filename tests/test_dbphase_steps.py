@@ -10,6 +10,7 @@ tables and the backup store hold is checked for real.
 from __future__ import annotations
 
 import pathlib
+import subprocess
 
 import psycopg
 import pytest
@@ -17,7 +18,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from fakes import World, image
 from reconciler.adapters.db import list_backups
-from reconciler.adapters.db.connection import with_database
+from reconciler.adapters.db.connection import tool, tool_env, with_database
 from reconciler.adapters.db.migrate import apply_contract, apply_expand
 from reconciler.adapters.db.testing import can_run_cluster, scratch_cluster
 from reconciler.core import model
@@ -210,6 +211,21 @@ def test_a_migration_by_anyone_else_since_means_a_new_backup(world, db):
     # Another commit never reuses this one's backup.
     other = deploy_steps(world, env, "d2" * 20)
     assert other.backup not in (first.backup, retry.backup) and not other.backup_reused
+
+
+def test_a_restore_since_the_backup_means_a_new_one_even_when_no_migration_differs(world, db):
+    env = environment(db, web(V1))  # no migration: the backup is all there is (backup: always)
+    first = deploy_steps(world, env)
+    assert deploy_steps(world, env).backup_reused
+    # A human restores that very backup (as `reconciler db restore` does): same files, same runs.
+    subprocess.run([tool("pg_restore"), "--clean", "--if-exists", "--single-transaction", "--no-owner",
+                    "-d", db.name, first.backup], check=True, env=tool_env(db.dsn))
+    events = Events()
+
+    again = deploy_steps(world, env, events=events)
+
+    assert not again.backup_reused and again.backup != first.backup
+    assert any("public.notes was dropped or recreated since (a restore?)" in r for r in events.reasons("db-backup"))
 
 
 def test_a_retry_after_its_own_migration_command_reuses_another_commits_command_does_not(world, db):

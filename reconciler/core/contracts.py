@@ -38,6 +38,8 @@ RESTORE_HINT = ("`reconciler db backups --env ENV`, then `reconciler db restore 
 class ContractRollbackRefused(StalledError):
     """The release is older than a contract migration that already ran."""
 
+    blames_commit = True  # the commit asks for that release: the engine may revert it (policy on_failure)
+
 
 # ------------------------------------------------------------ images and runs
 

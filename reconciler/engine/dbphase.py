@@ -214,8 +214,8 @@ class DatabaseSteps:
             return
         dsn = self.dsn()
         store = self.store_dir or backup_dir()
-        files, runs = migration_state(dsn)
-        found, why = reusable_backup(store, dsn, self.environment.name, self.commit, phase, files, runs)
+        state = migration_state(dsn)
+        found, why = reusable_backup(store, dsn, self.environment.name, self.commit, phase, state)
         if found is not None:
             self._backup = found
             self.result = replace(self.result, backup=str(found.path), backup_sha256=found.sha256, backup_reused=True)
@@ -223,9 +223,7 @@ class DatabaseSteps:
             return
         if why:
             self.report("done", step="db-backup", reason=f"a new backup: this commit's earlier one {why}")
-        record = backup_store.migration_record(files, [r.token for r in runs],
-                                               intended_files=[m.name for m in self._pending],
-                                               intended_commands=self._commands)
+        record = state.record(intended_files=[m.name for m in self._pending], intended_commands=list(self._commands))
         started = time.monotonic()
         self._backup = _take(dsn, self.environment, self.commit, store, phase=phase, migrations=record)
         self.result = replace(self.result, backup=str(self._backup.path), backup_sha256=self._backup.sha256,
@@ -370,14 +368,31 @@ def database_dsn(database: Database) -> str:
     return with_database(dsn, database.name) if database.name else dsn
 
 
-def migration_state(dsn: str) -> tuple[dict[str, str], tuple[contracts.CommandRun, ...]]:
-    """The applied files (name -> sha256) and the migration command runs, now."""
+@dataclass(frozen=True)
+class MigrationState:
+    """What a backup records to tell, later, whether it is still current."""
+
+    files: dict  # applied file name -> sha256
+    runs: tuple[contracts.CommandRun, ...]
+    tables: dict  # schema.table -> oid
+
+    def record(self, *, intended_files, intended_commands) -> dict:
+        return backup_store.migration_record(self.files, [r.token for r in self.runs], intended_files=intended_files,
+                                             intended_commands=intended_commands, tables=self.tables)
+
+    def changed_since(self, item: backup_store.Backup, *, commit: str, phase: str) -> str | None:
+        return backup_store.changed_since(item.migrations, self.files, self.runs, commit=commit, phase=phase,
+                                          tables=self.tables)
+
+
+def migration_state(dsn: str) -> MigrationState:
+    """The applied files, the migration command runs and the tables, now."""
     files = {row.name: row.sha256 for row in applied_migrations(dsn).values()}
-    return files, command_log.command_runs(dsn)
+    return MigrationState(files, command_log.command_runs(dsn), backup_store.table_oids(dsn))
 
 
 def reusable_backup(store: pathlib.Path, dsn: str, environment: str, commit: str, phase: str,
-                    files: dict[str, str], runs) -> tuple[backup_store.Backup | None, str]:
+                    state: MigrationState) -> tuple[backup_store.Backup | None, str]:
     """This commit's newest verified backup for ``phase`` that no migration
     but its own run's has overtaken, or (None, why the newest one is not)."""
     why = ""
@@ -394,7 +409,7 @@ def reusable_backup(store: pathlib.Path, dsn: str, environment: str, commit: str
         if not intact:
             why = why or f"({item.path.name}) is missing or changed size"
             continue
-        changed = backup_store.changed_since(item.migrations, files, runs, commit=commit, phase=phase)
+        changed = state.changed_since(item, commit=commit, phase=phase)
         if changed is None:
             return item, ""
         why = why or f"({item.path.name}) is out of date: {changed}"
@@ -423,8 +438,7 @@ def take_verified_backup(dsn: str, environment: Environment, commit: str,
                          store_dir: pathlib.Path | None = None, *, phase: str = "pre-deploy") -> PhaseResult:
     """A fresh verified backup (``db restore`` takes one first); see ``_take``."""
     started = time.monotonic()
-    files, runs = migration_state(dsn)
-    record = backup_store.migration_record(files, [r.token for r in runs], intended_files=(), intended_commands=())
+    record = migration_state(dsn).record(intended_files=(), intended_commands=())
     item = _take(dsn, environment, commit, pathlib.Path(store_dir) if store_dir else backup_dir(),
                  phase=phase, migrations=record)
     return PhaseResult(backup=str(item.path), backup_sha256=item.sha256,

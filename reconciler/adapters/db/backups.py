@@ -186,23 +186,44 @@ def prune_backups(store_dir: pathlib.Path, keep: int, *, database: str | None = 
     return tuple(removed)
 
 
+def table_oids(dsn: str) -> dict[str, int]:
+    """``schema.table`` -> oid of every table in the database.  A restore
+    (``pg_restore --clean``) drops and recreates the tables it holds, so their
+    oids change: how a backup notices that the database was put back since."""
+    try:
+        with psycopg.connect(dsn, connect_timeout=10) as conn:
+            rows = conn.execute("SELECT n.nspname, c.relname, c.oid::bigint FROM pg_class c "
+                                "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p') "
+                                "AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+                                "AND n.nspname NOT LIKE 'pg_toast%%'").fetchall()
+    except psycopg.Error as exc:
+        raise BackupFailed(f"cannot reach the database {redacted(dsn)}: {exc}".strip()) from exc
+    return {f"{schema}.{name}": int(oid) for schema, name, oid in rows}
+
+
 def migration_record(files: dict[str, str], run_tokens: Sequence[str], *, intended_files: Iterable[str],
-                     intended_commands: Iterable[str]) -> dict:
+                     intended_commands: Iterable[str], tables: dict[str, int] | None = None) -> dict:
     """What a sidecar keeps of the migration state: the applied files (name ->
     sha256), the command runs so far (a count and a hash of their tokens: a
-    sidecar stays small however many deploys ran), and what the run meant to
-    apply."""
+    sidecar stays small however many deploys ran), the tables' oids, and
+    what the run meant to apply."""
     return {"files": dict(sorted(files.items())), "runs": len(run_tokens), "runs_sha256": _tokens_hash(run_tokens),
+            "tables": dict(sorted((tables or {}).items())),
             "intended_files": sorted(intended_files), "intended_commands": sorted(intended_commands)}
 
 
-def changed_since(recorded: dict, files: dict[str, str], runs: Sequence, *, commit: str, phase: str) -> str | None:
+def changed_since(recorded: dict, files: dict[str, str], runs: Sequence, *, commit: str, phase: str,
+                  tables: dict[str, int] | None = None) -> str | None:
     """Why the database is no longer in the state a backup recorded, apart
     from the migrations the backed-up run meant to apply itself; None when it
     is.  ``files`` are the applied files now (name -> sha256), ``runs`` the
-    command runs now, in order (``CommandRun``)."""
+    command runs now, in order (``CommandRun``), ``tables`` the tables' oids
+    now (a table the run's migrations added is fine; one recreated is not)."""
     if not recorded or "files" not in recorded:
         return "it records no migration state (taken by an older reconciler)"
+    moved = sorted(t for t, oid in recorded.get("tables", {}).items() if (tables or {}).get(t) != oid)
+    if moved:
+        return f"{moved[0]} was dropped or recreated since (a restore?)"
     for name, sha in recorded["files"].items():
         if files.get(name) != sha:
             return f"{name} is no longer applied as it was then (a restore?)"
