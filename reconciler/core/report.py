@@ -27,7 +27,8 @@ def plan_text(plan: Plan) -> str:
     if plan.actions:
         lines.append("  steps:")
         for action in plan.actions:
-            lines.append(f"    {action.step:<12} {action.host}/{action.service}: {action.reason}")
+            where = f"{action.host}/{action.service}" if action.host or action.service else "database"
+            lines.append(f"    {action.step:<16} {where}: {action.reason}")
     return "\n".join(lines)
 
 
