@@ -62,16 +62,12 @@ def test_a_pointer_to_a_state_directory_that_is_gone_is_an_error_naming_both(bar
         resolve(bare)
 
 
-def test_the_agent_under_the_unit_publishes_its_state_for_shells(bare, tmp_path):
+def test_the_agent_under_the_unit_publishes_its_state_for_shells(bare, tmp_path, shell_env, monkeypatch):
     unit_state = tmp_path / "var-lib" / "reconciler"
     unit_state.mkdir(parents=True)
-    args = argparse.Namespace(repo=str(bare), state=None)
-    old = os.environ.get("STATE_DIRECTORY")
-    os.environ["STATE_DIRECTORY"] = str(unit_state)
-    try:
-        assert _agent.state_dir(args) == unit_state  # what `reconciler run` calls at start
-    finally:
-        os.environ.pop("STATE_DIRECTORY") if old is None else os.environ.__setitem__("STATE_DIRECTORY", old)
+    monkeypatch.setenv("STATE_DIRECTORY", str(unit_state))
+    assert _agent.state_dir(argparse.Namespace(repo=str(bare), state=None)) == unit_state  # what `reconciler run` calls at start
+    monkeypatch.delenv("STATE_DIRECTORY")
     pointer = _agent.git_dir(str(bare)) / "reconciler-state"
     assert stat.S_IMODE(pointer.stat().st_mode) == 0o644  # pushers read it
     assert _agent.read_pointer(_agent.git_dir(str(bare)))["pid"] == os.getpid()
