@@ -79,11 +79,18 @@ class EngineDatabaseHost:
     def _api(self):
         return self.driver.engine.api
 
-    def _call(self, what: str, fn, *args, **kwargs):
+    def _call(self, what: str, fn, *args, read: bool = False, **kwargs):
         """One Engine API call; errors become the product's.  A 4xx is the
         request's fault (stalled: a human fixes the image or the settings), a
-        5xx the engine's, a lost connection the network's (transient)."""
+        5xx the engine's, a lost connection the network's (transient).
+
+        Through the driver's ``over_ssh`` when it has one: a lost connection
+        is reopened before the next call, and a read (``read``: nothing
+        changes on the host) is tried once more on the new one."""
+        over_ssh = getattr(self.driver, "over_ssh", None)
         try:
+            if over_ssh is not None:
+                return over_ssh(what, fn, *args, retry=read, **kwargs)
             return fn(*args, **kwargs)
         except docker.errors.APIError as exc:
             if exc.is_client_error():
@@ -118,13 +125,13 @@ class EngineDatabaseHost:
                                               "is migrations.path the migrations directory?"])
                 return bytes(data)
 
-            data = self._call(f"read {path} from {image}", archive)
+            data = self._call(f"read {path} from {image}", archive, read=True)
         finally:
             self._remove(created["Id"])
         return files_in_tar(data)
 
     def image_facts(self, image: ImageRef) -> ImageFacts:
-        attrs = self._call(f"inspect image {image}", self._api.inspect_image, image.pull_ref)
+        attrs = self._call(f"inspect image {image}", self._api.inspect_image, image.pull_ref, read=True)
         return facts_from_inspect(str(image), attrs)
 
     def run_one_off(self, image: ImageRef, argv: Sequence[str], *, env: Mapping[str, str], network: str | None,
@@ -137,12 +144,13 @@ class EngineDatabaseHost:
         try:
             self._call(what, api.start, created["Id"])
             try:
-                code = api.wait(created["Id"], timeout=timeout).get("StatusCode")
-            except (requests.exceptions.RequestException, *_LOST) as exc:
-                raise MigrationFailed(f"{self.name}: {what}: no exit seen within {timeout:.0f}s ({exc}); it may be "
-                                      "half-applied: check the database before the next deploy") from None
-            logs = self._call(what, api.logs, created["Id"], tail=30)
-            return int(code if code is not None else -1), logs.decode("utf-8", "replace").strip()
+                code = self._call(what, _wait, api, created["Id"], timeout)
+            except HostUnreachable as exc:
+                # The container may still be running on the host: not a retry, a human.
+                raise MigrationFailed(f"{what}: no exit seen ({exc}); it may be half-applied: check the "
+                                      "database before the next deploy", host=self.name) from None
+            logs = self._call(what, api.logs, created["Id"], tail=30, read=True)
+            return code, logs.decode("utf-8", "replace").strip()
         finally:
             self._remove(created["Id"])
 
@@ -152,7 +160,26 @@ class EngineDatabaseHost:
     def open_tunnel(self, address: str, port: int):
         from reconciler.adapters.db.tunnel import Tunnel
 
-        return Tunnel(self.driver.conn.transport, address, port, host=self.name)
+        what = f"open a tunnel to the database at {address}:{port}"
+        if hasattr(self.driver, "open_channel"):
+            # The driver's: a lost connection is reopened for the next client connection.
+            def opener(dest, src):
+                return self.driver.open_channel("direct-tcpip", dest, src, what=what, timeout=10)
+        else:
+            transport = self.driver.conn.transport
+
+            def opener(dest, src):
+                return transport.open_channel("direct-tcpip", dest, src, timeout=10)
+        return Tunnel(opener, address, port, host=self.name)
+
+
+def _wait(api, container_id: str, timeout: float) -> int:
+    try:
+        code = api.wait(container_id, timeout=timeout).get("StatusCode")
+    except requests.exceptions.Timeout:
+        raise MigrationFailed(f"still running after {timeout:.0f}s; it may be half-applied: check the database "
+                              "before the next deploy") from None
+    return int(code if code is not None else -1)
 
 
 def facts_from_inspect(reference: str, attrs: Mapping[str, Any]) -> ImageFacts:

@@ -6,6 +6,11 @@ loopback port on the agent's machine and carries each client connection
 (psycopg, pg_dump, pg_restore) through a ``direct-tcpip`` channel of the
 host's existing, pinned SSH connection: no second connection, no key
 handling of its own, nothing listening beyond loopback.
+
+Each client connection asks for its channel when it arrives: given the
+host's ``DockerHost``, a connection lost since the tunnel opened is reopened
+first.  When a channel cannot be opened the client sees its connection
+closed; ``failure`` then says why, naming the host and the target.
 """
 
 from __future__ import annotations
@@ -13,19 +18,27 @@ from __future__ import annotations
 import select
 import socket
 import threading
+from typing import Any, Callable
+
+import paramiko
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from reconciler.adapters.db.connection import DatabaseError
+from reconciler.errors import HostUnreachable
 
 _CHUNK = 65536
 
 
 class Tunnel:
-    """A loopback port forwarded to ``(address, port)`` as seen from the host."""
+    """A loopback port forwarded to ``(address, port)`` as seen from the host.
 
-    def __init__(self, transport, address: str, port: int, *, host: str) -> None:
-        self.transport = transport
+    ``open_channel(dest, src)`` opens one ``direct-tcpip`` channel on the
+    host's connection per client connection (the host driver's, which
+    reopens a lost connection first)."""
+
+    def __init__(self, open_channel: Callable[[tuple, tuple], Any], address: str, port: int, *, host: str) -> None:
+        self.open_channel = open_channel
         self.target = (address, port)
         self.host = host
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -63,9 +76,9 @@ class Tunnel:
 
     def _carry(self, client: socket.socket) -> None:
         try:
-            channel = self.transport.open_channel("direct-tcpip", self.target, client.getpeername(), timeout=10)
-        except Exception:  # the client sees its connection closed and reports it
-            client.close()
+            channel = self.open_channel(self.target, client.getpeername())
+        except (HostUnreachable, paramiko.SSHException, EOFError, OSError):
+            client.close()  # the client (psycopg, pg_dump) sees its connection closed and reports it
             return
         try:
             while not self._closed.is_set():
