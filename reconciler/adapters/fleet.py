@@ -2,7 +2,9 @@
 
 One SSH connection per host for the whole run, opened in parallel; if any
 host cannot be reached the others are closed again and the error names every
-host that failed, so a run either has all its hosts or touches none.
+host that failed, so a run either has all its hosts or touches none.  Each
+``DockerHost`` can reopen its own connection (same pinned access) when it is
+lost mid-run.
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
-from reconciler.errors import HostKeyMismatch, HostUnreachable, ReconcilerError, UnknownHostKey
+from reconciler.errors import EngineError, HostKeyMismatch, HostUnreachable, ReconcilerError, UnknownHostKey
 from reconciler.adapters.hosts import DockerHost
 from reconciler.core.model import Host, ObservedHost
 from reconciler.adapters.ssh import SSHAccess, connect
@@ -22,6 +24,12 @@ from reconciler.adapters.ssh import SSHAccess, connect
 # Bounded so that a fleet of many hosts does not open hundreds of handshakes
 # at once; SSH connects are mostly waiting on the network, so threads suffice.
 MAX_PARALLEL_CONNECTS = 16
+
+Log = Callable[..., None]
+
+
+def _quiet(event: str, **fields) -> None:
+    pass
 
 
 def access_for(host: Host, *, identity_file: str, known_hosts_file: str, timeout: float = 10.0) -> SSHAccess:
@@ -42,13 +50,14 @@ def open_hosts(
     identity_file: str,
     known_hosts_file: str,
     timeout: float = 10.0,
+    log: Log | None = None,
 ) -> dict[str, DockerHost]:
     """Connect to every host and check its engine answers, or raise naming each failure."""
     hosts = list(hosts)
 
     def open_one(host: Host) -> DockerHost:
-        conn = connect(access_for(host, identity_file=identity_file, known_hosts_file=known_hosts_file, timeout=timeout))
-        driver = DockerHost(host.name, conn)
+        access = access_for(host, identity_file=identity_file, known_hosts_file=known_hosts_file, timeout=timeout)
+        driver = DockerHost(host.name, connect(access), reconnect=lambda: connect(access), log=log)
         try:
             driver.ping()
         except BaseException:
@@ -113,42 +122,48 @@ class ConnectionCache:
     the agent keeps each host's connection for the next reconcile.  A cached
     connection is reused only for the same environment, host address, user
     and *the same pinned keys*: a commit that changes a pin gets a fresh
-    connection, verified against the new pin.  A cached connection that no
-    longer answers is dropped and opened again.
+    connection, verified against the new pin.
+
+    A cached connection is tested before it is handed out (the engine must
+    answer on it within the SSH timeout): one that fails, because the host
+    restarted or went down and came back while the agent was idle, is
+    evicted and opened again once; only if that fails too is the host
+    unreachable.
 
     An open paramiko connection is not free while idle (its transport thread
     wakes several times a second), so connections unused for ``idle``
-    seconds are closed.  The agent's default (600 s) outlasts the default
-    drift interval, so drift checks find their connections open.
+    seconds are closed; never one a reconcile holds (between ``open`` and
+    ``release``).  The agent's default (600 s) outlasts the default drift
+    interval, so drift checks find their connections open.
     """
 
-    def __init__(self, *, identity_file: str, timeout: float = 10.0, idle: float = 60.0) -> None:
+    def __init__(self, *, identity_file: str, timeout: float = 10.0, idle: float = 60.0, log: Log | None = None) -> None:
         self.identity_file = identity_file
         self.timeout = timeout
         self.idle = idle
+        self.log = log or _quiet
         self._open: dict[tuple, DockerHost] = {}
         self._used: dict[tuple, float] = {}
+        self._leased: set[tuple] = set()
         self._lock = threading.Lock()
         self._timer: threading.Timer | None = None
 
     def open(self, environment, known_hosts_file: str) -> dict[str, DockerHost]:
         pins = hashlib.sha256(Path(known_hosts_file).read_bytes()).hexdigest()
         key = lambda h: (environment.name, h.name, h.address, h.port, h.user, pins)  # noqa: E731
-        reused: dict[str, DockerHost] = {}
+        cached: dict[str, DockerHost] = {}
         with self._lock:
             for host in environment.hosts:
                 driver = self._open.pop(key(host), None)
-                if driver is None:
-                    continue
-                transport = driver.conn.transport
-                if transport is not None and transport.is_active():
-                    reused[host.name] = driver
-                else:
-                    close_hosts({host.name: driver})
+                if driver is not None:
+                    cached[host.name] = driver
+                self._used.pop(key(host), None)
             self._forget_others(environment.name, {key(h) for h in environment.hosts})
+        reused = self._still_working(environment.name, cached)
         missing = [h for h in environment.hosts if h.name not in reused]
         try:
-            opened = open_hosts(missing, identity_file=self.identity_file, known_hosts_file=known_hosts_file, timeout=self.timeout) if missing else {}
+            opened = open_hosts(missing, identity_file=self.identity_file, known_hosts_file=known_hosts_file,
+                                timeout=self.timeout, log=self.log) if missing else {}
         except ReconcilerError:
             close_hosts(reused)
             raise
@@ -157,7 +172,31 @@ class ConnectionCache:
             for host in environment.hosts:
                 self._open[key(host)] = hosts[host.name]
                 self._used[key(host)] = time.monotonic()
+                self._leased.add(key(host))
         return {h.name: hosts[h.name] for h in environment.hosts}
+
+    def _still_working(self, environment: str, cached: Mapping[str, DockerHost]) -> dict[str, DockerHost]:
+        """The cached connections whose engine answers; the others closed."""
+        if not cached:
+            return {}
+
+        def test(driver: DockerHost) -> ReconcilerError | None:
+            try:
+                driver.check(timeout=self.timeout)
+            except (HostUnreachable, EngineError) as exc:
+                return exc
+            return None
+
+        with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_CONNECTS, len(cached))) as pool:
+            failures = dict(zip(cached, pool.map(test, cached.values())))
+        working = {}
+        for name, driver in cached.items():
+            if failures[name] is None:
+                working[name] = driver
+                continue
+            self.log("connection-evicted", environment=environment, host=name, error=str(failures[name]))
+            close_hosts({name: driver})
+        return working
 
     def release(self, hosts: Mapping[str, DockerHost]) -> None:
         """Kept open for the next reconcile, until ``idle`` seconds pass unused."""
@@ -167,27 +206,30 @@ class ConnectionCache:
             for key, driver in self._open.items():
                 if id(driver) in released:
                     self._used[key] = now
+                    self._leased.discard(key)
             if self._timer is None:
-                self._timer = threading.Timer(self.idle, self._expire)
-                self._timer.daemon = True
-                self._timer.start()
+                self._start_timer()
+
+    def _start_timer(self) -> None:
+        self._timer = threading.Timer(self.idle, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
 
     def _expire(self) -> None:
         with self._lock:
             self._timer = None
             cutoff = time.monotonic() - self.idle
-            for key in [k for k, used in self._used.items() if used <= cutoff and k in self._open]:
+            for key in [k for k, used in self._used.items() if used <= cutoff and k in self._open and k not in self._leased]:
                 close_hosts({key[1]: self._open.pop(key)})
                 self._used.pop(key, None)
             if self._open:
-                self._timer = threading.Timer(self.idle, self._expire)
-                self._timer.daemon = True
-                self._timer.start()
+                self._start_timer()
 
     def _forget_others(self, environment: str, keep: set) -> None:
         for stale in [k for k in self._open if k[0] == environment and k not in keep]:
             close_hosts({stale[1]: self._open.pop(stale)})
             self._used.pop(stale, None)
+            self._leased.discard(stale)
 
     def close_all(self) -> None:
         with self._lock:
@@ -197,3 +239,4 @@ class ConnectionCache:
             close_hosts({str(k): d for k, d in self._open.items()})
             self._open.clear()
             self._used.clear()
+            self._leased.clear()

@@ -1,79 +1,55 @@
 """The host driver: observe and act on one host's Docker engine over SSH.
 
-The Engine API is spoken over the host's single SSH connection: each HTTP
-connection of docker-py's pool is one SSH channel running
-``docker system dial-stdio`` on the host (the transport docker-py itself uses
-for ``ssh://`` URLs), but over *our* connection, so the pinned host key and
-timeouts of ``reconciler.adapters.ssh`` apply.  Health probes of a container's port go
-through the same connection as a ``direct-tcpip`` channel to the container's
-address on the host, so no port needs to be published for a check.
+The Engine API is spoken over the host's single SSH connection, each HTTP
+connection one channel running ``docker system dial-stdio``
+(``adapters.dialstdio``), so the pinned host key and timeouts of
+``adapters.ssh`` apply.  Health probes of a container's port go through the
+same connection as a ``direct-tcpip`` channel to the container's address on
+the host, so no port needs to be published for a check.
+
+The connection heals.  One that dies (the host's sshd restarted and took
+the session along, the host went down and came back) makes the failing call
+``HostUnreachable`` naming the host and the operation; the next call
+reopens the connection first, and a read is retried once on the new one.
+A change is never retried blindly: whether it happened is for the caller
+to find out.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shlex
 import time
-import docker
+from typing import Callable
+
 import docker.errors
 import paramiko
-import requests.exceptions
-from docker.transport.sshconn import SSHHTTPAdapter
 from fabric import Connection
 
+from reconciler.adapters import ssh
+from reconciler.adapters.dialstdio import DIAL_STDIO, LOST_CONNECTION, engine_client, engine_client_over  # noqa: F401 (engine_client: for users of this module)
 from reconciler.core import model
-from reconciler.errors import EngineError, HostUnreachable
 from reconciler.core.health import CheckResult
 from reconciler.core.model import ContainerSpec, HealthCheck, ImageRef, ObservedContainer, ObservedHost, Service
-
-# A health probe that finds the port not yet listening is routine while a
-# container starts; paramiko would log each refused channel as an error.
-logging.getLogger("paramiko.transport").addFilter(lambda record: "open FAILED" not in record.getMessage())
-
-# docker.io 20.10 speaks 1.41; asking for it explicitly avoids a version
-# round trip before every client is usable.
-API_VERSION = "1.41"
+from reconciler.errors import EngineError, HostUnreachable, SecretUnreadable
 
 
-class _PinnedSSHAdapter(SSHHTTPAdapter):
-    """docker-py's SSH adapter, over a paramiko client we built and pinned."""
+class _ProbeNoise(logging.Filter):
+    """A health probe that finds the port not yet listening is routine while
+    a container starts; paramiko would log each refused channel as an error."""
 
-    def __init__(self, ssh_client, host: str, timeout: float, max_pool_size: int = 4) -> None:
-        self._pinned_client = ssh_client
-        self._host_name = host
-        super().__init__("ssh://pinned", timeout=timeout, max_pool_size=max_pool_size)
-
-    def _create_paramiko_client(self, base_url):
-        self.ssh_client = self._pinned_client
-        self.ssh_params = {}
-
-    def get_connection(self, url, proxies=None):
-        # docker-py keys its pools by the full URL, so every new endpoint
-        # (/version, /containers/json, /images/json, ...) would open one more
-        # SSH channel and start one more `docker system dial-stdio` on the
-        # host (0.2-0.4 s each).  One pool per host keeps the channels.
-        return super().get_connection("http+docker://ssh", proxies)
-
-    def _connect(self):
-        # The connection was opened (and its key checked) by reconciler.adapters.ssh;
-        # reconnecting here would bypass that, so a dead one is an error.
-        transport = self.ssh_client.get_transport()
-        if transport is None or not transport.is_active():
-            raise HostUnreachable("SSH connection to the host was lost", host=self._host_name)
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "open FAILED" not in record.getMessage()
 
 
-def engine_client(conn: Connection, *, host: str | None = None, timeout: float = 60.0) -> docker.DockerClient:
-    """A docker-py client whose every request travels over ``conn``."""
-    name = host or conn.host
-    client = docker.DockerClient(base_url="unix:///nonexistent/reconciler.sock", version=API_VERSION)
-    api = client.api
-    adapter = _PinnedSSHAdapter(conn.client, name, timeout=timeout)
-    api.adapters.pop("http+docker://", None)
-    api.mount("http+docker://ssh", adapter)
-    api._custom_adapter = adapter
-    api.base_url = "http+docker://ssh"
-    api.timeout = timeout
-    return client
+_PROBE_NOISE = _ProbeNoise()
+logging.getLogger(ssh.LOG_CHANNEL).addFilter(_PROBE_NOISE)
+
+
+def _without_host(exc: BaseException, host: str) -> str:
+    text = str(exc)
+    return text[len(host) + 2:] if text.startswith(f"{host}: ") else text
 
 
 def container_labels(service: Service, environment: str, revision: str) -> dict[str, str]:
@@ -139,34 +115,144 @@ def _summarised(summary: dict) -> ObservedContainer:
 
 class DockerHost:
     """One host: its SSH connection and its engine.  Not thread-safe; the
-    executor gives each host its own worker."""
+    executor gives each host its own worker.
 
-    def __init__(self, name: str, conn: Connection, *, timeout: float = 60.0) -> None:
+    With ``reconnect`` (a function returning a new connection through the
+    same pinned access, as ``fleet.open_hosts`` gives), a lost connection is
+    replaced before the next call; ``log(event, **fields)`` hears of it.
+    """
+
+    def __init__(self, name: str, conn: Connection, *, timeout: float = 60.0,
+                 reconnect: Callable[[], Connection] | None = None, log: Callable[..., None] | None = None) -> None:
         self.name = name
-        self.conn = conn
-        self.engine = engine_client(conn, host=name, timeout=timeout)
+        self.timeout = timeout
+        self._reconnect = reconnect
+        self._log = log or (lambda event, **fields: None)
+        self._lost: str | None = None  # why the connection is no longer trusted
+        self._closed = False
+        self._bind(conn)
+        # The engine client asks for its channels on whatever connection is
+        # current, so reopening does not rebuild it; the pooled channels of
+        # a dead connection are closed, and the pool drops them.
+        self.engine = engine_client_over(self._dial_stdio, timeout=timeout)
 
-    # ------------------------------------------------------------ helpers
-    def _call(self, what: str, fn, *args, missing_ok: bool = False, **kwargs):
+    def _bind(self, conn: Connection) -> None:
+        self.conn = conn
+        if conn.transport is not None:
+            logging.getLogger(conn.transport.get_log_channel()).addFilter(_PROBE_NOISE)
+
+    # ------------------------------------------------------------ the connection
+    @property
+    def transport(self) -> paramiko.Transport | None:
+        return self.conn.transport
+
+    def open_channel(self, kind: str = "session", dest_addr=None, src_addr=None, *, what: str, timeout: float) -> paramiko.Channel:
+        """A channel on the current connection (reopened first if it was lost);
+        ``HostUnreachable`` if the connection is gone, the host's refusal as
+        paramiko raises it otherwise.  The database tunnel uses this too."""
+        self._ensure_open(what)
+        try:
+            return ssh.open_channel(self.transport, kind, dest_addr, src_addr, host=self.name, what=what, timeout=timeout)
+        except HostUnreachable as exc:
+            self._lose(what, exc)
+            raise
+
+    def _dial_stdio(self) -> paramiko.Channel:
+        what = f"open an engine channel ({DIAL_STDIO})"
+        channel = ssh.open_channel(self.transport, host=self.name, what=what, timeout=self.timeout)
+        channel.settimeout(self.timeout)
+        channel.exec_command(DIAL_STDIO)
+        return channel
+
+    def _alive(self) -> bool:
+        return ssh.alive(self.transport)
+
+    def _lose(self, what: str, exc: BaseException) -> None:
+        if self._lost is None:
+            self._lost = f"{what}: {ssh.innermost(exc)}"
+            self._log("connection-lost", host=self.name, operation=what, error=ssh.innermost(exc))
+
+    def _ensure_open(self, what: str) -> None:
+        """Reopen a connection that is lost or known dead, before ``what`` uses it."""
+        if self._closed:
+            raise HostUnreachable(f"{what}: the connection to the host was closed", host=self.name)
+        if self._lost is None and self._alive():
+            return
+        why = self._lost or "the SSH connection was closed"
+        if self._reconnect is None:
+            self._lost = why
+            raise HostUnreachable(f"{what}: {why}; no way to reconnect", host=self.name)
+        self.reopen(why, what)
+
+    def reopen(self, why: str, what: str = "reconnect") -> None:
+        """Replace the connection with a new one through the same pinned
+        access; ``HostUnreachable`` (or a key error) if the host does not let us."""
+        old = self.conn
+        try:
+            old.close()
+        except ssh.SSH_FAILURES:
+            pass  # it is dead already
+        try:
+            conn = self._reconnect()
+        except HostUnreachable as exc:
+            self._lost = why
+            raise HostUnreachable(f"{what}: reconnecting after '{why}' failed: {_without_host(exc, self.name)}",
+                                  host=self.name) from None
+        self._bind(conn)
+        self._lost = None
+        self._log("connection-reopened", host=self.name, operation=what, after=why)
+
+    def over_ssh(self, what: str, fn: Callable, *args, retry: bool = False, **kwargs):
+        """Run ``fn`` over the connection; a lost connection becomes
+        ``HostUnreachable`` naming the host and ``what``, and the next call
+        reopens it.  With ``retry`` (reads only: nothing changes on the host),
+        the call is made once more, on a reopened connection."""
+        attempts = 2 if retry and self._reconnect is not None else 1
+        for _ in range(attempts):
+            self._ensure_open(what)
+            try:
+                return fn(*args, **kwargs)
+            except LOST_CONNECTION as exc:
+                failure: BaseException = exc
+            except AttributeError as exc:
+                if self._alive():
+                    raise  # a bug, not a lost connection
+                failure = exc  # a dead transport re-raises what its thread died of
+            self._lose(what, failure)
+        if isinstance(failure, HostUnreachable):
+            reason = _without_host(failure, self.name)
+        else:
+            reason = f"SSH connection failed: {ssh.innermost(failure)}"
+        raise HostUnreachable(f"{what}: {reason}", host=self.name) from None
+
+    def _call(self, what: str, fn, *args, missing_ok: bool = False, retry: bool = False, **kwargs):
         """Run one Engine API call; errors become the product's.
 
-        A lost SSH connection surfaces from paramiko (SSHException,
-        EOFError) or from requests; all of them mean the host is
-        unreachable, which the executor treats as transient.  With
-        ``missing_ok``, a 404 (no such container or image) returns None.
+        With ``missing_ok``, a 404 (no such container or image) returns None.
         """
         try:
-            return fn(*args, **kwargs)
+            return self.over_ssh(what, fn, *args, retry=retry, **kwargs)
         except docker.errors.NotFound as exc:
             if missing_ok:
                 return None
             raise EngineError(f"{what}: {exc.explanation or exc}", host=self.name) from None
         except docker.errors.APIError as exc:
             raise EngineError(f"{what}: {exc.explanation or exc}", host=self.name) from None
-        except (requests.exceptions.ConnectionError, paramiko.SSHException, EOFError, OSError) as exc:
-            raise HostUnreachable(f"{what}: engine unreachable over SSH: {exc}", host=self.name) from None
+
+    def check(self, timeout: float) -> None:
+        """The engine answers within ``timeout``, on this connection as it is:
+        no reconnect, no retry (the connection cache's test before reuse)."""
+        if self._lost is not None or not self._alive():
+            raise HostUnreachable(f"engine version: {self._lost or 'the SSH connection is closed'}", host=self.name)
+        api = self.engine.api
+        saved, api.timeout = api.timeout, timeout
+        try:
+            self._call("engine version", api.version)
+        finally:
+            api.timeout = saved
 
     def close(self) -> None:
+        self._closed = True
         try:
             self.engine.close()
         finally:
@@ -175,7 +261,7 @@ class DockerHost:
     # ------------------------------------------------------------ observing
     def ping(self) -> str:
         """Check the engine answers; return its version."""
-        return self._call("engine version", self.engine.api.version)["Version"]
+        return self._call("engine version", self.engine.api.version, retry=True)["Version"]
 
     def observe(self) -> ObservedHost:
         """Every container on the host, managed or not: one Engine API call.
@@ -184,12 +270,12 @@ class DockerHost:
         container would cost a round trip apiece on every drift check.
         Images are not listed: pre-flight asks for the ones a deploy needs.
         """
-        summaries = self._call("list containers", self.engine.api.containers, all=True)
+        summaries = self._call("list containers", self.engine.api.containers, all=True, retry=True)
         containers = tuple(sorted((_summarised(s) for s in summaries), key=lambda c: c.name))
         return ObservedHost(name=self.name, containers=containers, images=None)
 
     def has_image(self, image: ImageRef) -> bool:
-        found = self._call(f"inspect image {image}", self.engine.api.inspect_image, image.pull_ref, missing_ok=True)
+        found = self._call(f"inspect image {image}", self.engine.api.inspect_image, image.pull_ref, missing_ok=True, retry=True)
         return found is not None
 
     def pull(self, image: ImageRef) -> None:
@@ -208,16 +294,48 @@ class DockerHost:
     def logs_tail(self, container_id: str, lines: int = 30) -> str:
         """Evidence for a report: best effort, never the reason a run fails."""
         try:
-            raw = self._call("logs", self.engine.api.logs, container_id, tail=lines, stdout=True, stderr=True)
+            raw = self._call("logs", self.engine.api.logs, container_id, tail=lines, stdout=True, stderr=True, retry=True)
         except (EngineError, HostUnreachable):
             return ""
         return raw.decode("utf-8", "replace")
 
     # ------------------------------------------------------------ acting
     def read_secret_file(self, path: str) -> str:
-        """A secret's value from a file on the host; never logged."""
-        with self.conn.sftp().open(path, "r") as fh:
-            return fh.read().decode().rstrip("\n")
+        """A secret's value from a file on the host; never logged.
+
+        Over SFTP when the host's sshd offers it, else through an exec
+        channel running ``cat``.  Each read has its own channel: a cached
+        SFTP session (fabric's ``Connection.sftp()``) outlives its channel
+        and fails every later read with ``Channel closed.``
+        """
+        what = f"read secret file {path}"
+        data = self.over_ssh(what, self._read_file, path, what, retry=True)
+        return data.decode().rstrip("\n")
+
+    def _read_file(self, path: str, what: str) -> bytes:
+        user = self.conn.user
+        way_out = (f"create it on {self.name}, readable by {user}, or change the service's "
+                   f"secrets file to where the secret is")
+        sftp = ssh.open_sftp(self.transport, host=self.name, what=f"{what} over SFTP", timeout=self.timeout)
+        if sftp is not None:
+            try:
+                with sftp.open(path, "rb") as fh:
+                    return fh.read()
+            except OSError as exc:
+                if sftp.sock.closed or not self._alive():
+                    raise  # the connection, not the file
+                raise SecretUnreadable(f"{what} over SFTP: {exc.strerror or exc}; {way_out}", host=self.name) from None
+            finally:
+                sftp.close()
+        status, out, err = ssh.exec_output(self.transport, f"cat -- {shlex.quote(path)}", host=self.name,
+                                           what=f"{what} with cat (no SFTP)", timeout=self.timeout)
+        if status == 0:
+            return out
+        said = err.decode("utf-8", "replace").strip()[-300:] or f"exit {status}"
+        raise SecretUnreadable(
+            f"{what}: the host's sshd offers no SFTP subsystem, and `cat` over an exec channel failed "
+            f"(exit {status}: {said}); {way_out}, or give its sshd `Subsystem sftp internal-sftp`",
+            host=self.name)
 
     def create(self, service: Service, spec: ContainerSpec) -> str:
         api = self.engine.api
@@ -275,10 +393,10 @@ class DockerHost:
 
     # ------------------------------------------------------------ health
     def inspect(self, container_id: str) -> ObservedContainer:
-        return _observed(self._call(f"inspect {container_id[:12]}", self.engine.api.inspect_container, container_id))
+        return _observed(self._call(f"inspect {container_id[:12]}", self.engine.api.inspect_container, container_id, retry=True))
 
     def _container_address(self, container_id: str) -> str:
-        attrs = self._call("inspect", self.engine.api.inspect_container, container_id)
+        attrs = self._call(f"inspect {container_id[:12]}", self.engine.api.inspect_container, container_id, retry=True)
         settings = attrs.get("NetworkSettings") or {}
         if settings.get("IPAddress"):
             return settings["IPAddress"]
@@ -314,10 +432,10 @@ class DockerHost:
 
     def _probe_socket(self, container_id: str, check: HealthCheck, now: float) -> CheckResult:
         address = self._container_address(container_id)
-        transport = self.conn.transport
         try:
-            channel = transport.open_channel("direct-tcpip", (address, check.port), ("127.0.0.1", 0), timeout=check.timeout)
-        except Exception as exc:  # paramiko raises ChannelException/SSHException/EOFError
+            channel = self.open_channel("direct-tcpip", (address, check.port), ("127.0.0.1", 0),
+                                        what=f"{check.kind} check of {address}:{check.port}", timeout=check.timeout)
+        except ssh.SSH_FAILURES as exc:  # refused or timed out on a live connection: the check fails
             return CheckResult(False, f"connect {address}:{check.port}: {exc}", now)
         try:
             if check.kind == "tcp":
@@ -332,7 +450,7 @@ class DockerHost:
                     break
                 chunks.append(data)
             response = b"".join(chunks).decode("latin-1")
-        except Exception as exc:
+        except ssh.SSH_FAILURES as exc:
             return CheckResult(False, f"GET {check.path}: {exc}", now)
         finally:
             channel.close()

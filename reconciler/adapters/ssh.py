@@ -1,4 +1,4 @@
-"""The one place SSH connections are built.
+"""The one place SSH connections are built, and channels opened on them.
 
 Every connection reconciler opens goes through ``connect``: the host key must
 match the key pinned in the environment's ``known_hosts`` file, an unknown
@@ -6,6 +6,13 @@ key is refused (paramiko's ``RejectPolicy``; fabric's default policy would
 trust whoever answers and remember its key), nothing is read from the
 user's ``~/.ssh`` (no system known_hosts, no agent, no ssh config), and
 every phase has a timeout.
+
+Every channel goes through ``open_channel``, which tells a refusal by the
+host (the caller decides what it means) from a connection that died under
+it: a dead transport re-raises whatever its thread died of (an EOFError, a
+reset, even an AttributeError), and all of those are ``HostUnreachable``.
+A connection's log records go to ``paramiko.transport.<host>``, so that
+``adapters.liblog`` can say which host a record is about.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import paramiko
 from fabric import Config, Connection
@@ -22,6 +30,10 @@ from reconciler.errors import HostKeyMismatch, HostUnreachable, UnknownHostKey
 # Seconds between keepalives on an open connection: an agent keeps one
 # connection per host for a whole run, and a silent NAT must not drop it.
 KEEPALIVE_INTERVAL = 15
+LOG_CHANNEL = "paramiko.transport"
+
+# What paramiko raises when a connection or channel fails under a request.
+SSH_FAILURES = (paramiko.SSHException, EOFError, OSError)
 
 
 @dataclass(frozen=True)
@@ -115,4 +127,80 @@ def connect(access: SSHAccess) -> Connection:
             host=access.host,
         ) from None
     conn.transport.set_keepalive(KEEPALIVE_INTERVAL)
+    conn.transport.set_log_channel(f"{LOG_CHANNEL}.{access.host}")
     return conn
+
+
+def alive(transport: Any) -> bool:
+    return transport is not None and transport.is_active()
+
+
+def innermost(exc: BaseException) -> str:
+    """The reason under the wrappers requests and urllib3 put around a lost
+    connection (``('Connection aborted.', OSError('Socket is closed'))``)."""
+    seen: set[int] = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        inner = next((a for a in exc.args if isinstance(a, BaseException)), None)
+        if inner is None and isinstance(getattr(exc, "reason", None), BaseException):
+            inner = exc.reason
+        if inner is None:
+            break
+        exc = inner
+    return str(exc) or type(exc).__name__
+
+
+def open_channel(transport: Any, kind: str = "session", dest_addr=None, src_addr=None, *,
+                 host: str, what: str, timeout: float) -> paramiko.Channel:
+    """A new channel on ``transport``, or ``HostUnreachable`` naming ``what``
+    if the connection is gone.  A live connection's refusal (a
+    ``ChannelException``, a timeout) is raised as it is."""
+    if not alive(transport):
+        raise HostUnreachable(f"{what}: the SSH connection is closed", host=host)
+    try:
+        return transport.open_channel(kind, dest_addr, src_addr, timeout=timeout)
+    except Exception as exc:  # noqa: BLE001 - re-raised below unless the connection died
+        if alive(transport):
+            raise
+        # The transport's thread died; open_channel re-raised what it died
+        # of, whatever its type: that is a lost connection, not a bug here.
+        raise HostUnreachable(f"{what}: SSH connection lost: {innermost(exc)}", host=host) from None
+
+
+def exec_output(transport: Any, command: str, *, host: str, what: str, timeout: float) -> tuple[int, bytes, bytes]:
+    """Run ``command`` on an exec channel; its exit status, stdout and stderr.
+
+    For what the hosts run through their shell (reading a file where there
+    is no SFTP); SSH-level failures are ``HostUnreachable``.
+    """
+    channel = open_channel(transport, host=host, what=what, timeout=timeout)
+    try:
+        channel.settimeout(timeout)
+        try:
+            channel.exec_command(command)
+            out = channel.makefile("rb").read()
+            err = channel.makefile_stderr("rb").read()
+        except SSH_FAILURES as exc:
+            raise HostUnreachable(f"{what}: {innermost(exc)}", host=host) from None
+        if not channel.status_event.wait(timeout):
+            raise HostUnreachable(f"{what}: no exit status within {timeout:.0f}s", host=host)
+        return channel.recv_exit_status(), out, err
+    finally:
+        channel.close()
+
+
+def open_sftp(transport: Any, *, host: str, what: str, timeout: float) -> paramiko.SFTPClient | None:
+    """An SFTP session on a new channel, or None when the host's sshd offers
+    no SFTP subsystem (some hardened hosts leave it out)."""
+    channel = open_channel(transport, host=host, what=what, timeout=timeout)
+    try:
+        channel.settimeout(timeout)
+        channel.invoke_subsystem("sftp")
+        return paramiko.SFTPClient(channel)
+    except SSH_FAILURES as exc:
+        channel.close()
+        if not alive(transport):
+            raise HostUnreachable(f"{what}: SSH connection lost: {innermost(exc)}", host=host) from None
+        # sshd answers an unknown subsystem by closing the channel, and
+        # paramiko reports that as "Channel closed."; the connection is fine.
+        return None

@@ -41,6 +41,7 @@ class Tunnel:
         self.open_channel = open_channel
         self.target = (address, port)
         self.host = host
+        self.failure: str | None = None  # why the last client's channel could not be opened
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.bind(("127.0.0.1", 0))
         self._listener.listen(16)
@@ -77,8 +78,12 @@ class Tunnel:
     def _carry(self, client: socket.socket) -> None:
         try:
             channel = self.open_channel(self.target, client.getpeername())
-        except (HostUnreachable, paramiko.SSHException, EOFError, OSError):
-            client.close()  # the client (psycopg, pg_dump) sees its connection closed and reports it
+        except (HostUnreachable, paramiko.SSHException, EOFError, OSError) as exc:
+            # The client (psycopg, pg_dump) sees its connection closed and
+            # reports that; ``failure`` says what the tunnel tried.
+            self.failure = str(exc) if isinstance(exc, HostUnreachable) else (
+                f"{self.host}: channel to {self.target[0]}:{self.target[1]} for the database refused: {exc}")
+            client.close()
             return
         try:
             while not self._closed.is_set():
