@@ -33,12 +33,20 @@ PHASE_RECORDING = "recording"
 PHASE_FINISHED = "finished"
 
 
-def atomic_write_json(path: Path, document: Any) -> None:
-    """Replace ``path`` with ``document`` so that a crash leaves old or new."""
+SHARED_FILE_MODE = 0o644  # the agent writes, a pusher's `status` or `lock` reads: both must read it
+
+
+def atomic_write_json(path: Path, document: Any, mode: int = SHARED_FILE_MODE) -> None:
+    """Replace ``path`` with ``document`` so that a crash leaves old or new.
+
+    The mode is set on the temporary file, before the rename: a chmod after
+    it would leave a window in which a reader gets PermissionError instead of
+    the old or the new file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, mode)  # secrets never go in these files
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(document, handle, indent=1, sort_keys=True)
             handle.write("\n")

@@ -28,53 +28,22 @@ import contextlib
 import errno
 import fcntl
 import getpass
-import json
 import os
 import socket
 import stat
-import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 from reconciler.errors import LockHeld
-from reconciler.adapters.journal import read_json
+from reconciler.adapters.journal import SHARED_FILE_MODE, read_json
+from reconciler.adapters.journal import atomic_write_json as write_shared_json
 
 HEARTBEAT_INTERVAL = 5.0
 STALE_AFTER = 60.0
-SHARED_FILE_MODE = 0o644  # the other user (agent or pusher) must read it
 LOCKS_DIR_MODE = 0o2770  # the group may freeze; new files take the directory's group
-
-
-def write_shared_json(path: Path, document: Any, mode: int = SHARED_FILE_MODE) -> None:
-    """journal.atomic_write_json, but with ``mode`` set before the rename.
-
-    atomic_write_json's temporary file is mkstemp's 0600, which the other
-    user could not read; a chmod after the rename would leave a window in
-    which a reader gets PermissionError instead of the old or the new file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            os.fchmod(handle.fileno(), mode)
-            json.dump(document, handle, indent=1, sort_keys=True)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(dir_fd)  # the rename is durable only once the directory entry is
-    finally:
-        os.close(dir_fd)
 
 
 def prepare_locks_dir(state_dir: Path) -> Path:

@@ -6,7 +6,7 @@ import os
 import signal
 import threading
 
-from reconciler.cli.commands._agent import add_repo_arguments, git_dir, state_dir
+from reconciler.cli.commands._agent import add_repo_arguments, git_dir, publish_state, state_location
 
 HELP = "the agent: deploy every push to an environment branch, one reconcile at a time, and watch for drift"
 
@@ -40,8 +40,10 @@ def run(args) -> int:
         raise StalledError("no SSH identity: pass --identity FILE or set RECONCILER_IDENTITY")
     log = make_logger(args.log_format)
     gdir = git_dir(args.repo)
-    state = state_dir(args)
+    location = state_location(args)
+    state = location.path
     state.mkdir(parents=True, exist_ok=True)
+    publish_state(gdir, location)  # so that `reconciler lock` from any shell finds this state
     # Connections stay open between reconciles: a drift check then costs
     # an Engine API call per host, not an SSH handshake.
     connections = fleet.ConnectionCache(identity_file=args.identity, timeout=args.timeout, idle=args.keep_connections)
@@ -73,7 +75,7 @@ def run(args) -> int:
     watcher = None if args.no_watch else RefWatcher(gdir, agent.trigger).start()
     tracker = RemoteTracker(gdir, args.remote, args.fetch_interval, log).start() if args.remote else None
     webhook = Webhook(args.webhook_port, tracker.poke).start() if tracker and args.webhook_port else None
-    log("agent-started", repo=str(gdir), state=str(state), socket=str(sock.path), pid=os.getpid())
+    log("agent-started", repo=str(gdir), state=str(state), state_source=location.source, socket=str(sock.path), pid=os.getpid())
     try:
         stop.wait()  # blocks; the loops and triggers run in their threads
     finally:
