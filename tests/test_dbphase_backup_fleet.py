@@ -99,3 +99,24 @@ def test_full_backup_disk_stops_the_deploy_before_any_migration(fleet, db_env):
     finally:
         subprocess.run(["umount", str(db_env.store)], check=True)
     _unchanged(fleet, db_env, 18211, before)
+
+
+def test_a_retry_of_the_same_commit_reuses_its_verified_backup(fleet, db_env):
+    """One backup per commit: the retry finds the migration it applied itself
+    and nothing else since, so the dump taken before it is still the way back."""
+    port = 18212
+    db_env.commit(web(migrating_image(fleet, {}, version="v1"), port), policy="on_failure: note")
+    assert deploy(db_env).outcome.result == "deployed"
+    bad = db_env.commit(web(migrating_image(fleet, ADD_TAG, version="v3", mode="unhealthy"), port),
+                        policy="on_failure: note", message="v3 + tag, never healthy")
+
+    first = deploy(db_env)
+    assert first.outcome is not None and first.outcome.result == "rolled-back", (first.result.reason, first.result.message)
+    assert "tag" in columns(db_env.dsn, "notes")  # the expand ran; only the containers went back
+    (taken,) = [b for b in list_backups(db_env.store) if b.commit == bad]
+
+    again = deploy(db_env)  # the same commit once more (as the agent retries, or a human re-applies)
+
+    assert again.outcome.result == "rolled-back"
+    assert [b.path for b in list_backups(db_env.store) if b.commit == bad] == [taken.path]
+    assert serving(fleet, port) == {h.name: "demo-web v1" for h in fleet.hosts}

@@ -7,7 +7,8 @@ Errors: ``BackupFailed``, ``MigrationFailed``, ``DatabaseError`` (stalled),
 ``reconciler.errors.LockHeld`` (waiting: another migration runs).
 """
 
-from reconciler.adapters.db.backups import Backup, BackupFailed, backup, list_backups, prune_backups, verify
+from reconciler.adapters.db.backups import Backup, BackupFailed, backup, list_backups, mark_verified, prune_backups, verify
+from reconciler.adapters.db.commands import command_runs
 from reconciler.adapters.db.connection import DatabaseError
 from reconciler.adapters.db.migrate import (
     AppliedMigration,
@@ -29,7 +30,9 @@ __all__ = [
     "apply_expand",
     "backup",
     "check_expand_on_scratch",
+    "command_runs",
     "list_backups",
+    "mark_verified",
     "pending",
     "prune_backups",
     "read_migrations",

@@ -89,9 +89,12 @@ class EngineDatabaseHost:
         changes on the host) is tried once more on the new one."""
         over_ssh = getattr(self.driver, "over_ssh", None)
         try:
-            if over_ssh is not None:
-                return over_ssh(what, fn, *args, retry=read, **kwargs)
-            return fn(*args, **kwargs)
+            if over_ssh is None:
+                return fn(*args, **kwargs)
+            answered = over_ssh(what, _answer, fn, *args, retry=read, **kwargs)
+            if isinstance(answered, docker.errors.APIError):
+                raise answered
+            return answered
         except docker.errors.APIError as exc:
             if exc.is_client_error():
                 raise DatabaseError(f"{what}: {exc.explanation or exc}", host=self.name) from None
@@ -171,6 +174,16 @@ class EngineDatabaseHost:
             def opener(dest, src):
                 return transport.open_channel("direct-tcpip", dest, src, timeout=10)
         return Tunnel(opener, address, port, host=self.name)
+
+
+def _answer(fn, *args, **kwargs):
+    """``fn``'s result, or the engine's error answer returned, not raised:
+    docker-py's APIError is an OSError (through requests), and an engine
+    that answered is no lost connection to reopen or retry."""
+    try:
+        return fn(*args, **kwargs)
+    except docker.errors.APIError as exc:
+        return exc
 
 
 def _wait(api, container_id: str, timeout: float) -> int:
