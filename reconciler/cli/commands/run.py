@@ -38,7 +38,12 @@ def run(args) -> int:
 
     if not args.identity:
         raise StalledError("no SSH identity: pass --identity FILE or set RECONCILER_IDENTITY")
+    from reconciler.adapters.liblog import route_library_logs
+
     log = make_logger(args.log_format)
+    # paramiko and the rest log through `logging`: their lines go through the
+    # agent's logger too, so the log stays one format (JSON lines with --log-format json).
+    route_library_logs(log)
     gdir = git_dir(args.repo)
     location = state_location(args)
     state = location.path
