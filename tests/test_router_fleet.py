@@ -56,6 +56,22 @@ def test_haproxy_accepts_the_config_we_render(tmp_path):
     assert check.returncode == 0, check.stdout + check.stderr
 
 
+def test_the_sandbox_describes_each_hosts_router_and_reads_it_back():
+    """Not a fleet test: sandbox.json carries the router, and an older one without it still loads."""
+    import json
+
+    from reconciler.sandbox import description
+
+    router = haproxy.description(layout.Layout(layout.state_dir()).host(2))
+    assert router.settings().bind == "10.213.0.12:80" and router.admin.startswith("127.0.0.1:")
+    for r in (router, None):
+        host = description.SandboxHost("h2", "10.213.0.12", 22, "root", "/i", "/k", "/s", "rcl-h2", r)
+        sandbox = description.Sandbox("/state", (host,), "reg", "reg/demo", {}, None, "/i", "/k", 1.0)
+        assert description.from_json(json.loads(json.dumps(sandbox.to_json()))).host("h2") == host
+    access = description.SandboxHost("h2", "10.213.0.12", 22, "root", "/i", "/k", "/s", "rcl-h2", router).router_access()
+    assert (access.host, access.config_file) == ("h2", router.config_file) and router.pidfile in access.reload_command
+
+
 @dataclass
 class Answer:
     host: str
@@ -166,9 +182,11 @@ class Stage:
         outcomes = {}
         for step in steps:
             before = time.monotonic()
-            outcomes[step.step] = hs.router.apply(step)
-            if isinstance(step, cr.SetWeights):
+            switch = isinstance(step, cr.SetWeights)
+            outcomes[step.step] = hs.router.apply(step, persist=not switch)
+            if switch:  # the window is the command's alone; the files are written after
                 hs.windows["switch"] = (before, time.monotonic())
+                hs.router.persist()
         return outcomes
 
     def serving(self, hs: HostStage, tag: str) -> None:

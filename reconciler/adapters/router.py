@@ -139,12 +139,19 @@ class Router:
             chunks = []
             while data := channel.recv(65536):
                 chunks.append(data)
-            return b"".join(chunks).decode("utf-8", "replace")
         except (socket.timeout, paramiko.SSHException, EOFError, OSError) as exc:
             raise RouterError(f"router {what}: no full answer to {line!r}: {exc or type(exc).__name__}",
                               host=self.name) from None
         finally:
             channel.close()
+        # HAProxy ends every answer with a newline, even the empty one of a
+        # ``set`` that worked: nothing at all means the command may never
+        # have arrived, and must not pass for success.
+        if not chunks:
+            if not self.conn.transport or not self.conn.transport.is_active():
+                raise HostUnreachable(f"router {what}: the SSH connection closed before an answer", host=self.name)
+            raise RouterError(f"router {what}: the admin socket closed without answering {line!r}", host=self.name)
+        return b"".join(chunks).decode("utf-8", "replace")
 
     def _run(self, command: core.Command, what: str) -> str:
         answer = self.send(command.line, what)
@@ -168,6 +175,9 @@ class Router:
             channel.close()
         except (socket.timeout, paramiko.SSHException, EOFError, OSError) as exc:
             raise HostUnreachable(f"router {what}: {exc or type(exc).__name__}", host=self.name) from None
+        if code == -1:  # paramiko's word for "the channel closed without an exit status"
+            raise HostUnreachable(f"router {what}: the SSH channel closed before `{command}` finished",
+                                  host=self.name)
         return code, b"".join(out).decode("utf-8", "replace").strip()
 
     # ------------------------------------------------------------ observing
@@ -239,11 +249,13 @@ class Router:
                               f"after `{self.access.reload_command}` (see HAProxy's log)", host=self.name)
 
     # ------------------------------------------------------------ the steps
-    def apply(self, step: core.RouterStep):
-        """Run one step; changes are written to the config after.  Waits return their outcome:
+    def apply(self, step: core.RouterStep, *, persist: bool = True):
+        """Run one step; changes are written to the config after (``persist``).  Waits return their outcome:
 
         ``WaitUp`` a ``Verdict`` (unhealthy is the caller's to turn into a
         failed deploy), ``WaitDrained`` the sessions left at its deadline.
+        ``persist=False`` leaves the write to the caller's ``persist()``,
+        e.g. to switch several hosts first and write their files after.
         """
         if isinstance(step, core.Configure):
             return self.configure()
@@ -261,7 +273,8 @@ class Router:
         else:
             for command in core.commands(step):
                 self._run(command, what)
-        self.persist()
+        if persist:
+            self.persist()
         return None
 
     def _delete(self, step: core.DelServer, what: str) -> None:
