@@ -212,6 +212,10 @@ class DockerHost:
             self._ensure_open(what)
             try:
                 return fn(*args, **kwargs)
+            except docker.errors.APIError:
+                # The engine answered (404, 409, 500 ...): the connection is fine.
+                # APIError is an OSError through requests, so it must go first.
+                raise
             except LOST_CONNECTION as exc:
                 failure: BaseException = exc
             except AttributeError as exc:
