@@ -186,5 +186,5 @@ def test_public_api() -> None:
     assert set(db.__all__) == {
         "AppliedMigration", "Backup", "BackupFailed", "DatabaseError", "MigrationFailed",
         "applied_migrations", "apply_expand", "backup", "check_expand_on_scratch", "list_backups",
-        "pending", "prune_backups", "read_migrations", "verify"}
+        "pending", "prune_backups", "read_migrations", "verify", "command_runs", "mark_verified"}
     assert issubclass(db.BackupFailed, __import__("reconciler.errors").errors.StalledError)
