@@ -342,3 +342,22 @@ def test_via_host_opens_one_tunnel_when_first_needed_and_close_closes_it(world, 
     assert tunnel.open and (tunnel.address, tunnel.port) == ("127.0.0.1", int(conninfo_to_dict(db.dsn)["port"]))
     steps.close()
     assert tunnel.closed and "tag" in db.columns()
+
+
+# ------------------------------------------------------------ inside the executor
+
+
+def test_through_the_executor_a_refusal_changes_no_host_and_a_good_release_migrates_then_deploys(world, db):
+    before = world.snapshot()
+    with DatabaseSteps(environment(db, web(BAD)), world.hosts, COMMIT, store_dir=db.store) as steps:
+        with pytest.raises(MigrationRefused):
+            world.apply(environment(db, web(BAD)), COMMIT, database=steps)
+    assert world.snapshot() == before and db.backups() == []
+
+    env = environment(db, web(V2))
+    with DatabaseSteps(env, world.hosts, COMMIT, store_dir=db.store) as steps:
+        outcome = world.apply(env, COMMIT, database=steps)
+    assert outcome.result == "deployed", outcome.failure
+    assert world.active(ENV, "web") == {h: (str(V2), "running") for h in HOSTS}
+    assert "tag" in db.columns() and steps.result.applied == ("0001_add_tag.expand.sql",)
+    assert [s["step"] for s in outcome.steps][:3] == ["CheckMigrations", "Backup", "Migrate"]
