@@ -130,6 +130,11 @@ def test_router_check_from_a_service_health_check():
 GREEN = r.Server("web-green", "172.17.0.3", 8080)
 
 
+def test_an_exposure_makes_a_release_s_server_on_its_container_port():
+    assert r.Exposure("web", 8080).server("0123456789abcdef", "172.17.0.3") == \
+        r.Server("web-0123456789ab", "172.17.0.3", 8080, 0, "ready")
+
+
 def test_switch_steps_blue_green():
     assert r.switch_steps("h1", "web", green=GREEN, blue="web-blue", check=CHECK,
                           up_deadline=60, drain_deadline=30) == (

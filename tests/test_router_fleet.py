@@ -72,6 +72,41 @@ def test_the_sandbox_describes_each_hosts_router_and_reads_it_back():
     assert (access.host, access.config_file) == ("h2", router.config_file) and router.pidfile in access.reload_command
 
 
+# A real answer of HAProxy 2.6.12 to the observing line: blue serving,
+# green draining after it answered three requests with a 500.
+OBSERVED_ANSWER = """
+1
+# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state srv_agent_state bk_f_forced_id srv_f_forced_id srv_fqdn srv_port srvrecord srv_use_ssl srv_check_port srv_check_addr srv_agent_addr srv_agent_port
+3 web 1 blue 127.0.0.1 2 0 100 100 2 15 3 3 6 0 0 0 - 18911 - 0 0 - - 0
+3 web 2 green 127.0.0.1 2 8 100 100 0 15 3 3 6 0 0 0 - 18912 - 0 0 - - 0
+
+# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,wretr,wredis,status,weight,act,bck,chkfail,chkdown,lastchg,downtime,qlimit,pid,iid,sid,throttle,lbtot,tracked,type,rate,rate_lim,rate_max,check_status,check_code,check_duration,hrsp_1xx,hrsp_2xx,hrsp_3xx,hrsp_4xx,hrsp_5xx,hrsp_other,hanafail,req_rate,req_rate_max,req_tot,cli_abrt,srv_abrt,comp_in,comp_out,comp_byp,comp_rsp,lastsess,last_chk,last_agt,qtime,ctime,rtime,ttime,agent_status,agent_code,agent_duration,check_desc,agent_desc,check_rise,check_fall,check_health,agent_rise,agent_fall,agent_health,addr,cookie,mode,algo,conn_rate,conn_rate_max,conn_tot,intercepted,dcon,dses,wrew,connect,reuse,cache_lookups,cache_hits,srv_icur,src_ilim,qtime_max,ctime_max,rtime_max,ttime_max,eint,idle_conn_cur,safe_conn_cur,used_conn_cur,need_conn_est,uweight,agg_server_status,agg_server_check_status,agg_check_status,-,ssl_sess,ssl_reused_sess,ssl_failed_handshake,h2_headers_rcvd,h2_data_rcvd,h2_settings_rcvd,h2_rst_stream_rcvd,h2_goaway_rcvd,h2_detected_conn_protocol_errors,h2_detected_strm_protocol_errors,h2_rst_stream_resp,h2_goaway_resp,h2_open_connections,h2_backend_open_streams,h2_total_connections,h2_backend_total_streams,h1_open_connections,h1_open_streams,h1_total_connections,h1_total_streams,h1_bytes_in,h1_bytes_out,h1_spliced_bytes_in,h1_spliced_bytes_out,
+web,blue,0,0,0,1,,3,246,357,,0,,0,0,0,0,UP,100,1,0,1,1,2,1,,1,3,1,,3,,2,3,,3,L7OK,200,3,0,3,0,0,0,0,,,,3,0,0,,,,,0,,,0,0,1,1,,,,Layer7 check passed,,2,2,3,,,,127.0.0.1:18911,,http,,,,,,,,0,3,0,,,0,,0,0,1,1,0,0,0,0,1,100,,,,-,0,0,0,,,,,,,,,,,,,,,,,,,,,,
+web,green,0,0,0,1,,3,246,417,,0,,0,0,0,0,DRAIN,100,1,0,0,0,0,0,,1,3,2,,3,,2,3,,3,L7OK,200,0,0,0,0,0,3,0,,,,3,0,0,,,,,0,,,0,0,1,1,,,,Layer7 check passed,,2,2,3,,,,127.0.0.1:18912,,http,,,,,,,,0,3,0,,,0,,0,0,1,1,0,0,0,0,1,100,,,,-,0,0,0,,,,,,,,,,,,,,,,,,,,,,
+
+# name
+web
+
+"""
+
+
+def test_the_observing_answer_is_read_into_server_states():
+    """Not a fleet test: the adapter's reading of ``show servers state; show stat; show backend``."""
+    from reconciler.adapters.router import _parse
+
+    servers, state_text, backends = _parse(OBSERVED_ANSWER)
+    assert servers == {
+        ("web", "blue"): cr.ServerState("web", "blue", "127.0.0.1", 18911, 100, 0, True,
+                                        "UP L7OK Layer7 check passed", sessions=0, total=3, errors=0),
+        ("web", "green"): cr.ServerState("web", "green", "127.0.0.1", 18912, 100, 8, True,
+                                         "DRAIN L7OK Layer7 check passed", sessions=0, total=3, errors=3),
+    }
+    assert servers[("web", "green")].drain and servers[("web", "green")].as_server().state == "drain"
+    assert backends == {"web"}
+    # What goes into the server-state file is HAProxy's own text, format version first.
+    assert state_text.startswith("1\n# be_id be_name") and state_text.count("\n") == 4
+
+
 @dataclass
 class Answer:
     host: str
@@ -172,7 +207,7 @@ class Stage:
         api.start(name)
         address = api.inspect_container(name)["NetworkSettings"]["IPAddress"]
         assert address, f"{hs.name}: {name} has no address"
-        return cr.Server(cr.server_name("web", tag), address, 8080)
+        return hs.router.site.exposure(BACKEND).server(tag, address)
 
     def stop(self, hs: HostStage, tag: str) -> None:
         hs.docker.engine.api.stop(PREFIX + tag, timeout=2)
@@ -251,7 +286,7 @@ def test_switch_blue_to_green_under_load_loses_no_request(stage):
     addresses = {name: stage.fleet.host(name).address for name in stage.hosts}
 
     def switch(hs: HostStage) -> dict:
-        return stage.run(hs, cr.switch_steps(hs.name, BACKEND, green=greens[hs.name], blue=cr.server_name("web", "v1"),
+        return stage.run(hs, cr.switch_steps(hs.name, BACKEND, green=greens[hs.name], blue=cr.server_name(BACKEND, "v1"),
                                              check=CHECK, up_deadline=UP_DEADLINE, drain_deadline=DRAIN_DEADLINE))
 
     with Load(addresses) as load:
@@ -264,10 +299,10 @@ def test_switch_blue_to_green_under_load_loses_no_request(stage):
 
     for name, hs in stage.hosts.items():
         assert [s.as_server() for s in hs.router.servers().values() if s.backend == BACKEND] == \
-            [cr.Server("web-v2", greens[name].address, 8080, 100)]
+            [cr.Server(f"{BACKEND}-v2", greens[name].address, 8080, 100)]
         # The file holds what runs: a restart of HAProxy restores it.
         text = hs.layout.haproxy_config.read_text()
-        assert f"server web-v2 {greens[name].address}:8080 " in text and "web-v1" not in text
+        assert f"server {BACKEND}-v2 {greens[name].address}:8080 " in text and f"{BACKEND}-v1" not in text
     # Only the declared host name reaches the service.
     assert _one_request(addresses["h1"], "other.rtfleet.test")[0] == 404
 
@@ -280,7 +315,7 @@ def test_green_that_never_turns_healthy_never_gets_a_request(stage):
     addresses = {name: stage.fleet.host(name).address for name in stage.hosts}
 
     def attempt(hs: HostStage):
-        steps = cr.switch_steps(hs.name, BACKEND, green=bad[hs.name], blue=cr.server_name("web", "v1"), check=CHECK,
+        steps = cr.switch_steps(hs.name, BACKEND, green=bad[hs.name], blue=cr.server_name(BACKEND, "v1"), check=CHECK,
                                 up_deadline=10.0, drain_deadline=DRAIN_DEADLINE)
         hs.router.apply(steps[0])
         verdict = hs.router.apply(steps[1])
@@ -297,7 +332,7 @@ def test_green_that_never_turns_healthy_never_gets_a_request(stage):
     assert load.failures() == []
     assert {a.body for a in load.answers} == {"demo-web v1"} and len(load.answers) >= 3 * 50
     for name, hs in stage.hosts.items():
-        assert [s for (b, s) in hs.router.servers() if b == BACKEND] == ["web-v1"], name
+        assert [s for (b, s) in hs.router.servers() if b == BACKEND] == [f"{BACKEND}-v1"], name
 
 
 @pytest.mark.fleet
@@ -309,7 +344,7 @@ def test_rollback_switches_back_to_the_retained_blue_and_resumes_after_a_lost_co
     addresses = {name: stage.fleet.host(name).address for name in stage.hosts}
 
     def roll_back(hs: HostStage) -> None:
-        steps = cr.rollback_steps(hs.name, BACKEND, retained=retained[hs.name], current=cr.server_name("web", "v2"),
+        steps = cr.rollback_steps(hs.name, BACKEND, retained=retained[hs.name], current=cr.server_name(BACKEND, "v2"),
                                   check=CHECK, up_deadline=UP_DEADLINE, drain_deadline=DRAIN_DEADLINE)
         stage.run(hs, steps[:3])  # added, UP, switched: then the agent dies
         hs.router.conn.close()
@@ -325,7 +360,7 @@ def test_rollback_switches_back_to_the_retained_blue_and_resumes_after_a_lost_co
         stage.each(roll_back)
     _expect_switch(load, stage, "v2", "v1")
     for name, hs in stage.hosts.items():
-        assert [s for (b, s) in hs.router.servers() if b == BACKEND] == ["web-v1"], name
+        assert [s for (b, s) in hs.router.servers() if b == BACKEND] == [f"{BACKEND}-v1"], name
 
 
 @pytest.mark.fleet
@@ -338,5 +373,5 @@ def test_a_restart_of_haproxy_restores_the_live_routing(stage):
     after = {k: v.as_server() for k, v in hs.router.servers().items() if k[0] == BACKEND}
     assert after == before
     # The server-state file restores its check state too: no wait for ``rise`` checks.
-    assert hs.router.servers()[(BACKEND, "web-v1")].up
+    assert hs.router.servers()[(BACKEND, f"{BACKEND}-v1")].up
     assert _one_request(stage.fleet.host("h1").address, HOSTNAME) == (200, "demo-web v1")

@@ -97,6 +97,10 @@ class Exposure:
     path: str | None = None  # this path and everything below it; None: any path
     check: RouterCheck = RouterCheck()
 
+    def server(self, release: str, address: str) -> "Server":
+        """The server a container of ``release`` (its config hash) at ``address`` is, weight 0."""
+        return Server(server_name(self.service, release), address, self.port)
+
 
 @dataclass(frozen=True)
 class Site:
