@@ -30,7 +30,7 @@ import pathlib
 from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
-from reconciler.adapters.db import applied_migrations, pending
+from reconciler.adapters.db import pending
 from reconciler.adapters.db.commands import command_runs
 from reconciler.adapters.db.images import database_host
 from reconciler.core import model

@@ -70,8 +70,8 @@ from reconciler.adapters.db.migrate import advisory_lock, apply_contract
 from reconciler.core import contracts
 from reconciler.core.contracts import ContractRollbackRefused, ImageFacts
 from reconciler.core.migrations import MigrationError, MigrationFile, check_expand, parse_files
-from reconciler.core.model import Database, Environment, ImageRef, Service
-from reconciler.core.plan import Backup, CheckMigrations, Migrate, Plan, Start, database_steps
+from reconciler.core.model import Database, Environment, Service
+from reconciler.core.plan import Backup, CheckMigrations, Migrate
 from reconciler.errors import StalledError
 
 BACKUP_DIR_ENV = "RECONCILER_BACKUP_DIR"
@@ -285,52 +285,6 @@ class DatabaseSteps:
             raise MigrationFailed(f"{where}: exit {code}; {after}. Its output:\n{logs}")
 
 
-# ------------------------------------------------------------ the old entry point
-# Kept until the engine hands the plan's database steps to DatabaseSteps
-# itself: ``run_plan(..., before_deploy=DatabasePhase(...))``.
-
-
-class DatabasePhase:
-    """A ``before_deploy`` callable; ``result`` holds what it did once called."""
-
-    def __init__(self, environment: Environment, hosts: Mapping[str, Any], commit: str, *,
-                 store_dir: pathlib.Path | None = None, report: Reporter = _quiet) -> None:
-        self.environment, self.hosts, self.commit = environment, hosts, commit
-        self.store_dir = store_dir
-        self.report = report
-        self.result: PhaseResult | None = None
-
-    def __call__(self, plan: Plan) -> None:
-        self.result = run_phase(self.environment, plan, self.hosts, self.commit,
-                                store_dir=self.store_dir, report=self.report)
-
-
-def run_phase(environment: Environment, plan: Plan, hosts: Mapping[str, Any], commit: str, *,
-              store_dir: pathlib.Path | None = None, report: Reporter = _quiet) -> PhaseResult:
-    """Run the database steps of ``plan`` (or, for a plan made without them,
-    the ones ``plan_deploy`` would have put in) with one DatabaseSteps."""
-    services = deployed_services(environment, plan)
-    if environment.database is None:
-        if services:
-            raise StalledError(f"service {services[0].name} declares migrations but environment "
-                               f"{environment.name} declares no database: add a database block")
-        return PhaseResult(skipped="no database declared")
-    steps = [a for a in plan.actions if isinstance(a, (CheckMigrations, Backup, Migrate))]
-    steps = steps or database_steps(environment, list(plan.actions), "expand")
-    if not steps:
-        return PhaseResult(skipped="no migrations in this deploy (backup: when-migrating)")
-    with DatabaseSteps(environment, hosts, commit, store_dir=store_dir, report=report) as runner:
-        for action in steps:
-            runner.run(action)
-        return runner.result
-
-
-def deployed_services(environment: Environment, plan: Plan) -> tuple[Service, ...]:
-    """Services this plan starts new containers of that declare migrations."""
-    starting = {a.service for a in plan.actions if isinstance(a, Start)}
-    return tuple(s for s in environment.services if s.name in starting and s.migrations is not None)
-
-
 # ------------------------------------------------------------ the database
 
 
@@ -480,27 +434,15 @@ def refuse_older_command_release(dsn: str, service: Service, facts: ImageFacts) 
         raise ContractRollbackRefused(why)
 
 
-# ------------------------------------------------------------ the image (old names)
-
-
-def read_image_migrations(driver: Any, image: ImageRef, path: str) -> tuple[MigrationFile, ...]:
-    """The migration files at ``path`` inside ``image`` on ``driver``'s host."""
-    return parse_files(database_host(driver).read_image_files(image, path))
-
-
 __all__ = [
     "BACKUP_DIR_ENV",
     "DEFAULT_BACKUP_DIR",
-    "DatabasePhase",
     "DatabaseSteps",
     "PhaseResult",
     "backup_dir",
     "database_connection",
     "database_dsn",
-    "deployed_services",
-    "read_image_migrations",
     "refuse_older_command_release",
     "refuse_older_release",
-    "run_phase",
     "take_verified_backup",
 ]
