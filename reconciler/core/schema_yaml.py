@@ -9,19 +9,18 @@ duplicate key is seen (not only the first), and aliases cannot blow up.
 
 from __future__ import annotations
 
-import io
 import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
+from reconciler.core.schema_compose import MAX_DEPTH, compose
+
 MAX_FILE_BYTES = 1024 * 1024
-MAX_DEPTH = 40
 _MAX_LINK_HOPS = 8
 
 _TAG = "tag:yaml.org,2002:"
@@ -204,9 +203,10 @@ def parse_yaml(path: str, data: bytes, problems: Problems) -> Node | None:
         col = exc.start - (before.rfind(b"\n") + 1) + 1
         problems.add(path, line, col, "file is not valid UTF-8")
         return None
-    yaml = YAML(typ="rt")
     try:
-        root = yaml.compose(io.StringIO(text))
+        # Bounded in depth and node count (schema_compose), so that a
+        # hostile file is refused at the place it passed a limit, quickly.
+        root, notes = compose(text)
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         what = " ".join(str(p) for p in (exc.context, exc.problem) if p) or "malformed YAML"
@@ -216,9 +216,8 @@ def parse_yaml(path: str, data: bytes, problems: Problems) -> Node | None:
     except YAMLError as exc:
         problems.add(path, 1, 1, f"malformed YAML: {exc}")
         return None
-    except RecursionError:
-        problems.add(path, 1, 1, "malformed YAML: nested too deeply")
-        return None
+    for line, col, message in notes:
+        problems.add(path, line, col, message)
     if root is None:
         return Node(None, path, 1, 1)
     return _convert(root, path, problems, 0, {})
