@@ -39,6 +39,13 @@ def plan(run: "RunState") -> Plan:
     return plan_contract(run.environment, _observe(run), run.commit)
 
 
+def after_deploy(run: "RunState", result: "Result") -> "Result":
+    """A release just deployed healthy: its contracts' soak starts now; ask to come back when it ends."""
+    if result.result != "deployed" or not _wants_contracts(run):
+        return result
+    return dataclasses.replace(result, requeue_after=next_contract_in(run.environment, _observe(run)))
+
+
 def after_in_sync(run: "RunState", result: "Result") -> "Result":
     if not _wants_contracts(run):
         return result

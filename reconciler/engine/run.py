@@ -241,7 +241,12 @@ def execute(run: RunState) -> Result | None:
     finally:
         if database is not None:
             database.close()
-    return recording.finished(run, executor, outcome, database=database)
+    result = recording.finished(run, executor, outcome, database=database)
+    if run.operation == "deploy":
+        from reconciler.engine import contracts_run
+
+        result = contracts_run.after_deploy(run, result)
+    return result
 
 
 STEPS: tuple[Callable[[RunState], Result | None], ...] = (recover, load, gate, connect, plan, confirm, execute)
