@@ -8,21 +8,29 @@
   refs are ignored: the agent writes those itself.
 - ``RemoteTracker``: optional; syncs with a hosted remote (``mirror.sync``)
   on a jittered interval and when poked by the ``Webhook``.
+- ``Webhook``: ``POST /hook`` from a forge.  With a secret it checks the
+  forge's signature (``webhook_auth``) and may listen beyond loopback;
+  without one it stays on loopback (behind a proxy that authenticates).
 
 Each calls ``on_trigger(reason)`` from its own thread; the agent coalesces.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import random
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import Callable
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
+
+from reconciler.agent import webhook_auth
+from reconciler.errors import StalledError
 
 OnTrigger = Callable[[str], None]
 MAX_DATAGRAM = 4096
@@ -45,17 +53,39 @@ def send_nudge(path: str | os.PathLike[str], message: str = "nudge") -> bool:
         sock.close()
 
 
+# Owner (the agent, which sends itself the stop datagram) and the
+# repository's group (pushers, whose post-receive hook nudges) may write;
+# nobody else may, and nobody needs to read a socket file.
+SOCKET_MODE = 0o620
+
+
 class NudgeSocket:
-    def __init__(self, path: str | os.PathLike[str], on_trigger: OnTrigger) -> None:
+    """``repo_dir``: the git directory whose group may nudge (default: the
+    socket's directory, which is the git dir for the default path)."""
+
+    def __init__(self, path: str | os.PathLike[str], on_trigger: OnTrigger, repo_dir: str | os.PathLike[str] | None = None) -> None:
         self.path = Path(path)
         self.on_trigger = on_trigger
+        group = os.stat(repo_dir if repo_dir is not None else self.path.parent).st_gid
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        # Bound under a temporary name and renamed once its mode and group are
+        # right, so the socket is never reachable with the umask's mode or
+        # the agent's own group.
+        staging = self.path.with_name(f".{self.path.name}.{os.getpid()}")
         try:
-            self.path.unlink()  # left by an agent that died; we are the only listener
+            staging.unlink()
         except FileNotFoundError:
             pass
-        self.sock.bind(str(self.path))
-        os.chmod(self.path, 0o660)  # pushers in the repository's group may nudge
+        self.sock.bind(str(staging))
+        try:
+            os.chown(staging, -1, group)
+            os.chmod(staging, SOCKET_MODE)
+        except PermissionError as exc:
+            self.sock.close()
+            staging.unlink()
+            raise StalledError(f"{self.path}: cannot give the nudge socket the repository's group (gid {group}): {exc.strerror}; "
+                               "run the agent as a member of that group") from exc
+        os.replace(staging, self.path)  # replaces a socket left by an agent that died
         self._thread = threading.Thread(target=self._serve, name="nudge-socket", daemon=True)
 
     def start(self) -> "NudgeSocket":
@@ -166,32 +196,71 @@ class RemoteTracker:
             self._poked.clear()
 
 
+def _is_loopback(address: str) -> bool:
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False  # a host name: whatever it resolves to, it is not known to be loopback
+
+
 class Webhook:
-    """A loopback HTTP endpoint a hosting service's webhook (through a
-    reverse proxy) calls: ``POST /hook`` pokes the remote tracker.
+    """``POST /hook`` from a hosting service pokes the remote tracker.
 
     It carries no payload into the agent: like every trigger, it only says
-    "look again", so a forged call costs a fetch, nothing more.
+    "look again".  With ``secret`` (the bytes of ``--webhook-secret-file``,
+    see ``webhook_auth.read_secret``) every request must carry a valid GitHub,
+    Gitea or GitLab signature, else it is answered 401 and logged; only then
+    may it listen beyond loopback.  Without a secret it listens on loopback
+    only (a reverse proxy in front authenticates), as before.
     """
 
-    def __init__(self, port: int, poke: Callable[[], None], address: str = "127.0.0.1") -> None:
+    def __init__(self, port: int, poke: Callable[[], None], address: str = "127.0.0.1", *,
+                 secret: bytes | None = None, log: Callable[..., None] | None = None) -> None:
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+        if secret is None and not _is_loopback(address):
+            raise StalledError(f"webhook: refusing to listen on {address}:{port} without a secret; "
+                               "pass --webhook-secret-file, or listen on 127.0.0.1 behind a proxy that authenticates")
+        if secret is not None and not secret:
+            raise StalledError("webhook: the secret is empty")
+        refusals = _RateLimitedLog(log or (lambda event, **fields: None))
+
         class Handler(BaseHTTPRequestHandler):
+            timeout = 10  # a client that sends its body slowly does not hold a thread
+
             def do_POST(self) -> None:  # noqa: N802 (the stdlib's name)
                 if self.path.rstrip("/") != "/hook":
                     self.send_error(404)
                     return
-                length = int(self.headers.get("Content-Length") or 0)
-                self.rfile.read(min(length, 1 << 20))
+                try:
+                    length = int(self.headers.get("Content-Length") or "")
+                except ValueError:
+                    self.send_error(411)
+                    return
+                if not 0 <= length <= webhook_auth.MAX_BODY:
+                    self.send_error(413)
+                    return
+                body = self.rfile.read(length)
+                if secret is not None:
+                    refusal = webhook_auth.refusal(self.headers, body, secret)
+                    if refusal is not None:
+                        refusals.log("webhook-refused", client=self.client_address[0], reason=refusal)
+                        self.send_error(401, refusal)
+                        return
                 poke()
                 self.send_response(202)
+                self.send_header("Content-Length", "0")
                 self.end_headers()
 
             def log_message(self, *args) -> None:
-                pass  # the agent logs the fetch, not each request
+                pass  # the agent logs the fetch and the refusals, not each request
 
-        self.server = ThreadingHTTPServer((address, port), Handler)
+        server_class = ThreadingHTTPServer
+        if ":" in address:
+            server_class = type("ThreadingHTTPServer6", (ThreadingHTTPServer,), {"address_family": socket.AF_INET6})
+        self.server = server_class((address, port), Handler)
         self.port = self.server.server_address[1]
         self._thread = threading.Thread(target=self.server.serve_forever, name="webhook", daemon=True)
 
@@ -202,3 +271,23 @@ class Webhook:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class _RateLimitedLog:
+    """At most one refusal line a second: a flood of forged requests must not
+    flood the agent's log.  The next line counts those left out."""
+
+    def __init__(self, log: Callable[..., None], interval: float = 1.0) -> None:
+        self._log, self._interval = log, interval
+        self._lock = threading.Lock()
+        self._last = float("-inf")
+        self._skipped = 0
+
+    def log(self, event: str, **fields) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._last < self._interval:
+                self._skipped += 1
+                return
+            self._last, skipped, self._skipped = now, self._skipped, 0
+        self._log(event, **fields, **({"not_logged_before": skipped} if skipped else {}))
