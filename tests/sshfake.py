@@ -5,8 +5,8 @@ mode) with a pinned host key and one accepted client key, so the product's
 ``ssh.connect`` and ``hosts.DockerHost`` run unchanged against it.  Behind it:
 
 - ``docker system dial-stdio`` channels answer a small Engine API (keep-alive
-  HTTP/1.1: ``/version``, ``/containers/json``, container start/stop, else
-  404), and ``close_idle_engine_connections()`` ends the idle ones the way
+  HTTP/1.1: ``/version``, ``/containers/json``, container start/stop, a 500
+  for container ``broken``, else 404), and ``close_idle_engine_connections()`` ends the idle ones the way
   dockerd does after 300 s idle (dial-stdio exits, the channel closes);
 - an SFTP subsystem serving ``files`` (or none, with ``sftp=False``), and an
   exec of ``cat -- PATH`` serving the same files;
@@ -285,7 +285,7 @@ class FakeSSHHost:
             self.requests.append((method, path))
             status, body = self._answer(method, path)
             payload = json.dumps(body).encode() if body is not None else b""
-            reason = {200: "OK", 204: "No Content", 404: "Not Found"}[status]
+            reason = {200: "OK", 204: "No Content", 404: "Not Found", 500: "Internal Server Error"}[status]
             if b"\r\n\r\n" not in buf:
                 with self._lock:  # idle from the moment the answer is on its way
                     self._idle.add(channel)
@@ -303,6 +303,8 @@ class FakeSSHHost:
             return 200, []
         if method == "POST" and len(parts) == 3 and parts[0] == "containers" and parts[2] in ("start", "stop"):
             return 204, None
+        if parts[:2] == ["containers", "broken"]:
+            return 500, {"message": "the engine failed"}
         return 404, {"message": f"no such object: {path}"}
 
     def _cat(self, channel: paramiko.Channel, path: str) -> None:

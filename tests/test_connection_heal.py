@@ -28,8 +28,8 @@ import pytest
 from reconciler.adapters import fleet, liblog
 from reconciler.adapters.hosts import DockerHost
 from reconciler.adapters.ssh import SSHAccess, connect
-from reconciler.core.model import Environment, Host
-from reconciler.errors import HostUnreachable, SecretUnreadable
+from reconciler.core.model import Environment, Host, ImageRef
+from reconciler.errors import EngineError, HostUnreachable, SecretUnreadable
 from tests.sshfake import ENGINE_VERSION, FakeSSHHost
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -188,6 +188,19 @@ def test_an_attribute_error_on_a_live_connection_is_a_bug_not_a_verdict(host, mo
 
         with pytest.raises(AttributeError):
             d.over_ssh("a step", broken)
+    finally:
+        d.close()
+
+
+def test_the_engines_error_answers_are_engine_errors_not_a_lost_connection(host):
+    events: list = []
+    d = driver(host, events)
+    try:
+        assert d.has_image(ImageRef("registry.example/app", "v1")) is False  # a 404: no such image
+        with pytest.raises(EngineError) as failed:
+            d.inspect("broken")  # a 500
+        assert str(failed.value).startswith("f1: inspect broken: the engine failed")
+        assert events == [] and host.connections == 1
     finally:
         d.close()
 

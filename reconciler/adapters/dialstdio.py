@@ -37,17 +37,17 @@ from reconciler.errors import HostUnreachable
 API_VERSION = "1.41"
 DIAL_STDIO = "docker system dial-stdio"
 
-# What a lost connection surfaces as, from paramiko under the channel or from
-# the HTTP stack above it (a stream cut mid-pull is ChunkedEncodingError; a
-# silent host is a read timeout).
-LOST_CONNECTION = (
-    *ssh.SSH_FAILURES,
+# What a lost connection surfaces as: paramiko's errors under the channel, and
+# those of the HTTP stack above it (a stream cut mid-pull is
+# ChunkedEncodingError; a silent host is a read timeout).  Every requests
+# error is an OSError, the engine's own answers (docker's APIError) too, so
+# requests' errors are told apart by class: only these are the network's.
+LOST_REQUESTS = (
     requests.exceptions.ConnectionError,
     requests.exceptions.ChunkedEncodingError,
     requests.exceptions.Timeout,
-    urllib3.exceptions.ProtocolError,
-    HostUnreachable,
 )
+LOST_CONNECTION = (*ssh.SSH_FAILURES, urllib3.exceptions.ProtocolError, HostUnreachable)
 
 
 def _finished(channel: Any) -> bool:

@@ -25,10 +25,12 @@ from typing import Callable
 
 import docker.errors
 import paramiko
+import requests.exceptions
 from fabric import Connection
 
 from reconciler.adapters import ssh
-from reconciler.adapters.dialstdio import DIAL_STDIO, LOST_CONNECTION, engine_client, engine_client_over  # noqa: F401 (engine_client: for users of this module)
+from reconciler.adapters.dialstdio import (  # noqa: F401 (engine_client: for users of this module)
+    DIAL_STDIO, LOST_CONNECTION, LOST_REQUESTS, engine_client, engine_client_over)
 from reconciler.core import model
 from reconciler.core.health import CheckResult
 from reconciler.core.model import ContainerSpec, HealthCheck, ImageRef, ObservedContainer, ObservedHost, Service
@@ -212,12 +214,12 @@ class DockerHost:
             self._ensure_open(what)
             try:
                 return fn(*args, **kwargs)
-            except docker.errors.APIError:
-                # The engine answered (404, 409, 500 ...): the connection is fine.
-                # APIError is an OSError through requests, so it must go first.
-                raise
-            except LOST_CONNECTION as exc:
+            except requests.exceptions.RequestException as exc:
+                if not isinstance(exc, LOST_REQUESTS):
+                    raise  # the engine answered (docker's APIError: a 404, a 409), or a bug
                 failure: BaseException = exc
+            except LOST_CONNECTION as exc:
+                failure = exc
             except AttributeError as exc:
                 if self._alive():
                     raise  # a bug, not a lost connection
