@@ -18,6 +18,8 @@ Flux's controllers carry as data)::
     |   +-- SandboxError          the local fleet could not be set up
     |   +-- RouterConfigRejected  a host's HAProxy refused the config we rendered
     |   +-- SecretUnreadable      a secret file on a host is missing or cannot be read
+    |   +-- UnsignedCommit        policy.require_signed and the commit carries no signature
+    |   +-- BadSignature          the signature does not verify against the trusted keys
     +-- WaitingError          retry later, the world may change (a lock, a freeze)
     |   +-- LockHeld
     +-- TransientError        retry with backoff and jitter
@@ -132,6 +134,18 @@ class SecretUnreadable(StalledError):
     """A secret's file on a host is missing, not readable, or cannot be read
     at all (no SFTP and no exec channel); the message names the host, the
     file, how it was read and what to change."""
+
+
+class UnsignedCommit(StalledError):
+    """The environment requires signed commits and this one is not signed.
+    Not blamed on the commit for ``on_failure: revert``: the fix is a signed
+    commit on top, not a revert by the agent."""
+
+
+class BadSignature(StalledError):
+    """The commit's signature does not verify against the trusted keys on the
+    agent's machine (unknown key, wrong signature, expired or revoked key, or
+    no trust root configured); the message says which."""
 
 
 class LockHeld(WaitingError):

@@ -233,6 +233,9 @@ class Policy:
     parallel_hosts: int = 4
     on_failure: Literal["revert", "note"] = "revert"
     drift_interval: float = 300.0
+    # Deploy only commits whose signature verifies against the agent's trusted
+    # keys (reconciler.adapters.signatures); the pre-receive hook refuses the others.
+    require_signed: bool = False
 
 
 @dataclass(frozen=True)

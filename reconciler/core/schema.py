@@ -23,12 +23,12 @@ from reconciler.core.schema_fields import BAD, boolean, choice, duration, intege
 from reconciler.core.schema_service import DEFAULTABLE_SERVICE_KEYS, MERGED_KEYS, HostIndex, ParsedService, parse_service
 from reconciler.core.schema_yaml import MAX_FILE_BYTES, Node, Problem, Problems, Snapshot, check_repo_path, exists, parse_yaml, read_file, resolve_path
 
-__all__ = ["MAX_FILE_BYTES", "Problem", "Snapshot", "list_environments", "load_environment", "validate", "ROOT_FILE"]
+__all__ = ["MAX_FILE_BYTES", "Problem", "Snapshot", "list_environments", "load_environment", "policy_of", "validate", "ROOT_FILE"]
 
 ROOT_FILE = "reconciler.yaml"
 ENVIRONMENTS = "environments"
 ENVIRONMENT_KEYS = ("hosts", "policy", "database", "services", "known_hosts")
-POLICY_KEYS = ("require_digest", "prune", "drift", "keep_retired", "parallel_hosts", "on_failure", "drift_interval")
+POLICY_KEYS = ("require_digest", "prune", "drift", "keep_retired", "parallel_hosts", "on_failure", "drift_interval", "require_signed")
 DATABASE_KEYS = ("kind", "dsn_file", "via_host", "name", "backup")
 HOST_KEYS = ("address", "user", "port", "groups")
 _ENV_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -51,6 +51,22 @@ def load_environment(snapshot: Snapshot, name: str) -> model.Environment:
     if problems or environment is None:
         raise InvalidDesiredState(problems.formatted() or [f"{ENVIRONMENTS}/{name}:1:1: invalid environment"])
     return environment
+
+
+def policy_of(snapshot: Snapshot, name: str) -> model.Policy:
+    """The environment's policy as far as it can be read, whatever else is
+    wrong with the environment (the model's defaults where it cannot).
+
+    For the signature checks, which must honour ``require_signed`` of a
+    commit already in the repository even when that commit does not
+    validate as a whole; never use it to deploy."""
+    problems = Problems()
+    defaults = _root_defaults(snapshot, problems)
+    root = _yaml(snapshot, f"{ENVIRONMENTS}/{name}/environment.yaml", problems)
+    own = None
+    if root is not None and root.is_mapping:
+        own = root.value.get("policy")
+    return _policy(defaults.get("policy"), own, problems)
 
 
 def validate(snapshot: Snapshot, env: str | None = None) -> list[str]:
@@ -202,6 +218,7 @@ def _policy(default: Node | None, own: Node | None, problems: Problems) -> model
         "parallel_hosts": lambda n: integer(n, problems, "policy.parallel_hosts", 1),
         "on_failure": lambda n: choice(n, problems, "policy.on_failure", ("revert", "note")),
         "drift_interval": lambda n: duration(n, problems, "policy.drift_interval", positive=True),
+        "require_signed": lambda n: boolean(n, problems, "policy.require_signed"),
     }
     values = {key: readers[key](node) for key, node in fields.items()}
     return model.Policy(**{k: v for k, v in values.items() if v is not BAD})
