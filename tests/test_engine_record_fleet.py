@@ -205,6 +205,7 @@ def test_history_at_matches_what_the_hosts_ran_through_deploy_failure_cli_rollba
         poller.stopping.set()
         poller.join()
 
+    capsys.readouterr()  # what the levers printed
     # Ten instants: what git says each host ran is what the host answered.
     instants = poller.stable_instants(10)
     assert len(instants) == 10
