@@ -56,7 +56,7 @@ def _repo(tmp_path: Path, env_text: str) -> Path:
 
 def test_ten_seeded_mistakes_give_ten_located_lines(tmp_path, capsys):
     root = _repo(tmp_path, TEN_MISTAKES)
-    assert main(["validate", str(root)]) == 2
+    assert main(["validate", "--repo", str(root)]) == 1
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 10, "\n".join(lines)
     assert all(LOCATED.match(line) for line in lines), lines
@@ -66,8 +66,9 @@ def test_ten_seeded_mistakes_give_ten_located_lines(tmp_path, capsys):
 
 def test_exit_codes_through_the_real_command(tmp_path):
     root = _repo(tmp_path, TEN_MISTAKES)
+    # The positional REPO is the deprecated spelling of --repo, still accepted (installed hooks use it).
     bad = subprocess.run([sys.executable, "-m", "reconciler", "validate", str(root)], capture_output=True, text=True)
-    assert bad.returncode == 2 and len(bad.stdout.splitlines()) == 10
+    assert bad.returncode == 1 and len(bad.stdout.splitlines()) == 10
     good = subprocess.run([sys.executable, "-m", "reconciler", "validate", str(REPO / "desired-state")], capture_output=True, text=True)
     assert good.returncode == 0, good.stdout + good.stderr
     assert good.stdout.strip() == "ok: 3 environments, 3 services"
@@ -76,9 +77,9 @@ def test_exit_codes_through_the_real_command(tmp_path):
 
 
 def test_validate_one_environment(capsys):
-    assert main(["validate", "--env", "dev", str(REPO / "desired-state")]) == 0
+    assert main(["validate", "--env", "dev", "--repo", str(REPO / "desired-state")]) == 0
     assert capsys.readouterr().out.strip() == "ok: 1 environment, 1 service"
-    assert main(["validate", "--env", "prod", str(REPO / "desired-state")]) == 2
+    assert main(["validate", "--env", "prod", "--repo", str(REPO / "desired-state")]) == 1
     assert "did you mean 'production'?" in capsys.readouterr().out
 
 
@@ -91,23 +92,26 @@ def test_validate_a_commit_of_a_bare_repository(tmp_path, capsys):
     repo.create_commit("HEAD", sig, sig, "bad", repo.index.write_tree(), [])
     bare = tmp_path / "bare.git"
     pygit2.clone_repository(str(work), str(bare), bare=True)
-    assert main(["validate", "--rev", "main", str(bare)]) == 2
+    assert main(["validate", "--rev", "main", "--repo", str(bare)]) == 1
+    assert len(capsys.readouterr().out.splitlines()) == 9
+    # A bare repository has no working tree: without --rev its HEAD is read.
+    assert main(["validate", "--repo", str(bare)]) == 1
     assert len(capsys.readouterr().out.splitlines()) == 9
     # The working tree is fixed but not committed: --rev still sees the commit.
     (work / "environments" / "prod" / "environment.yaml").write_text((REPO / "templates/environments/example/environment.yaml").read_text())
-    assert main(["validate", str(work)]) == 0
-    assert main(["validate", "--rev", "HEAD", str(work)]) == 2
+    assert main(["validate", "--repo", str(work)]) == 0
+    assert main(["validate", "--rev", "HEAD", "--repo", str(work)]) == 1
 
 
 def test_render_shows_defaults_applied(capsys):
-    assert main(["render", "--env", "production", "--service", "web", "--json", str(REPO / "desired-state")]) == 0
+    assert main(["render", "--env", "production", "--service", "web", "--json", "--repo", str(REPO / "desired-state")]) == 0
     web = json.loads(capsys.readouterr().out)
     assert web["hosts"] == ["h1", "h2", "h3"]
     assert web["restart"] == "unless-stopped"  # from reconciler.yaml defaults
     assert web["health"]["successes"] == 2 and web["health"]["deadline"] == 90.0
     assert web["image"].startswith("10.213.0.1:5000/demo/web:v1@sha256:")
-    assert main(["render", "--env", "dev", str(REPO / "desired-state")]) == 0
-    assert "known_hosts: environments/dev/known_hosts" in capsys.readouterr().out
+    assert main(["render", "--env", "dev", "--repo", str(REPO / "desired-state")]) == 0
+    assert "\nknown_hosts: known_hosts\n" in capsys.readouterr().out  # as environment.yaml writes it
 
 
 def test_init_creates_a_valid_committed_repository(tmp_path, capsys):
@@ -116,5 +120,5 @@ def test_init_creates_a_valid_committed_repository(tmp_path, capsys):
     repo = pygit2.Repository(str(target))
     assert not repo.head_is_unborn
     assert "environments/example/environment.yaml" in [e.path for e in repo.index]
-    assert main(["validate", "--rev", "HEAD", str(target)]) == 0
+    assert main(["validate", "--rev", "HEAD", "--repo", str(target)]) == 0
     assert main(["init", str(target)]) == 1  # never over an existing repository

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pygit2
 
+from reconciler import resources
 from reconciler.sandbox.description import Sandbox
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "desired-state"
 DEMO_ENVIRONMENT = "production"
 _IMAGE_RE = re.compile(r"(?P<repo>[\w.:/-]+/demo/web):(?P<tag>[\w.-]+)@sha256:[0-9a-f]{64}")
 _SIGNATURE = pygit2.Signature("reconciler demo", "demo@reconciler.invalid")
@@ -35,9 +35,11 @@ def pin_sandbox(text: str, sandbox: Sandbox) -> str:
     return _IMAGE_RE.sub(repin, text)
 
 
-def prepare_repository(sandbox: Sandbox, destination: Path, example: Path = EXAMPLE) -> str:
-    """Make ``destination`` a git repository holding the example, pinned to
-    the sandbox; commit when that changes anything.  Returns HEAD."""
+def prepare_repository(sandbox: Sandbox, destination: Path, example: Path | None = None) -> str:
+    """Make ``destination`` a git repository holding the example (default:
+    this installation's desired-state/), pinned to the sandbox; commit when
+    that changes anything.  Returns HEAD."""
+    example = resources.path("desired-state") if example is None else example
     if not (destination / ".git").exists():
         destination.mkdir(parents=True, exist_ok=True)
         pygit2.init_repository(str(destination), initial_head="main")

@@ -1,11 +1,14 @@
-"""Command line: parse, call, print.  Each subcommand lives in
-``reconciler/commands/<name>.py`` and exposes ``HELP``, ``add_arguments(parser)``
-and ``run(args) -> int``; this module only dispatches, importing the chosen
-command alone so that ``reconciler validate`` never pays for docker or fabric.
+"""Command line: parse, call, print.
 
-Exit codes: 0 success / in sync, 1 error, 2 changes pending (``plan``) or
-invalid input (``validate``), 3 a deploy failed and was rolled back,
-4 waiting (locked or frozen).
+Each subcommand lives in ``reconciler/cli/commands/<name>.py`` and exposes
+``add_arguments(parser)`` and ``run(args) -> int``; its one-line help is in
+``COMMANDS`` below.  Only the module of the command asked for is imported,
+and a module imports nothing heavy at its top or in ``add_arguments``
+(pygit2, docker, fabric, paramiko, ruamel: inside ``run``), so that
+``reconciler --help`` and ``reconciler X --help`` answer at once
+(tests/test_cli_contract.py checks which modules they load).
+
+Exit codes: one table for every command, ``reconciler.cli.exitcodes``.
 """
 
 from __future__ import annotations
@@ -15,69 +18,74 @@ import importlib
 import sys
 
 from reconciler import __version__
+from reconciler.cli import exitcodes
 from reconciler.errors import ReconcilerError
 
-# name -> module under reconciler.cli.commands.  Listed here, not discovered, so
-# the help text is stable and a stray file cannot become a command.
-COMMANDS = (
-    "sandbox",
-    "validate",
-    "render",
-    "init",
-    "plan",
-    "apply",
-    "status",
-    "rollback",
-    "demo",
-    "run",
-    "lock",
-    "unlock",
-    "history",
-    "promote",
-    "revert",
-    "install-hooks",
-    "db",
-)
+# name -> one-line help.  Listed here, not discovered, so the help text is
+# stable, a stray file cannot become a command, and `reconciler --help`
+# needs no command module at all.
+COMMANDS: dict[str, str] = {
+    "sandbox": "bring the local fleet (hosts, registry, demo images, PostgreSQL) up or down, or show it",
+    "validate": "check the environment repository; print every problem as path:line:col (exit 1 when invalid)",
+    "render": "print an environment or a service with every default applied, in the keys environment.yaml uses",
+    "init": "create a new environment repository (a git repository with one example environment)",
+    "plan": "show what apply would change on the hosts (exit 0 in sync, 10 changes pending)",
+    "apply": "deploy a commit of the environment repository to its hosts, health-gated, rolling back on failure",
+    "status": "show the agent's view (last applied, stalled, frozen, reconciling now) and what runs on each host",
+    "rollback": "restore a retained previous version on all hosts, and commit so that git says so",
+    "demo": "bring up the local fleet and deploy the example environment (desired-state/) to it",
+    "run": "the agent: deploy every push to an environment branch, one reconcile at a time, and watch for drift",
+    "lock": "freeze an environment: the agent deploys nothing there until `reconciler unlock`; without --reason, show locks",
+    "unlock": "lift an environment's freeze; the agent reconciles it at once",
+    "history": "the deployment log from git: every attempt on every commit, who asked, the outcome; --at: what each host ran then",
+    "promote": "commit to the target environment the image a service runs healthy in the source environment (from the notes)",
+    "revert": "commit the revert of COMMIT onto an environment's branch (comments and layout kept)",
+    "install-hooks": "install the hooks: pre-receive validates pushes and refuses rewrites, post-receive nudges the agent",
+    "db": "database backups: list them, restore one (asks first), drill a restore into a scratch database",
+}
 
-EXIT_ERROR = 1
-EXIT_WAITING = 4
+EPILOG = ("exit codes (every command): "
+          + "; ".join(f"{code} {text.split(':')[0]}" for code, text in exitcodes.TABLE)
+          + ".  Settings: /etc/reconciler/reconciler.toml or $RECONCILER_CONFIG.")
 
 
 def _load(name: str):
     return importlib.import_module(f"reconciler.cli.commands.{name.replace('-', '_')}")
 
 
+def _wanted(argv: list[str]) -> str | None:
+    """The command named on the line: the first word that is not an option
+    (the main parser's own options take no value)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="reconciler", description="Make Docker hosts run what an environment repository says.")
+    parser = argparse.ArgumentParser(prog="reconciler", description="Make Docker hosts run what an environment repository says.",
+                                     epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"reconciler {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    # Only import the module of the command actually asked for; the others
-    # get a help line from a light import only when help is requested.
-    wanted = next((a for a in argv if not a.startswith("-")), None)
-    for name in COMMANDS:
-        if wanted is not None and wanted != name and wanted in COMMANDS:
-            sub.add_parser(name)
-            continue
-        try:
+    wanted = _wanted(argv)
+    for name, help_text in COMMANDS.items():
+        command_parser = sub.add_parser(name, help=help_text, description=help_text)
+        if name == wanted:
             module = _load(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != f"reconciler.cli.commands.{name}":
-                raise
-            continue  # command not built yet
-        command_parser = sub.add_parser(name, help=module.HELP, description=module.HELP)
-        module.add_arguments(command_parser)
-        command_parser.set_defaults(_run=module.run)
+            module.add_arguments(command_parser)
+            command_parser.set_defaults(_run=module.run, _parser=command_parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(argv).parse_args(argv)
     try:
-        return int(args._run(args) or 0)
+        args = build_parser(argv).parse_args(argv)
+        from reconciler.cli.commands._common import settle
+
+        return int(args._run(settle(args)) or 0)
+    except SystemExit as exc:  # argparse: --help (0) and usage errors (2)
+        return exc.code if isinstance(exc.code, int) else exitcodes.ERROR
     except ReconcilerError as exc:
         print(f"reconciler: error: {exc}", file=sys.stderr)
-        return EXIT_WAITING if exc.kind == "waiting" else EXIT_ERROR
+        return exitcodes.of_error(exc.kind)
     except KeyboardInterrupt:
         print("reconciler: interrupted", file=sys.stderr)
-        return 130
+        return exitcodes.INTERRUPTED

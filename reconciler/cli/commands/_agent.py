@@ -2,19 +2,24 @@
 
 One resolver (``resolve_state``) decides where the agent's journal, locks
 and status live, for the agent and for every command that reads or writes
-them (``lock``, ``unlock``, ``status``, ``run``), in this order:
+them (``lock``, ``unlock``, ``status``, ``run``, and the engine's commands),
+in this order:
 
 1. ``--state DIR``;
 2. ``$RECONCILER_STATE``;
-3. ``$STATE_DIRECTORY``, which systemd sets for the unit (StateDirectory=);
-4. the agent's pointer, ``<git dir>/reconciler-state``: a small JSON file the
+3. ``state_dir`` in the settings file (``reconciler.cli.config``): the one
+   file the agent and every shell on the machine read alike;
+4. ``$STATE_DIRECTORY``, which systemd sets for the unit (StateDirectory=);
+5. the agent's pointer, ``<git dir>/reconciler-state``: a small JSON file the
    agent writes at start naming its state directory, so that a shell with
    none of the unit's environment still finds it;
-5. ``<git dir>/reconciler``.
+6. ``<git dir>/reconciler``.
 
-Without step 4 the shipped unit's agent read /var/lib/reconciler while
+Without step 5 the shipped unit's agent read /var/lib/reconciler while
 ``reconciler lock`` from a shell wrote ``<git dir>/reconciler``: a freeze
-that froze nothing (issue 10, item 7).
+that froze nothing (issue 10, item 7).  The settings file comes before the
+unit's variable because a shell sees the file too: both sides then agree
+even before the agent has written its pointer.
 """
 
 from __future__ import annotations
@@ -35,13 +40,16 @@ def add_state_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--state",
         default=None,
-        help="agent state: journal, locks, status (default: $RECONCILER_STATE, $STATE_DIRECTORY under systemd, "
-             f"the directory the agent recorded in <git dir>/{POINTER}, else <git dir>/{DEFAULT})",
+        help="agent state: journal, locks, status (default: $RECONCILER_STATE, state_dir in the settings file, "
+             f"$STATE_DIRECTORY under systemd, the directory the agent recorded in <git dir>/{POINTER}, "
+             f"else <git dir>/{DEFAULT})",
     )
 
 
 def add_repo_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--repo", default=os.environ.get("RECONCILER_REPO", "."), help="environment repository, bare or not (default: . or $RECONCILER_REPO)")
+    from reconciler.cli.commands._common import add_repo_argument
+
+    add_repo_argument(parser)
     add_state_argument(parser)
 
 
@@ -77,14 +85,24 @@ def read_pointer(gdir: Path) -> dict | None:
     return doc if isinstance(doc, dict) and isinstance(doc.get("state_dir"), str) else None
 
 
-def resolve_state(gdir: Path, *, explicit: str | None = None, environ: Mapping[str, str] = os.environ) -> StateLocation:
-    """Where the agent's state is, by the one rule every command follows (module docstring)."""
+def resolve_state(gdir: Path, *, explicit: str | None = None, environ: Mapping[str, str] = os.environ,
+                  settings=None) -> StateLocation:
+    """Where the agent's state is, by the one rule every command follows
+    (module docstring).  ``settings`` defaults to the settings file that
+    ``environ`` selects (``reconciler.cli.config.load``)."""
     if explicit:
         return StateLocation(Path(explicit).absolute(), "--state")
-    for name in ("RECONCILER_STATE", "STATE_DIRECTORY"):
-        if environ.get(name):
-            # systemd may list several directories, colon-separated; ours is the first.
-            return StateLocation(Path(environ[name].split(":")[0]).absolute(), f"${name}")
+    if environ.get("RECONCILER_STATE"):
+        return StateLocation(Path(environ["RECONCILER_STATE"]).absolute(), "$RECONCILER_STATE")
+    if settings is None:
+        from reconciler.cli import config
+
+        settings = config.load(environ)
+    if settings.state_dir is not None:
+        return StateLocation(Path(settings.state_dir).absolute(), settings.where("state_dir"))
+    if environ.get("STATE_DIRECTORY"):
+        # systemd may list several directories, colon-separated; ours is the first.
+        return StateLocation(Path(environ["STATE_DIRECTORY"].split(":")[0]).absolute(), "$STATE_DIRECTORY")
     pointer = read_pointer(gdir)
     if pointer is not None:
         path = Path(pointer["state_dir"])

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-from reconciler.cli.commands._common import add_target_arguments, load_target
-
-HELP = "deploy a commit of the environment repository to its hosts, health-gated, rolling back on failure"
-
-EXIT_ROLLED_BACK = 3
+from reconciler.cli.commands._common import add_target_arguments, finish, load_target
 
 
 def add_arguments(parser) -> None:
@@ -33,11 +29,12 @@ def run(args) -> int:
     # A human asking for a commit retries it even if it failed before.
     result = run_engine(ctx, Request(target.environment.name, "deploy", commit=target.revision, trigger="cli",
                                      actor=cli_actor(), force=True))
-    _engine.fail_on(result)
-    return print_result(target, result)
+    code = finish(result, "deploy")
+    print_result(target, result)
+    return code
 
 
-def print_result(target, result) -> int:
+def print_result(target, result) -> None:
     """The closing summary: the outcome, the evidence of a failure, what runs where."""
     from reconciler.core import report
 
@@ -47,7 +44,7 @@ def print_result(target, result) -> int:
         print("apply: nothing to change")
     elif result.result == "declined":
         print("apply: cancelled, nothing changed")
-        return 1
+        return
     else:
         print(f"{target.environment.name} @ {target.revision[:12]}: {result.result} in {outcome.finished - outcome.started:.1f}s")
         if outcome.failure:
@@ -63,4 +60,3 @@ def print_result(target, result) -> int:
         print(f"  {host:<8} UNREACHABLE: not observed after the run; the next reconcile converges it")
     if result.result != "in-sync":
         print(f"recorded in git: note on {(result.new_commit or result.commit or '')[:12]}")
-    return EXIT_ROLLED_BACK if result.result == "rolled-back" else 0

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-
-from reconciler.errors import StalledError
 import json
-import os
 import pathlib
 import secrets
 
-HELP = "database backups: list them, restore one (asks first), drill a restore into a scratch database"
+from reconciler.cli import exitcodes
+from reconciler.cli.commands._common import add_env_argument, add_identity_arguments, add_repo_argument, choose_env, finish
+from reconciler.errors import StalledError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,11 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     restore.add_argument("--yes", action="store_true", help="restore without asking")
     drill = sub.add_parser("drill", help="restore the newest backup into a scratch database and report the time it took")
     for command in (restore, drill):
-        command.add_argument("--env", required=True, help="environment whose database to use")
-        command.add_argument("--repo", default=os.environ.get("RECONCILER_REPO", "."), help="environment repository (default: .)")
+        add_env_argument(command, "environment whose database to use")
+        add_repo_argument(command)
         command.add_argument("--rev", "--commit", dest="rev", default="HEAD", help="commit whose database block to use (default: HEAD)")
-        command.add_argument("--identity", default=os.environ.get("RECONCILER_IDENTITY"),
-                             help="SSH key, when the database is reached through database.via_host")
+        add_identity_arguments(command)  # the SSH key, when the database is reached through database.via_host
     for command in (listing, restore, drill):
         command.add_argument("--store", help="backup store (default: $RECONCILER_BACKUP_DIR or /var/lib/reconciler/backups)")
 
@@ -57,16 +55,17 @@ def _database(args, environment, pins: bytes | None):
     from reconciler.adapters import fleet
     from reconciler.engine.target import pinned_keys_file
     from reconciler.engine.dbphase import database_connection
-    from reconciler.errors import StalledError
 
     hosts = {}
     via = environment.database.via_host
     if via:
         if not args.identity:
-            raise StalledError(f"database.via_host is {via}: pass --identity FILE (or set RECONCILER_IDENTITY) to reach it over SSH")
+            raise StalledError(f"database.via_host is {via}: pass --identity FILE (or set $RECONCILER_IDENTITY, or identity "
+                               f"in the settings file) to reach it over SSH")
         if pins is None:
             raise StalledError(f"{environment.known_hosts} is missing: pin {via}'s key there")
-        hosts = fleet.open_hosts([environment.host(via)], identity_file=args.identity, known_hosts_file=pinned_keys_file(pins))
+        hosts = fleet.open_hosts([environment.host(via)], identity_file=args.identity, known_hosts_file=pinned_keys_file(pins),
+                                 timeout=args.timeout)
     try:
         with database_connection(environment.database, hosts) as dsn:
             yield dsn
@@ -85,8 +84,7 @@ def _load(args):
     """The environment at the commit, and its pinned keys (for via_host)."""
     from reconciler.core import schema
     from reconciler.adapters import source
-    from reconciler.errors import StalledError
-
+    choose_env(args)
     revision = source.head_commit(args.repo, args.rev)
     snapshot = source.snapshot_commit(args.repo, revision)
     if args.env not in schema.list_environments(snapshot):
@@ -142,8 +140,10 @@ def _restore(args) -> int:
         if not via:
             return {}
         if not args.identity:
-            raise StalledError(f"database.via_host is {via}: pass --identity FILE (or set RECONCILER_IDENTITY) to reach it over SSH")
-        return fleet.open_hosts([env.host(via)], identity_file=args.identity, known_hosts_file=known_hosts_file)
+            raise StalledError(f"database.via_host is {via}: pass --identity FILE (or set $RECONCILER_IDENTITY, or identity "
+                               f"in the settings file) to reach it over SSH")
+        return fleet.open_hosts([env.host(via)], identity_file=args.identity, known_hosts_file=known_hosts_file,
+                                timeout=args.timeout)
 
     ctx = Context(repo=git_dir(args.repo), state_dir=_engine.state_dir_for(args), open_hosts=open_hosts,
                   close_hosts=fleet.close_hosts, confirm=confirm, backup_dir=store)
@@ -151,15 +151,15 @@ def _restore(args) -> int:
                                      backup=str(item.path)))
     if result.result == "declined":
         print("db restore: cancelled, nothing changed")
-        return 1
-    _engine.fail_on(result)
+        return exitcodes.ERROR
+    code = finish(result, "restore")
     if result.result != "restored":
         raise StalledError(f"db restore: {result.result} ({result.reason}): {result.message}")
     database = (gitlog_latest(args, revision, environment.name) or {}).get("database", {})
     print(f"fresh backup {database.get('backup')} verified (restore it to undo this)")
     print(f"restored {item.path.name} in {database.get('restore', {}).get('seconds', 0):.1f}s")
     print(f"recorded in git: note on {revision[:12]} ({environment.name})")
-    return 0
+    return code
 
 
 def gitlog_latest(args, revision: str, env: str) -> dict | None:

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import urllib.request
 from pathlib import Path
 
-from reconciler.core import report
-from reconciler.cli.commands._common import load_target
+from reconciler.cli.commands._common import finish, load_target
 from reconciler.cli.commands.apply import print_result, progress_printer
-
-HELP = "bring up the local fleet and deploy the example environment (desired-state/) to it"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,6 +27,7 @@ def answer_of(address: str, port: int, path: str = "/") -> str:
 
 def run(args: argparse.Namespace) -> int:
     from reconciler.cli import demo
+    from reconciler.core import report
     from reconciler.cli.commands import _engine
     from reconciler.engine.recording import cli_actor
     from reconciler.engine.run import Request, run as run_engine
@@ -49,8 +48,8 @@ def run(args: argparse.Namespace) -> int:
     ctx = _engine.context(target_args, target, observers=(progress_printer(),),
                           confirm=lambda plan: print(report.plan_text(plan)) or True)
     result = run_engine(ctx, Request(env.name, "deploy", commit=target.revision, trigger="demo", actor=cli_actor(), force=True))
-    _engine.fail_on(result)
-    code = print_result(target, result)
+    code = finish(result, "deploy")
+    print_result(target, result)
     print("what each host serves:")
     for service in env.services:
         for port in service.ports:
@@ -58,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
                 host = env.host(host_name)
                 print(f"  http://{host.address}:{port.host_port}/  {host_name}/{service.name}: {answer_of(host.address, port.host_port)}")
     print(f"next: edit {repo}/environments/{env.name}/environment.yaml, commit, then\n"
-          f"  .venv/bin/reconciler apply --repo {repo} --env {env.name} --identity {sandbox.identity_file} --yes")
+          f"  {Path(sys.executable).parent / 'reconciler'} apply --repo {repo} --env {env.name} "
+          f"--identity {sandbox.identity_file} --yes")
     return code
 

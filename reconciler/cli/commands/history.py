@@ -6,17 +6,14 @@ import json
 from dataclasses import asdict
 
 from reconciler.cli.commands._agent import git_dir
-
-HELP = "the deployment log from git: every attempt on every commit, who asked, the outcome; --at: what each host ran then"
+from reconciler.cli.commands._common import add_repo_argument, choose_env
 
 
 def add_arguments(parser) -> None:
-    import os
-
-    parser.add_argument("--repo", default=os.environ.get("RECONCILER_REPO", "."), help="environment repository (default: .)")
-    parser.add_argument("--env", help="only this environment")
+    add_repo_argument(parser)
+    parser.add_argument("--env", help="only this environment (--at: optional when the repository has only one)")
     parser.add_argument("--service", help="only commits that changed this service")
-    parser.add_argument("--at", metavar="TIMESTAMP", help="what each host ran at this moment (ISO 8601 or epoch seconds); needs --env")
+    parser.add_argument("--at", metavar="TIMESTAMP", help="what each host ran at this moment (ISO 8601 or epoch seconds), in one environment")
     parser.add_argument("--limit", type=int, default=50)
     parser.add_argument("--json", action="store_true")
 
@@ -24,12 +21,9 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from reconciler.adapters import gitlog
     from reconciler.core import record
-    from reconciler.errors import StalledError
-
     repo = gitlog.open_repo(git_dir(args.repo))
     if args.at:
-        if not args.env:
-            raise StalledError("history --at needs --env")
+        choose_env(args)
         at = gitlog.parse_time(args.at)
         running = {k: v for k, v in gitlog.running_at(repo, args.env, at).items() if not args.service or k[1] == args.service}
         if args.json:

@@ -7,19 +7,19 @@ import shutil
 import sys
 from pathlib import Path
 
-HELP = "create a new environment repository (a git repository with one example environment)"
-
-TEMPLATES = Path(__file__).resolve().parents[3] / "templates"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("directory", help="where to create it (must not exist, or be empty)")
 
 
-def create(directory: Path, templates: Path = TEMPLATES) -> str:
-    """Copy ``templates`` into ``directory``, commit it; return the commit id."""
+def create(directory: Path, templates: Path | None = None) -> str:
+    """Copy ``templates`` (default: this installation's) into ``directory``,
+    commit it; return the commit id."""
     import pygit2
 
+    from reconciler import resources
+
+    templates = resources.path("templates") if templates is None else templates
     if not templates.is_dir():
         raise FileNotFoundError(f"templates not found at {templates}")
     if directory.exists() and any(directory.iterdir()):
@@ -44,5 +44,6 @@ def run(args: argparse.Namespace) -> int:
     except (FileExistsError, FileNotFoundError) as exc:
         print(f"reconciler init: {exc}", file=sys.stderr)
         return 1
-    print(f"created {directory} at {commit[:12]}; next: edit environments/*/environment.yaml, then `reconciler validate {directory}`")
+    print(f"created {directory} at {commit[:12]}; next: edit environments/*/environment.yaml, "
+          f"then `reconciler validate --repo {directory}`")
     return 0

@@ -8,21 +8,20 @@ import sys
 from pathlib import Path
 
 from reconciler.cli.commands._agent import git_dir
-
-HELP = "install the hooks: pre-receive validates pushes and refuses rewrites, post-receive nudges the agent"
+from reconciler.cli.commands._common import add_repo_argument
 
 HOOKS = ("pre-receive", "post-receive")
 
 
 def hooks_source() -> Path:
-    here = Path(__file__).resolve().parents[3] / "hooks"
-    if here.is_dir():
-        return here
-    return Path(sys.prefix) / "share" / "reconciler" / "hooks"
+    """The hooks of this installation (package data: reconciler.resources)."""
+    from reconciler import resources
+
+    return resources.path("hooks")
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("repo", nargs="?", default=os.environ.get("RECONCILER_REPO", "."), help="the (bare) environment repository")
+    add_repo_argument(parser, positional_alias=True)
     parser.add_argument("--socket", help="the agent's nudge socket (default: <git dir>/reconciler.sock)")
     parser.add_argument("--branches", default="*", help="glob of the environment branches to protect (default: every branch)")
     parser.add_argument("--force", action="store_true", help="replace hooks that are not ours")

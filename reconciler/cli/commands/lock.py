@@ -5,13 +5,12 @@ from __future__ import annotations
 import time
 
 from reconciler.cli.commands._agent import add_repo_arguments, state_location
-
-HELP = "freeze an environment: the agent deploys nothing there until `reconciler unlock`; without --reason, show locks"
+from reconciler.cli.commands._common import add_env_positional, choose_env
 
 
 def add_arguments(parser) -> None:
     add_repo_arguments(parser)
-    parser.add_argument("env", nargs="?", help="environment to freeze")
+    add_env_positional(parser, "environment to freeze (with --reason: optional when the repository has only one)")
     parser.add_argument("--reason", help="why (shown to everyone, recorded in status)")
     parser.add_argument("--by", help="who (default: user@host)")
 
@@ -21,14 +20,12 @@ def _when(ts: float) -> str:
 
 
 def run(args) -> int:
-    from reconciler.errors import StalledError
     from reconciler.adapters.locks import Locks
 
     location = state_location(args)
     locks = Locks(location.path)
     if args.reason:
-        if not args.env:
-            raise StalledError("lock: name the environment to freeze")
+        choose_env(args)
         info = locks.freeze(args.env, args.reason, args.by)
         print(f"{args.env}: frozen by {info.by} at {_when(info.since)}: {info.reason}")
         print(f"state: {location.describe()}")

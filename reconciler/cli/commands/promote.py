@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import os
-
 from reconciler.cli.commands._agent import git_dir
-
-HELP = "commit to the target environment the image a service runs healthy in the source environment (from the notes)"
+from reconciler.cli.commands._common import add_repo_argument
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("service")
     parser.add_argument("--from", dest="source", required=True, metavar="ENV")
     parser.add_argument("--to", dest="target", required=True, metavar="ENV")
-    parser.add_argument("--repo", default=os.environ.get("RECONCILER_REPO", "."))
+    add_repo_argument(parser)
 
 
 def run(args) -> int:

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import os
-
 from reconciler.cli.commands._agent import git_dir
-
-HELP = "commit the revert of COMMIT onto an environment's branch (comments and layout kept)"
+from reconciler.cli.commands._common import add_repo_argument
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("commit")
     parser.add_argument("--env", help="onto this environment's branch (default: the branch HEAD names)")
-    parser.add_argument("--repo", default=os.environ.get("RECONCILER_REPO", "."))
+    add_repo_argument(parser)
 
 
 def run(args) -> int:

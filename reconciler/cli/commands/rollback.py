@@ -7,9 +7,7 @@ went back to, so the branch says what runs and the agent does not undo it.
 
 from __future__ import annotations
 
-from reconciler.cli.commands._common import add_target_arguments, load_target
-
-HELP = "restore a retained previous version on all hosts, and commit so that git says so"
+from reconciler.cli.commands._common import add_target_arguments, finish, load_target
 
 
 def add_arguments(parser) -> None:
@@ -20,7 +18,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from reconciler.cli.commands import _engine
-    from reconciler.cli.commands.apply import EXIT_ROLLED_BACK, progress_printer
+    from reconciler.cli.commands.apply import progress_printer
     from reconciler.core import report
     from reconciler.engine.recording import cli_actor
     from reconciler.engine.run import Request, run as run_engine
@@ -30,13 +28,13 @@ def run(args) -> int:
                           confirm=_engine.asker(args, "rollback", "roll back these hosts?", lambda plan: print(report.plan_text(plan))))
     result = run_engine(ctx, Request(target.environment.name, "rollback", commit=target.revision, trigger="cli",
                                      actor=cli_actor(), to_revision=args.to_revision))
-    _engine.fail_on(result)
+    code = finish(result, "rollback")
     if result.result == "declined":
         print("rollback: cancelled, nothing changed")
-        return 1
+        return code
     if result.result == "in-sync":
         print("rollback: every host already runs that version")
-        return 0
+        return code
     print(f"rollback: {result.result}")
     if result.message:
         print(f"failure: {result.message}")
@@ -49,4 +47,4 @@ def run(args) -> int:
         print(f"committed {result.new_commit[:12]}: the branch now says what {target.environment.name} runs")
     elif result.result == "rolled-back" and not result.new_commit:
         print(f"{target.environment.name} is frozen: the hosts differ from the branch head; see `reconciler status`")
-    return 0 if result.result == "rolled-back" else EXIT_ROLLED_BACK
+    return code

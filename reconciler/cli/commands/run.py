@@ -6,25 +6,25 @@ import os
 import signal
 import threading
 
+from reconciler.cli import exitcodes
 from reconciler.cli.commands._agent import add_repo_arguments, git_dir, publish_state, state_location
-
-HELP = "the agent: deploy every push to an environment branch, one reconcile at a time, and watch for drift"
+from reconciler.cli.commands._common import add_identity_arguments, require_identity
 
 
 def add_arguments(parser) -> None:
     add_repo_arguments(parser)
     parser.add_argument("--env", action="append", help="reconcile only this environment (repeatable; default: all on the branch)")
-    parser.add_argument("--identity", default=os.environ.get("RECONCILER_IDENTITY"), help="SSH private key for the hosts (default: $RECONCILER_IDENTITY)")
-    parser.add_argument("--timeout", type=float, default=10.0, help="SSH connect timeout per host, seconds")
+    add_identity_arguments(parser)
     parser.add_argument("--socket", help="nudge socket the post-receive hook writes to (default: <git dir>/reconciler.sock)")
     parser.add_argument("--log-format", choices=("text", "json"), default=os.environ.get("RECONCILER_LOG_FORMAT", "text"))
-    parser.add_argument("--once", action="store_true", help="reconcile each environment once and exit (exit 3 if one rolled back)")
+    parser.add_argument("--once", action="store_true",
+                        help="reconcile each environment once and exit with the worst code (3 one rolled back, 4 one frozen or locked)")
     parser.add_argument("--no-watch", action="store_true", help="do not watch the refs with inotify (nudges and timers only)")
     parser.add_argument("--remote", help="also fetch this remote on a jittered interval (teams whose repository is hosted elsewhere)")
     parser.add_argument("--fetch-interval", type=float, default=60.0)
-    parser.add_argument("--keep-connections", type=float, default=600.0, metavar="SECONDS",
-                        help="keep host connections open this long unused (default 600: across drift checks; "
-                             "each open connection costs a little idle CPU)")
+    parser.add_argument("--keep-connections", type=float, default=None, metavar="SECONDS",
+                        help="keep host connections open this long unused (default: timeouts.keep_connections in the "
+                             "settings file, else 600: across drift checks; each open connection costs a little idle CPU)")
     parser.add_argument("--webhook-port", type=int, help="with --remote: listen on 127.0.0.1:PORT for POST /hook to fetch at once")
 
 
@@ -32,12 +32,10 @@ def run(args) -> int:
     from reconciler.adapters import fleet, gitlog, source
     from reconciler.core import schema
     from reconciler.agent.loop import Agent, EnvLoop, make_logger
-    from reconciler.errors import StalledError
     from reconciler.engine.run import Context, reconcile
     from reconciler.agent.triggers import NudgeSocket, RefWatcher, RemoteTracker, Webhook, default_socket_path
 
-    if not args.identity:
-        raise StalledError("no SSH identity: pass --identity FILE or set RECONCILER_IDENTITY")
+    require_identity(args)
     from reconciler.adapters.liblog import route_library_logs
 
     log = make_logger(args.log_format)
@@ -64,12 +62,12 @@ def run(args) -> int:
         return gitlog.branch_head(repo, gitlog.environment_branch(repo, env))
 
     if args.once:
-        worst = 0
+        codes = []
         for env in environments():
             result = reconcile(ctx, env, reason="manual")
             log("reconcile-end", environment=env, commit=result.commit, result=result.result, kind=result.kind, reason=result.reason, message=result.message or None)
-            worst = max(worst, 3 if result.result == "rolled-back" else 4 if result.kind == "waiting" else 1 if result.kind else 0)
-        return worst
+            codes.append(exitcodes.of_result(result, "deploy"))
+        return exitcodes.worst(codes)
 
     agent = Agent(environments, lambda env: EnvLoop(env, lambda e, reason: reconcile(ctx, e, reason=reason), head, log=log), log)
     stop = threading.Event()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-HELP = "bring the local fleet (hosts, registry, demo images, PostgreSQL) up or down, or show it"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -14,14 +14,12 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from reconciler.adapters import fleet
+# journal and locks are the standard library only; the SSH side (fleet) and
+# the report are imported by run(), so `status --help` stays instant.
 from reconciler.adapters.journal import Status, read_status
 from reconciler.adapters.locks import Freeze, LockInfo, Locks, pid_alive
 from reconciler.cli.commands._agent import StateLocation, add_state_argument, git_dir, read_pointer, state_location
 from reconciler.cli.commands._common import add_target_arguments, load_target
-from reconciler.core import report
-
-HELP = "show the agent's view (last applied, stalled, frozen, reconciling now) and what runs on each host: digest, revision, health, drift"
 
 
 def add_arguments(parser) -> None:
@@ -130,6 +128,9 @@ def agent_view_json(view: AgentView) -> dict:
 
 
 def run(args) -> int:
+    from reconciler.adapters import fleet
+    from reconciler.core import report
+
     target = load_target(args)
     env = target.environment
     view = agent_view(git_dir(args.repo), state_location(args), env.name)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from reconciler.cli.commands._agent import add_repo_arguments, git_dir, state_location
-
-HELP = "lift an environment's freeze; the agent reconciles it at once"
+from reconciler.cli.commands._common import add_env_positional, choose_env
 
 
 def add_arguments(parser) -> None:
     add_repo_arguments(parser)
-    parser.add_argument("env", help="environment to unfreeze")
+    add_env_positional(parser, "environment to unfreeze")
     parser.add_argument("--socket", help="the agent's nudge socket (default: <git dir>/reconciler.sock)")
 
 
@@ -17,6 +16,7 @@ def run(args) -> int:
     from reconciler.adapters.locks import Locks
     from reconciler.agent.triggers import default_socket_path, send_nudge
 
+    choose_env(args)
     location = state_location(args)
     previous = Locks(location.path).unfreeze(args.env)
     if previous is None:
