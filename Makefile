@@ -2,11 +2,12 @@
 # make demo:  set up, bring up the local fleet, deploy the example environment to it.
 # make test:  set up and run the whole test suite (fleet tests included).
 # make bench: set up and run the benchmarks.
+# make wheel: set up and build the installable wheel into dist/ (hooks, templates, unit, example included).
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system demo test bench clean
+.PHONY: setup system demo test bench wheel clean
 
 setup: system $(STAMP)
 
@@ -28,6 +29,10 @@ test: setup
 
 bench: setup
 	$(PY) bench/run.py
+
+# Offline: the virtualenv's setuptools (the test extra pins a modern one).
+wheel: setup
+	$(PY) -m pip wheel -q --no-deps --no-build-isolation --no-index -w dist .
 
 clean:
 	-$(VENV)/bin/reconciler sandbox down

@@ -187,10 +187,10 @@ def test_rollback_command_restores_the_retained_version_on_every_host(fleet, env
     assert containers(fleet, env_repo.env) == before
 
 
-def test_plan_exit_codes_follow_terraform_detailed_exitcode(fleet, env_repo, capsys):
+def test_plan_exit_codes_in_sync_0_changes_pending_10_error_1(fleet, env_repo, capsys):
     env_repo.commit(service(fleet.images["v1"], 18108))
     argv = ["plan", "--repo", str(env_repo.path), "--env", env_repo.env, "--identity", env_repo.identity]
-    assert main(argv) == 2
+    assert main(argv) == 10  # reconciler.cli.exitcodes.CHANGES
     out = capsys.readouterr().out
     assert "+ h1/web: create" in out and fleet.images["v1"] in out
     deploy(env_repo)
