@@ -5,6 +5,7 @@ says, through its class, what the caller should do next (the three kinds
 Flux's controllers carry as data)::
 
     ReconcilerError
+    +-- SourceError           the repository or revision cannot be read
     +-- StalledError          needs a human; do not retry until a new commit
     |   +-- InvalidDesiredState   the environment repository is wrong (file:line:col)
     |   +-- HostKeyMismatch       a host presented a key that is not the pinned one
@@ -13,6 +14,10 @@ Flux's controllers carry as data)::
     |   +-- DeployFailed          health checks failed; rolled back            (blames the commit)
     |   +-- MigrationError        migration files malformed or refused         (blames the commit)
     |   |   +-- MigrationRefused      an expand file is not additive
+    |   +-- ContractRollbackRefused  a release older than a contract that ran (blames the commit)
+    |   +-- BackupFailed          no verified backup: no migration, no deploy
+    |   +-- MigrationFailed       a migration statement failed (says whether half-applied)
+    |   +-- DatabaseError         the database could not be reached or refused a request
     |   +-- RollbackRefused       the rollback lever has no target on some host
     |   +-- RollbackFailed        rolling back failed too: a human must look now
     |   +-- SandboxError          the local fleet could not be set up
@@ -112,6 +117,28 @@ class MigrationError(StalledError):
 
 class MigrationRefused(MigrationError):
     """An expand migration contains a statement that is not additive."""
+
+
+class ContractRollbackRefused(StalledError):
+    """The release is older than a contract migration that already ran."""
+
+    blames_commit = True  # the commit asks for that release: the engine may revert it (policy on_failure)
+
+
+class BackupFailed(StalledError):
+    """A backup could not be taken or does not verify: no migration, no deploy."""
+
+
+class MigrationFailed(StalledError):
+    """A migration statement failed; the message says whether it was half-applied."""
+
+
+class DatabaseError(StalledError):
+    """The database could not be reached or refused a request."""
+
+
+class SourceError(ReconcilerError):
+    """The repository or revision cannot be read (not a repository, unknown revision)."""
 
 
 class RollbackRefused(StalledError):

@@ -57,13 +57,16 @@ def test_restore_round_trip_is_recorded_and_reversible(db_env, capsys):
 
     assert fingerprint(db_env.dsn) == at_backup  # rows before are back, rows after are gone
     assert sql(db_env.dsn, "SELECT count(*) FROM notes WHERE id > 100") == [(0,)]
-    record = gitlog.env_record(gitlog.open_repo(db_env.path), db_env.commit_id, db_env.env)
-    (restore,) = record["restores"]
-    assert restore["backup"] == taken.backup and restore["fresh_backup"]
+    # Through the engine: an attempt of its own on the commit, with who asked.
+    (restore,) = [a for a in gitlog.attempts(gitlog.open_repo(db_env.path), db_env.commit_id, db_env.env)
+                  if a.operation == "restore"]
+    assert (restore.result, restore.trigger) == ("restored", "cli")
+    database = restore.details["database"]
+    assert database["restore"]["backup"] == taken.backup and database["backup"] != taken.backup
     # The fresh backup holds what the restore replaced: the restore can be undone.
-    fresh = [b for b in list_backups(db_env.store) if str(b.path) == restore["fresh_backup"]]
+    fresh = [b for b in list_backups(db_env.store) if str(b.path) == database["backup"]]
     assert len(fresh) == 1
-    assert db(db_env, "restore", restore["fresh_backup"], "--yes") == 0
+    assert db(db_env, "restore", database["backup"], "--yes") == 0
     assert fingerprint(db_env.dsn)[0] == 140
 
 

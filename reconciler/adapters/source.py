@@ -20,14 +20,10 @@ from pathlib import Path
 
 import pygit2
 
-from reconciler.errors import ReconcilerError
+from reconciler.errors import SourceError
 from reconciler.core.schema import MAX_FILE_BYTES, Snapshot
 
 _SKIPPED_DIRS = {".git"}
-
-
-class SourceError(ReconcilerError):
-    """The repository or revision cannot be read (not a repository, unknown revision)."""
 
 
 def snapshot_worktree(path: str | os.PathLike[str], max_bytes: int = MAX_FILE_BYTES) -> Snapshot:

@@ -30,15 +30,9 @@ from typing import Iterable
 
 from reconciler.core.model import Environment
 from reconciler.core.plan import Backup, CheckMigrations, Finding, Migrate, Plan, order_services
-from reconciler.errors import StalledError
+from reconciler.errors import ContractRollbackRefused  # noqa: F401  (ContractRollbackRefused is raised here, defined in the tree)
 
 RESTORE_HINT = ("`reconciler db backups --env ENV`, then `reconciler db restore BACKUP --env ENV`")
-
-
-class ContractRollbackRefused(StalledError):
-    """The release is older than a contract migration that already ran."""
-
-    blames_commit = True  # the commit asks for that release: the engine may revert it (policy on_failure)
 
 
 # ------------------------------------------------------------ images and runs

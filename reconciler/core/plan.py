@@ -394,12 +394,17 @@ def database_steps(desired: Environment, deploys: list[Action], phase: str) -> l
     database = desired.database
     starting = {a.service for a in deploys if isinstance(a, Start)}
     migrating = [s for s in order_services(desired.services) if s.name in starting and s.migrations is not None]
-    if database is None or (not migrating and not (starting and database.backup == "always")):
-        return []
     # The files are read, and a migration command run, on the service's first
     # host that this deploy starts it on: the same host every run, for readable logs.
     first = {s.name: next(h for h in s.hosts if any(isinstance(a, Start) and a.service == s.name and a.host == h for a in deploys))
              for s in migrating}
+    if database is None:
+        # Migrations with nowhere to run them: the check step refuses the
+        # deploy before any container changes (the database steps say why).
+        return [CheckMigrations(first[s.name], s.name, f"check the {phase} migrations {s.image} ships", phase=phase)
+                for s in migrating]
+    if not migrating and not (starting and database.backup == "always"):
+        return []
     name = database.name or "database"
     steps: list[Action] = [
         CheckMigrations(first[s.name], s.name, f"check the {phase} migrations {s.image} ships", phase=phase) for s in migrating

@@ -215,7 +215,8 @@ class DatabaseSteps:
         dsn = self.dsn()
         store = self.store_dir or backup_dir()
         state = migration_state(dsn)
-        found, why = reusable_backup(store, dsn, self.environment.name, self.commit, phase, state)
+        # The fresh backup before a restore must hold the data as it is now: never reused.
+        found, why = reusable_backup(store, dsn, self.environment.name, self.commit, phase, state) if action.reuse else (None, None)
         if found is not None:
             self._backup = found
             self.result = replace(self.result, backup=str(found.path), backup_sha256=found.sha256, backup_reused=True)

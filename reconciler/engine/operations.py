@@ -54,14 +54,18 @@ def plan_for(run: "RunState") -> Plan:
     raise StalledError(f"unknown operation {run.operation!r}")
 
 
-def database_steps(run: "RunState"):
+def database_steps(run: "RunState", observers=()):
     """The object that runs the plan's database steps, or None when it has none."""
     if not any(isinstance(a, DATABASE_STEPS) for a in run.plan.actions):
         return None
     from reconciler.engine import dbphase
     from reconciler.engine import restore
 
-    steps = dbphase.DatabaseSteps(run.environment, run.hosts, run.commit, store_dir=run.ctx.backup_dir)
+    def report(event: str, **fields) -> None:
+        for observer in observers:
+            observer(event, **fields)
+
+    steps = dbphase.DatabaseSteps(run.environment, run.hosts, run.commit, store_dir=run.ctx.backup_dir, report=report)
     if any(isinstance(a, RestoreDatabase) for a in run.plan.actions):
         return restore.WithRestore(steps, run)
     return steps

@@ -65,7 +65,28 @@ def restore_into(dsn: str, dump: pathlib.Path) -> float:
     if result.returncode != 0:
         raise BackupFailed(f"pg_restore of {dump} failed; the database was left as it was (one transaction): "
                            f"{result.stderr.strip()}")
+    _drop_bookkeeping_the_dump_lacks(dsn, dump)
     return round(time.monotonic() - started, 3)
+
+
+def _drop_bookkeeping_the_dump_lacks(dsn: str, dump: pathlib.Path) -> None:
+    """``pg_restore --clean`` leaves tables the dump does not have.  For the
+    product's own tracking tables that would be a lie: a backup from before
+    they existed, restored, must not still list the migrations and contract
+    runs the restore undid."""
+    import psycopg
+    from psycopg import sql
+
+    from reconciler.adapters.db.connection import tool, tool_env
+
+    listing = subprocess.run([tool("pg_restore"), "-l", str(dump)], capture_output=True, text=True, env=tool_env(dsn))
+    in_dump = {line.split()[-2] for line in listing.stdout.splitlines() if " TABLE " in line and not line.startswith(";")}
+    with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+        ours = [row[0] for row in conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename LIKE 'reconciler\\_%'")]
+        for table in ours:
+            if table not in in_dump:
+                conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(table)))
 
 
 class WithRestore:
@@ -79,11 +100,8 @@ class WithRestore:
         if not isinstance(action, RestoreDatabase):
             self.steps.run(action)
             return
-        from reconciler.engine.dbphase import database_connection
-
         item = find_backup(store_of(self.run_state), action.backup)
-        with database_connection(self.run_state.environment.database, self.run_state.hosts) as dsn:
-            seconds = restore_into(dsn, item.path)
+        seconds = restore_into(self.steps.dsn(), item.path)  # the database steps' one connection (or tunnel)
         self.restored = {"backup": str(item.path), "backup_commit": item.commit, "seconds": seconds}
 
     @property

@@ -226,8 +226,9 @@ def execute(run: RunState) -> Result | None:
     run.journal.begin(run.commit, previous_commit=run.status.last_applied, touched=run.carried,
                       operation=run.operation, trigger=run.request.trigger, actor=run.actor)
     run.log("deploy" if run.operation == "deploy" else run.operation, actions=len(run.plan.actions), reason=run.request.trigger)
-    database = operations.database_steps(run)
-    executor = Executor(run.environment, run.hosts, run.commit, observers=recording.observers(run),
+    observers = recording.observers(run)
+    database = operations.database_steps(run, observers)
+    executor = Executor(run.environment, run.hosts, run.commit, observers=observers,
                         database=database, seeds=run.seeds, **run.ctx.executor_options)
     try:
         outcome = executor.apply(run.plan)

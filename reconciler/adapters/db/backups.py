@@ -32,14 +32,10 @@ from dataclasses import dataclass
 import psycopg
 
 from reconciler.adapters.db.connection import database_name, redacted, tool, tool_env
-from reconciler.errors import StalledError
+from reconciler.errors import BackupFailed
 
 _CHUNK = 1 << 20
 _NAME_RE = re.compile(r"^(\d{8}T\d{6}\.\d{3}Z)_([0-9a-f]{1,12}|nocommit)_pre-deploy\.dump$")
-
-
-class BackupFailed(StalledError):
-    """A backup could not be taken or does not verify: no migration, no deploy."""
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import shutil
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from reconciler.errors import StalledError
+from reconciler.errors import DatabaseError
 
 _ENV_KEYS = {
     "host": "PGHOST",
@@ -25,10 +25,6 @@ _ENV_KEYS = {
     "sslmode": "PGSSLMODE",
     "connect_timeout": "PGCONNECT_TIMEOUT",
 }
-
-
-class DatabaseError(StalledError):
-    """The database could not be reached or refused a request."""
 
 
 def database_name(dsn: str) -> str:

@@ -20,7 +20,7 @@ from psycopg import errors as pgerrors
 from psycopg import sql as pgsql
 
 from reconciler.adapters.db.connection import DatabaseError, redacted
-from reconciler.errors import LockHeld, StalledError
+from reconciler.errors import LockHeld, MigrationFailed
 from reconciler.core.migrations import MigrationError, MigrationFile, check_expand, parse_files, split_statements
 
 TABLE = "reconciler_migrations"
@@ -37,10 +37,6 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
 )"""
 # One key for every reconciler of this database: migrations never run twice at once.
 ADVISORY_KEY = 0x7265636F6E63  # "reconc"
-
-
-class MigrationFailed(StalledError):
-    """A migration statement failed; the message says whether it was half-applied."""
 
 
 @dataclass(frozen=True)
