@@ -7,7 +7,9 @@ PACKAGES=(
   docker.io          # dockerd per sandbox host, and the docker CLI for `docker system dial-stdio`
   docker-registry    # the local registry images are pushed to and pulled from by digest
   openssh-server     # sshd per sandbox host
-  openssh-client     # ssh-keygen for identities and host keys
+  openssh-client     # ssh-keygen for identities and host keys, and `ssh-keygen -Y verify` for signed commits
+  gpgv               # OpenPGP commit signatures checked against the agent's keyring
+  gnupg              # gpg --dearmor for an armored keyring; the tests make throw-away keys with it
   busybox-static     # the demo images are built FROM scratch with it
   postgresql         # the database the deploys back up and migrate
   haproxy            # the traffic router per sandbox host (blue-green switches over its Runtime API)
