@@ -96,6 +96,19 @@ def test_turning_the_requirement_off_needs_a_signature_itself(work, keys):
         verify_commit(pygit2.Repository(str(work)), commit, Policy(require_signed=False), trust(keys), previous=REQUIRED)
 
 
+def test_the_previous_policy_is_read_from_the_commit_last_applied(work, keys):
+    from agentrepo import files_for
+    from reconciler.adapters.signed_push import policy_at
+
+    for path, text in files_for().items():
+        (work / path).parent.mkdir(parents=True, exist_ok=True)
+        (work / path).write_text(text.replace("policy:\n", "policy:\n  require_signed: true\n"))
+    git(work, "add", "-A")
+    applied = signed_commit(work, keys, "alice", "signed, requiring signatures")
+    assert policy_at(work, applied, "staging").require_signed is True
+    assert policy_at(work, None, "staging") == Policy()
+
+
 def test_no_trust_root_means_no_required_signature_verifies(work, keys):
     for signer, variable in (("alice", "RECONCILER_ALLOWED_SIGNERS"), ("carol", "RECONCILER_GPG_KEYRING")):
         commit = commit_by(work, keys, signer)

@@ -180,6 +180,17 @@ def test_moving_the_environment_to_a_new_branch_of_its_own_keeps_the_requirement
     assert git(bare, "rev-parse", "--verify", "-q", "refs/heads/staging", check=False).returncode != 0
 
 
+def test_removing_the_environment_takes_a_signed_commit(repos, keys):
+    bare, work = repos
+    before = tip(bare)
+    git(work, "rm", "-q", "-r", "environments/staging")
+    write(work, {"environments/other/environment.yaml": signed_env(required=False), "environments/other/known_hosts": "#\n"})
+    git(work, "add", "-A")
+    removed = signed_commit(work, keys, None, "staging removed")
+    refused(push(work), f"staging: commit {removed[:12]} is not signed")
+    assert tip(bare) == before
+
+
 def test_without_a_trust_root_a_required_signature_cannot_pass(repos, keys):
     bare, work = repos
     git(bare, "config", "--unset", "reconciler.allowedSigners")

@@ -48,6 +48,13 @@ class _Snapshots:
         return Policy() if commit is None else schema.policy_of(self.at(commit), env)
 
 
+def policy_at(repo_path: str | os.PathLike[str], commit: str | None, env: str) -> Policy:
+    """``env``'s policy at ``commit`` as far as it can be read (the model's
+    defaults for None): the agent's ``previous`` for verify_commit, from the
+    commit it last applied."""
+    return _Snapshots(repo_path).policy(commit, env)
+
+
 def _branch_after(repo: pygit2.Repository, env: str, ref: str) -> bool:
     """Whether ``env`` follows ``ref`` once ``ref`` exists (the rule of
     gitlog.environment_branch, with the pushed ref counted as present)."""
@@ -76,12 +83,17 @@ def _current_commit(repo: pygit2.Repository, env: str) -> str | None:
         return None  # HEAD names no branch: the environment follows nothing yet
 
 
-def protected_by(repo_path: str | os.PathLike[str], ref: str, new: str) -> list[str]:
-    """The environments whose policy makes this update need signed commits."""
+def protected_by(repo_path: str | os.PathLike[str], ref: str, old: str | None, new: str) -> list[str]:
+    """The environments whose policy makes this update need signed commits:
+    those at the new commit and those the update removes (deleting an
+    environment is a change to it too)."""
     repo = source.open_repository(repo_path)
     snapshots = _Snapshots(repo_path)
     found = []
-    for env in schema.list_environments(snapshots.at(new)):
+    candidates = set(schema.list_environments(snapshots.at(new)))
+    if old is not None:
+        candidates |= set(schema.list_environments(snapshots.at(old)))
+    for env in sorted(candidates):
         if not _branch_after(repo, env, ref):
             continue
         if snapshots.policy(new, env).require_signed or snapshots.policy(_current_commit(repo, env), env).require_signed:
@@ -114,7 +126,7 @@ def check(repo_path: str | os.PathLike[str], ref: str, old: str, new: str, trust
     if not ref.startswith("refs/heads/") or new == _ZERO:
         return []
     previous = None if old == _ZERO else old
-    envs = protected_by(repo_path, ref, new)
+    envs = protected_by(repo_path, ref, previous, new)
     if not envs:
         return []
     repo = source.open_repository(repo_path)
