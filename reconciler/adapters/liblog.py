@@ -56,6 +56,8 @@ def route_library_logs(log: Log, level: int = logging.WARNING) -> Callable[[], N
     for name in LIBRARIES:
         logger = logging.getLogger(name)
         saved[name] = (logger.level, logger.propagate)
+        for old in [h for h in logger.handlers if isinstance(h, _ToAgentLog)]:
+            logger.removeHandler(old)  # routed once more: the newest log wins, no line twice
         logger.addHandler(handler)
         logger.setLevel(level)  # a library that set its own level (docker-py sets paramiko's) is overridden
         logger.propagate = False
