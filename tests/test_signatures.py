@@ -133,6 +133,18 @@ def test_ssh_verdicts_are_the_same_as_git_verify_commit(work, keys, tmp_path, op
     assert ours == (options == 'namespaces="git"')
 
 
+def test_a_revoked_ssh_key_is_refused_as_git_refuses_it(work, keys, tmp_path):
+    revoked = tmp_path / "revoked"
+    revoked.write_text((keys.root / "alice_ed25519.pub").read_text())
+    commit = commit_by(work, keys, "alice")
+    by_git = git(work, "-c", f"gpg.ssh.allowedSignersFile={keys.allowed_signers}", "-c", f"gpg.ssh.revocationFile={revoked}",
+                 "verify-commit", commit, check=False)
+    assert by_git.returncode != 0
+    with pytest.raises(BadSignature, match="does not verify for alice@example.com"):
+        verify_commit(pygit2.Repository(str(work)), commit, REQUIRED, Trust(keys.allowed_signers, None, revoked))
+    assert verify_commit(pygit2.Repository(str(work)), commit, REQUIRED, Trust(keys.allowed_signers, None)).principal == "alice@example.com"
+
+
 def test_the_trust_root_comes_from_the_option_then_the_environment_then_git_config(work):
     repo = pygit2.Repository(str(work))
     assert Trust.from_environment(repo, environ={}) == Trust()

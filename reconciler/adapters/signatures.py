@@ -10,7 +10,8 @@ shell:
   ``allowed_signers`` file gives the signing key, then ``ssh-keygen -Y verify
   -n git -I PRINCIPAL`` checks the signature for one of them, both with
   ``-Overify-time`` set to the commit's committer time so that a key's
-  ``valid-after``/``valid-before`` in the file are honoured;
+  ``valid-after``/``valid-before`` in the file are honoured, and ``-r`` with
+  the revoked keys file when there is one (git's gpg.ssh.revocationFile);
 - OpenPGP signatures with ``gpgv`` against one dedicated keyring (every key
   in it is trusted, no other keyring and no trust database is consulted),
   read from its machine-readable status lines.
@@ -39,10 +40,12 @@ from reconciler.errors import BadSignature, StalledError, TransientError, Unsign
 
 ENV_ALLOWED_SIGNERS = "RECONCILER_ALLOWED_SIGNERS"
 ENV_GPG_KEYRING = "RECONCILER_GPG_KEYRING"
+ENV_SSH_REVOKED = "RECONCILER_SSH_REVOKED"
 # git config keys of the repository the agent serves (in its config file, not
 # in any commit); git's own gpg.ssh.allowedSignersFile is honoured too.
 CONFIG_ALLOWED_SIGNERS = ("reconciler.allowedSigners", "gpg.ssh.allowedSignersFile")
 CONFIG_GPG_KEYRING = ("reconciler.gpgKeyring",)
+CONFIG_SSH_REVOKED = ("reconciler.sshRevoked", "gpg.ssh.revocationFile")
 
 _SSH_ARMOR = b"-----BEGIN SSH SIGNATURE-----"
 _PGP_ARMOR = b"-----BEGIN PGP SIGNATURE-----"
@@ -57,10 +60,12 @@ class Trust:
 
     allowed_signers: Path | None = None  # OpenSSH allowed_signers (ssh-keygen(1) ALLOWED SIGNERS)
     gpg_keyring: Path | None = None  # an OpenPGP keyring: `gpg --export` output, binary or armored
+    ssh_revoked: Path | None = None  # revoked SSH keys (ssh-keygen -Y verify -r), as gpg.ssh.revocationFile
 
     @classmethod
     def from_environment(cls, repo: pygit2.Repository | None = None, environ: Mapping[str, str] = os.environ,
-                         allowed_signers: str | None = None, gpg_keyring: str | None = None) -> "Trust":
+                         allowed_signers: str | None = None, gpg_keyring: str | None = None,
+                         ssh_revoked: str | None = None) -> "Trust":
         """Explicit paths (an agent option), else the environment variables,
         else the repository's git config."""
 
@@ -79,7 +84,8 @@ class Trust:
             return None
 
         return cls(pick(allowed_signers, ENV_ALLOWED_SIGNERS, CONFIG_ALLOWED_SIGNERS),
-                   pick(gpg_keyring, ENV_GPG_KEYRING, CONFIG_GPG_KEYRING))
+                   pick(gpg_keyring, ENV_GPG_KEYRING, CONFIG_GPG_KEYRING),
+                   pick(ssh_revoked, ENV_SSH_REVOKED, CONFIG_SSH_REVOKED))
 
 
 @dataclass(frozen=True)
@@ -176,10 +182,13 @@ def _verify_ssh(signature: bytes, payload: bytes, when: int, trust: Trust, what:
                 raise BadSignature(f"{what}: signed by an SSH key the agent does not trust ({key.group(0) if key else 'unknown key'}): "
                                    f"no principal in {signers} has it")
             raise BadSignature(f"{what}: the SSH signature is not valid: {_last_line(found.stderr or intact.stderr)}")
+        if trust.ssh_revoked is not None and not trust.ssh_revoked.is_file():
+            raise BadSignature(f"{what}: the revoked SSH keys file {trust.ssh_revoked} does not exist")
+        revoked = ["-r", str(trust.ssh_revoked)] if trust.ssh_revoked is not None else []
         failures = []
         for principal in principals:
-            checked = _run(["ssh-keygen", "-Y", "verify", "-n", "git", "-f", str(signers), "-I", principal, "-s", str(sig_file), verify_time],
-                           payload, what)
+            checked = _run(["ssh-keygen", "-Y", "verify", "-n", "git", "-f", str(signers), "-I", principal, "-s", str(sig_file),
+                            *revoked, verify_time], payload, what)
             good = _SSH_GOOD.search(checked.stdout.decode("utf-8", "replace"))
             if checked.returncode == 0 and good:
                 return Signer("ssh", good.group("fpr"), good.group("principal"))

@@ -21,6 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ref", required=True, help="the updated ref, e.g. refs/heads/main")
     parser.add_argument("--allowed-signers", help="trusted SSH keys (default: $RECONCILER_ALLOWED_SIGNERS, git config reconciler.allowedSigners)")
     parser.add_argument("--gpg-keyring", help="trusted OpenPGP keys (default: $RECONCILER_GPG_KEYRING, git config reconciler.gpgKeyring)")
+    parser.add_argument("--ssh-revoked", help="revoked SSH keys (default: $RECONCILER_SSH_REVOKED, git config reconciler.sshRevoked "
+                                              "or gpg.ssh.revocationFile)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -28,7 +30,8 @@ def run(args: argparse.Namespace) -> int:
     from reconciler.adapters.signatures import Trust
 
     repo = source.open_repository(args.repo)
-    trust = Trust.from_environment(repo, allowed_signers=args.allowed_signers, gpg_keyring=args.gpg_keyring)
+    trust = Trust.from_environment(repo, allowed_signers=args.allowed_signers, gpg_keyring=args.gpg_keyring,
+                                   ssh_revoked=args.ssh_revoked)
     refusals = signed_push.check(args.repo, args.ref, args.old, args.new, trust)
     for line in refusals:
         print(line)
