@@ -83,6 +83,7 @@ class Attempt:
     failed_check: tuple[str, str, str] | None = None  # host, service, check
     revert_commit: str | None = None
     superseded_by: str | None = None
+    signer: str = ""  # who signed the commit, verified against the agent's trust root ("" unsigned or unchecked)
     details: Mapping[str, Any] = field(default_factory=dict)  # database phase, contract, restore: JSON values only
 
     def __post_init__(self) -> None:

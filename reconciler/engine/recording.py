@@ -108,7 +108,8 @@ def attempt(run: "RunState", result: str, reason: str, message: str = "", *, com
         serving=tuple(steps) + tuple(final_serving(environment, observed, now) if environment else ()),
         evidence=tuple(outcome.evidence) if outcome else (),
         failed_check=tuple(failed_check) if failed_check else None,
-        revert_commit=revert, details=dict(details or {}),
+        revert_commit=revert, signer=run.signer if (commit or run.commit) == run.commit else "",
+        details=dict(details or {}),
     )
 
 

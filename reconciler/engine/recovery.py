@@ -14,6 +14,7 @@ The journal's phase says how far the dead run got:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
@@ -23,7 +24,7 @@ from reconciler.core import model
 from reconciler.core.model import Environment, ObservedHost
 from reconciler.core.plan import Plan, Resume
 from reconciler.engine.executor import Executor, Touched
-from reconciler.errors import InvalidDesiredState
+from reconciler.errors import InvalidDesiredState, ReconcilerError
 
 if TYPE_CHECKING:
     from reconciler.engine.run import RunState
@@ -48,6 +49,33 @@ def load_desired(run: "RunState", commit: str) -> tuple[Environment, str]:
         tmp.write_bytes(pins)
         os.replace(tmp, path)
     return environment, str(path)
+
+
+def verified_signer(run: "RunState") -> str:
+    """Who signed the commit (verified), or ""; raises when policy requires a
+    signature that is missing or does not verify.  Turning the requirement
+    off takes a signed commit too: the last applied commit's policy counts."""
+    from reconciler.adapters import signatures
+
+    previous = None
+    if not run.environment.policy.require_signed and run.status.last_applied not in (None, run.commit):
+        previous = _policy_at(str(run.ctx.repo), run.status.last_applied, run.env)
+    trust = run.ctx.trust or signatures.Trust.from_environment(run.repo)
+    signer = signatures.verify_commit(run.repo, run.commit, run.environment.policy, trust,
+                                      previous=previous, environment=run.env)
+    return str(signer) if signer else ""
+
+
+@functools.lru_cache(maxsize=64)
+def _policy_at(repo: str, commit: str, env: str):
+    """The environment's policy at ``commit`` (commits do not change: cached), or None."""
+    from reconciler.adapters import source
+    from reconciler.core import schema
+
+    try:
+        return schema.load_environment(source.snapshot_commit(repo, commit), env).policy
+    except (ReconcilerError, KeyError, ValueError):
+        return None  # gone, unreadable or invalid: only the commit's own policy can say
 
 
 def finish_interrupted(run: "RunState", interrupted: JournalState) -> tuple[TouchedRecord, ...]:

@@ -77,6 +77,7 @@ class Context:
     observers: tuple[Callable[..., None], ...] = ()  # extra watchers of the steps (the CLI's progress board)
     confirm: Callable[[Plan], bool] | None = None  # asked before anything changes; False declines
     backup_dir: Path | None = None
+    trust: Any = None  # signatures.Trust: the keys commits may be signed with (default: from the environment)
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,7 @@ class RunState:
         self.drift_interval: float | None = None
         self.serving: list[dict] = []
         self.actor = request.actor or recording.agent_actor()
+        self.signer: str = ""
 
     def log(self, event: str, **fields: Any) -> None:
         self.ctx.log(event, environment=self.env, commit=fields.pop("commit", self.commit), **fields)
@@ -192,6 +194,10 @@ def load(run: RunState) -> Result | None:
 
 
 def gate(run: RunState) -> Result | None:
+    if run.operation == "deploy":
+        # A commit whose signature policy.require_signed wants and does not
+        # verify is refused, whoever asks (UnsignedCommit, BadSignature).
+        run.signer = recovery.verified_signer(run)
     if (run.operation == "deploy" and run.commit == run.status.stalled_commit and not run.carried
             and not run.request.force):
         return run.result("skipped", "stalled", run.status.reason or "HealthCheckFailed",

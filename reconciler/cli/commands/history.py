@@ -57,6 +57,8 @@ def run(args) -> int:
             who = f" by {a.actor}" if a.actor else ""
             trigger = f" ({a.trigger})" if a.trigger else ""
             print(f"    {a.environment}: {op}{a.result} {gitlog.iso(a.finished or a.started)}{who}{trigger}")
+            if a.signer:
+                print(f"        signed by {a.signer}")
             if a.message:
                 print(f"        {a.reason + ': ' if a.reason and a.reason not in a.message else ''}{a.message.splitlines()[0]}")
             if a.revert_commit:
