@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/run.py                 # everything (make bench)
     .venv/bin/python bench/run.py --only noop,deploy --reps 2
+    .venv/bin/python bench/run.py --only startup  # the CLI's start-up alone: no fleet needed
     .venv/bin/python bench/run.py --drop-db       # drop the cached backup databases and exit
 
 Each figure is ``ours / baseline`` with both measured in this run.  A missed
@@ -25,11 +26,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import REPO, Row, log, table  # noqa: E402
 
-FIGURES = ("noop", "deploy", "rollback", "backup", "agent", "peer")
+FIGURES = ("startup", "noop", "deploy", "rollback", "backup", "agent", "peer")
 
 
 def _figure(name: str, args) -> list[Row]:
     reps = args.reps
+    if name == "startup":
+        from bench import cli_startup
+
+        return cli_startup.run(reps=reps or 20)
     if name == "noop":
         from bench import noop
 
