@@ -16,6 +16,9 @@ import sys
 import time
 from pathlib import Path
 
+if not __package__:  # run as a script: python bench/cli_startup.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from bench.common import REPO, Row, log, median, ms, ratio_row
 
 HELP_TARGET = 0.150  # seconds, issue 13
@@ -64,3 +67,10 @@ def run(reps: int = 20) -> list[Row]:
         validate,
     ]
 
+
+
+if __name__ == "__main__":
+    # `python bench/cli_startup.py [REPS]`: this figure alone, as bench/run.py prints it.
+    from bench.common import table
+
+    print(table(run(int(sys.argv[1]) if len(sys.argv) > 1 else 20)))
