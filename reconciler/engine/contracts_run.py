@@ -11,23 +11,18 @@ next drift check.
 
 from __future__ import annotations
 
-import dataclasses
-from typing import TYPE_CHECKING
-
 from reconciler.adapters import gitlog
 from reconciler.core.contracts import next_contract_in, plan_contract
 from reconciler.core.plan import Plan
-
-if TYPE_CHECKING:
-    from reconciler.engine.run import Result, RunState
+from reconciler.engine.state import RunState
 
 
-def _wants_contracts(run: "RunState") -> bool:
+def _wants_contracts(run: RunState) -> bool:
     env = run.environment
     return env.database is not None and any(s.migrations and s.migrations.allow_contract for s in env.services)
 
 
-def _observe(run: "RunState"):
+def _observe(run: RunState):
     from reconciler.engine.contract import observe_contracts
 
     env = run.environment
@@ -35,29 +30,16 @@ def _observe(run: "RunState"):
     return observe_contracts(env, run.hosts, since, run.ctx.clock())
 
 
-def plan(run: "RunState") -> Plan:
+def plan(run: RunState) -> Plan:
     return plan_contract(run.environment, _observe(run), run.commit)
 
 
-def after_deploy(run: "RunState", result: "Result") -> "Result":
-    """A release just deployed healthy: its contracts' soak starts now; ask to come back when it ends."""
-    if result.result != "deployed" or not _wants_contracts(run):
-        return result
-    return dataclasses.replace(result, requeue_after=next_contract_in(run.environment, _observe(run)))
-
-
-def after_in_sync(run: "RunState", result: "Result") -> "Result":
+def due(run: RunState) -> tuple[Plan | None, float | None]:
+    """The contract plan to run now (None: nothing due), and the seconds until the next soak ends."""
     if not _wants_contracts(run):
-        return result
-    from reconciler.engine.run import execute
-
+        return None, None
     view = _observe(run)
     contract = plan_contract(run.environment, view, run.commit)
     for finding in contract.findings:
         run.log("contract-waiting", service=finding.service, detail=finding.detail)
-    wait = next_contract_in(run.environment, view)
-    if contract.in_sync:
-        return dataclasses.replace(result, requeue_after=wait)
-    run.operation, run.plan, run.serving = "contract", contract, []
-    run.started = run.ctx.clock()
-    return dataclasses.replace(execute(run), requeue_after=wait)
+    return (None if contract.in_sync else contract), next_contract_in(run.environment, view)

@@ -11,19 +11,16 @@ environment is frozen instead, with a reason that says why and what to do.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
 
 import pygit2
 
 from reconciler.adapters import gitlog
 from reconciler.adapters.locks import Locks
 from reconciler.core.plan import Restore
-
-if TYPE_CHECKING:
-    from reconciler.engine.run import RunState
+from reconciler.engine.state import RunState
 
 
-def restored_revisions(run: "RunState") -> set[str]:
+def restored_revisions(run: RunState) -> set[str]:
     revisions = set()
     for action in run.plan.actions:
         if isinstance(action, Restore):
@@ -32,7 +29,7 @@ def restored_revisions(run: "RunState") -> set[str]:
     return revisions
 
 
-def make_git_say_what_runs(run: "RunState") -> str | None:
+def make_git_say_what_runs(run: RunState) -> str | None:
     """The commit that now describes the hosts (a new one, or the head when
     its files already say it); None when the environment had to be frozen."""
     revisions = restored_revisions(run)

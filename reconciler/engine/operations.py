@@ -1,4 +1,4 @@
-"""What each operation plans, and what a run that finds nothing to do does.
+"""What each operation plans, and what a run that finds nothing to do records.
 
 deploy    ``plan_deploy`` (with Resume steps for a dead run's half-done work);
 rollback  ``plan_rollback``: a retained container back on every host, refused
@@ -9,14 +9,12 @@ contract  the contract migrations whose soak is over (``core.contracts``).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 from reconciler.core.plan import DATABASE_STEPS, Plan, RestoreDatabase, plan_deploy, plan_restore, plan_rollback
 from reconciler.engine import recovery
 from reconciler.errors import RollbackRefused, StalledError
-
-if TYPE_CHECKING:
-    from reconciler.engine.run import Result, RunState
+from reconciler.engine.state import Result, RunState
 
 
 def observe(hosts: Mapping[str, Any]) -> dict:
@@ -25,7 +23,7 @@ def observe(hosts: Mapping[str, Any]) -> dict:
     return fleet.observe_all(hosts)
 
 
-def plan_for(run: "RunState") -> Plan:
+def plan_for(run: RunState) -> Plan:
     env, observed = run.environment, run.observed
     if run.operation == "deploy":
         interrupted = run.interrupted if run.carried else None
@@ -54,7 +52,7 @@ def plan_for(run: "RunState") -> Plan:
     raise StalledError(f"unknown operation {run.operation!r}")
 
 
-def database_steps(run: "RunState", observers=()):
+def database_steps(run: RunState, observers=()):
     """The object that runs the plan's database steps, or None when it has none."""
     if not any(isinstance(a, DATABASE_STEPS) for a in run.plan.actions):
         return None
@@ -71,16 +69,10 @@ def database_steps(run: "RunState", observers=()):
     return steps
 
 
-def in_sync(run: "RunState") -> "Result":
+def in_sync(run: RunState) -> Result:
     """Nothing to change: say so, and give contracts their turn."""
     from reconciler.engine import recording
 
     if run.operation == "rollback":
         return run.result("in-sync", None, "AlreadyThere", "every host already runs that version")
-    drifted = bool(run.plan.findings)
-    result = recording.in_sync(run, drifted)
-    if run.operation == "deploy":
-        from reconciler.engine import contracts_run
-
-        return contracts_run.after_in_sync(run, result)
-    return result
+    return recording.in_sync(run, drifted=bool(run.plan.findings))

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 from reconciler.adapters import gitlog
 from reconciler.adapters.journal import (PHASE_FINISHED, PHASE_RECORDING, PHASE_ROLLING_BACK, Journal, JournalState,
@@ -26,16 +26,10 @@ from reconciler.adapters.journal import (PHASE_FINISHED, PHASE_RECORDING, PHASE_
 from reconciler.core import model
 from reconciler.core.record import Attempt, Serving
 from reconciler.errors import InvalidDesiredState, ReconcilerError
-
-if TYPE_CHECKING:
-    from reconciler.engine.executor import Executor, Outcome
-    from reconciler.engine.run import Result, RunState
+from reconciler.engine.executor import Executor, Outcome
+from reconciler.engine.state import Result, RunState
 
 LOG_FIELDS = ("step", "host", "service", "error", "hosts", "reason")
-
-
-def agent_actor() -> str:
-    return f"agent {socket.gethostname()}:{os.getpid()}"
 
 
 def cli_actor() -> str:
@@ -65,7 +59,7 @@ def serving_observer(sink: list[dict]):
     return observe
 
 
-def observers(run: "RunState") -> tuple:
+def observers(run: RunState) -> tuple:
     def log(event: str, **fields: Any) -> None:
         if event not in ("touched",):
             run.log(f"step-{event}", **{k: v for k, v in fields.items() if k in LOG_FIELDS + ("image", "state")})
@@ -89,8 +83,8 @@ def final_serving(environment, observed: Mapping[str, Any] | None, at: float) ->
     return out
 
 
-def attempt(run: "RunState", result: str, reason: str, message: str = "", *, commit: str | None = None,
-            environment=None, observed=None, outcome: "Outcome | None" = None, failed_check=None,
+def attempt(run: RunState, result: str, reason: str, message: str = "", *, commit: str | None = None,
+            environment=None, observed=None, outcome: Outcome | None = None, failed_check=None,
             revert: str | None = None, details: Mapping[str, Any] | None = None, operation: str | None = None,
             serving: Iterable[dict] | None = None, started: float | None = None, trigger: str | None = None,
             actor: str | None = None) -> Attempt:
@@ -113,13 +107,13 @@ def attempt(run: "RunState", result: str, reason: str, message: str = "", *, com
     )
 
 
-def write(run: "RunState", item: Attempt) -> None:
+def write(run: RunState, item: Attempt) -> None:
     gitlog.append_attempt(run.repo, item, gitlog.agent_signature(run.ctx.agent_name, run.ctx.agent_email))
     run.log("outcome", commit=item.commit, result=item.result, operation=item.operation, reason=item.reason,
             failure=item.message.splitlines()[0] if item.message else None)
 
 
-def status(run: "RunState", *, commit: str | None = None, result: str, applied: bool = False, stalled: bool = False,
+def status(run: RunState, *, commit: str | None = None, result: str, applied: bool = False, stalled: bool = False,
            reason: str = "", message: str | None = None) -> None:
     commit = commit or run.commit
     previous = read_status(run.ctx.state_dir, run.env)
@@ -133,7 +127,7 @@ def status(run: "RunState", *, commit: str | None = None, result: str, applied: 
     write_status(run.ctx.state_dir, run.status)
 
 
-def _revert(run: "RunState", commit: str, why: str, environment=None) -> str | None:
+def _revert(run: RunState, commit: str, why: str, environment=None) -> str | None:
     environment = environment or run.environment
     if environment is None or environment.policy.on_failure != "revert":
         return None
@@ -147,7 +141,7 @@ def _revert(run: "RunState", commit: str, why: str, environment=None) -> str | N
 # ---------------------------------------------------------------- how runs end
 
 
-def supersede(run: "RunState") -> tuple[str, ...]:
+def supersede(run: RunState) -> tuple[str, ...]:
     since = run.status.last_attempted
     paths = gitlog.environment_paths(run.env)
     skipped = [c for c in gitlog.commits_between(run.repo, since, run.commit)
@@ -158,13 +152,13 @@ def supersede(run: "RunState") -> tuple[str, ...]:
     return tuple(marked)
 
 
-def _new_outcome(run: "RunState", result: str, reason: str) -> bool:
+def _new_outcome(run: RunState, result: str, reason: str) -> bool:
     """False when the commit's newest attempt already says this (a retry of the same error)."""
     last = gitlog.latest(run.repo, run.commit, run.env)
     return last is None or (last.result, last.reason, last.operation) != (result, reason, run.operation)
 
 
-def invalid(run: "RunState", exc: InvalidDesiredState) -> "Result":
+def invalid(run: RunState, exc: InvalidDesiredState) -> Result:
     if _new_outcome(run, "failed", "InvalidDesiredState"):
         write(run, attempt(run, "failed", "InvalidDesiredState", str(exc)))
     if run.operation == "deploy":
@@ -172,7 +166,7 @@ def invalid(run: "RunState", exc: InvalidDesiredState) -> "Result":
     return run.result("failed", "stalled", "InvalidDesiredState", str(exc))
 
 
-def not_started(run: "RunState", exc: ReconcilerError, *, journaled: bool = False, database=None) -> "Result":
+def not_started(run: RunState, exc: ReconcilerError, *, journaled: bool = False, database=None) -> Result:
     """The run stopped before any host changed: refused (stalled) or an error to retry."""
     reason = type(exc).__name__
     refused = exc.kind == "stalled"
@@ -190,7 +184,7 @@ def not_started(run: "RunState", exc: ReconcilerError, *, journaled: bool = Fals
     return run.result(result, exc.kind, reason, str(exc), revert_commit=revert)
 
 
-def in_sync(run: "RunState", drifted: bool) -> "Result":
+def in_sync(run: RunState, drifted: bool) -> Result:
     reason = "Drifted" if drifted else "ReconciliationSucceeded"
     if run.interrupted is not None and run.carried:
         run.journal.begin(run.commit, previous_commit=run.status.last_applied, operation=run.operation)
@@ -211,7 +205,7 @@ def in_sync(run: "RunState", drifted: bool) -> "Result":
     return run.result("in-sync", None, reason, observed=run.observed)
 
 
-def from_journal(run: "RunState", state: JournalState, environment, observed) -> None:
+def from_journal(run: RunState, state: JournalState, environment, observed) -> None:
     """Write the outcome a dead run had decided (or a finished recovery decided)."""
     result = state.result or "rolled-back"
     reason = "HealthCheckFailed" if state.health else ("ReconciliationSucceeded" if result == "deployed" else "DeployInterrupted")
@@ -230,8 +224,8 @@ def from_journal(run: "RunState", state: JournalState, environment, observed) ->
 SUCCESS = {"deploy": "deployed", "rollback": "rolled-back", "restore": "restored", "contract": "contracted"}
 
 
-def finished(run: "RunState", executor: "Executor", outcome: "Outcome", *, database=None,
-             rollback_failed: bool = False) -> "Result":
+def finished(run: RunState, executor: Executor, outcome: Outcome, *, database=None,
+             rollback_failed: bool = False) -> Result:
     """The plan ran: record what happened."""
     from reconciler.adapters import fleet
     from reconciler.engine import lever
@@ -263,7 +257,7 @@ def finished(run: "RunState", executor: "Executor", outcome: "Outcome", *, datab
                       unreachable=tuple(unreachable), new_commit=new_commit)
 
 
-def verdict(operation: str, outcome: "Outcome", health, rollback_failed: bool = False) -> tuple[str, str | None, str]:
+def verdict(operation: str, outcome: Outcome, health, rollback_failed: bool = False) -> tuple[str, str | None, str]:
     """(result, kind, reason) of a run whose plan was executed."""
     if rollback_failed:
         return "failed", "stalled", "RollbackFailed"

@@ -17,7 +17,7 @@ import dataclasses
 import functools
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+from typing import Mapping
 
 from reconciler.adapters.journal import PHASE_RECORDING, PHASE_ROLLING_BACK, JournalState, TouchedRecord
 from reconciler.core import model
@@ -25,12 +25,10 @@ from reconciler.core.model import Environment, ObservedHost
 from reconciler.core.plan import Plan, Resume
 from reconciler.engine.executor import Executor, Touched
 from reconciler.errors import InvalidDesiredState, ReconcilerError
-
-if TYPE_CHECKING:
-    from reconciler.engine.run import RunState
+from reconciler.engine.state import RunState
 
 
-def load_desired(run: "RunState", commit: str) -> tuple[Environment, str]:
+def load_desired(run: RunState, commit: str) -> tuple[Environment, str]:
     """The environment at ``commit`` and its pinned keys, written where paramiko reads them."""
     from reconciler.adapters import source
     from reconciler.core import schema
@@ -51,7 +49,7 @@ def load_desired(run: "RunState", commit: str) -> tuple[Environment, str]:
     return environment, str(path)
 
 
-def verified_signer(run: "RunState") -> str:
+def verified_signer(run: RunState) -> str:
     """Who signed the commit (verified), or ""; raises when policy requires a
     signature that is missing or does not verify.  Turning the requirement
     off takes a signed commit too: the last applied commit's policy counts."""
@@ -78,7 +76,7 @@ def _policy_at(repo: str, commit: str, env: str):
         return None  # gone, unreadable or invalid: only the commit's own policy can say
 
 
-def finish_interrupted(run: "RunState", interrupted: JournalState) -> tuple[TouchedRecord, ...]:
+def finish_interrupted(run: RunState, interrupted: JournalState) -> tuple[TouchedRecord, ...]:
     """Complete or carry the dead run; returns the touched records carried into this one."""
     from reconciler.engine import recording
 
@@ -94,14 +92,14 @@ def finish_interrupted(run: "RunState", interrupted: JournalState) -> tuple[Touc
     return interrupted.touched
 
 
-def roll_back_carried(run: "RunState") -> None:
+def roll_back_carried(run: RunState) -> None:
     """The new commit does not load, but the dead run changed hosts: put them back."""
     if run.interrupted is not None:
         _finish_rollback(run, run.interrupted)
         run.carried = ()
 
 
-def _finish_rollback(run: "RunState", interrupted: JournalState) -> None:
+def _finish_rollback(run: RunState, interrupted: JournalState) -> None:
     from reconciler.engine import recording
 
     run.journal.adopt()

@@ -11,16 +11,14 @@ from __future__ import annotations
 import pathlib
 import subprocess
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from reconciler.core.plan import Action, RestoreDatabase
 from reconciler.errors import StalledError
-
-if TYPE_CHECKING:
-    from reconciler.engine.run import RunState
+from reconciler.engine.state import RunState
 
 
-def store_of(run: "RunState") -> pathlib.Path:
+def store_of(run: RunState) -> pathlib.Path:
     from reconciler.engine.dbphase import backup_dir
 
     return pathlib.Path(run.ctx.backup_dir) if run.ctx.backup_dir else backup_dir()
@@ -35,7 +33,7 @@ def find_backup(store: pathlib.Path, name: str):
     raise StalledError(f"no backup {name!r} in {store} (one with a sidecar); list them with `reconciler db backups`")
 
 
-def check_backup(run: "RunState", name: str | None):
+def check_backup(run: RunState, name: str | None):
     from reconciler.adapters.db import verify
     from reconciler.adapters.db.connection import database_name
     from reconciler.engine.dbphase import database_connection
@@ -92,7 +90,7 @@ def _drop_bookkeeping_the_dump_lacks(dsn: str, dump: pathlib.Path) -> None:
 class WithRestore:
     """The database steps, plus RestoreDatabase."""
 
-    def __init__(self, steps: Any, run: "RunState") -> None:
+    def __init__(self, steps: Any, run: RunState) -> None:
         self.steps, self.run_state = steps, run
         self.restored: dict = {}
 

@@ -24,80 +24,18 @@ what the caller does next (None ready; stalled, waiting, transient).
 from __future__ import annotations
 
 import dataclasses
-import time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Callable
 
 from reconciler.adapters import gitlog
-from reconciler.adapters.journal import Journal, JournalState, TouchedRecord, read_status
+from reconciler.adapters.journal import read_status
 from reconciler.adapters.locks import Locks
 from reconciler.core.model import Environment
-from reconciler.core.plan import Plan
-from reconciler.engine import operations, recording, recovery
-from reconciler.engine.executor import Executor, HostDriver, Outcome, Touched
+from reconciler.engine import contracts_run, operations, recording, recovery
+from reconciler.engine.executor import Executor, Outcome
+from reconciler.engine.state import Context, OpenHosts, Request, Result, RunState
 from reconciler.errors import InvalidDesiredState, LockHeld, ReconcilerError, RollbackFailed
 
-Log = Callable[..., None]
-OpenHosts = Callable[[Environment, str], Mapping[str, HostDriver]]
-
-
-def _quiet(event: str, **fields: Any) -> None:
-    pass
-
-
-@dataclass(frozen=True)
-class Request:
-    """What one run is asked to do."""
-
-    environment: str
-    operation: str = "deploy"  # deploy | rollback | restore | contract
-    commit: str | None = None  # None: the environment branch's head
-    trigger: str = "manual"  # push, drift, retry, start, cli, api ...
-    actor: str = ""  # who asked; the agent's own runs say agent
-    to_revision: str | None = None  # rollback: the revision to go back to
-    backup: str | None = None  # restore: the backup to restore
-    force: bool = False  # retry a commit that failed before
-
-
-@dataclass(frozen=True)
-class Context:
-    """Everything a run needs from outside; tests swap the host side."""
-
-    repo: Path
-    state_dir: Path
-    open_hosts: OpenHosts
-    close_hosts: Callable[[Mapping[str, HostDriver]], None] = lambda hosts: None
-    log: Log = _quiet
-    clock: Callable[[], float] = time.time
-    journal_hook: Callable[[str], None] | None = None
-    agent_name: str | None = None
-    agent_email: str | None = None
-    executor_options: dict = field(default_factory=dict)  # clock/sleep for the health waits
-    observers: tuple[Callable[..., None], ...] = ()  # extra watchers of the steps (the CLI's progress board)
-    confirm: Callable[[Plan], bool] | None = None  # asked before anything changes; False declines
-    backup_dir: Path | None = None
-    trust: Any = None  # signatures.Trust: the keys commits may be signed with (default: from the environment)
-
-
-@dataclass(frozen=True)
-class Result:
-    environment: str
-    commit: str | None
-    result: str  # an Attempt result, or skipped, frozen, locked, declined
-    kind: str | None = None  # None when ready; else stalled, waiting, transient
-    reason: str = "ReconciliationSucceeded"
-    message: str = ""
-    revert_commit: str | None = None
-    superseded: tuple[str, ...] = ()
-    drift_interval: float | None = None  # the environment's policy, for the agent's timer
-    requeue_after: float | None = None  # run again then (a contract's soak ends)
-    plan: Plan | None = None
-    outcome: Outcome | None = None
-    observed: Mapping[str, Any] | None = None  # the hosts after the run
-    unreachable: tuple[str, ...] = ()  # hosts not observed after the run
-    new_commit: str | None = None  # the commit a rollback made so that git says what runs
-
+__all__ = ["Context", "Request", "Result", "RunState", "fleet_opener", "reconcile", "run"]
 
 def run(ctx: Context, request: Request) -> Result:
     """Run ``request`` under the environment's lock; never raises ReconcilerError."""
@@ -129,38 +67,6 @@ def run(ctx: Context, request: Request) -> Result:
     except LockHeld as exc:
         frozen = locks.frozen(env) is not None
         return Result(env, commit, "frozen" if frozen else "locked", "waiting", "Frozen" if frozen else "LockHeld", str(exc))
-
-
-class RunState:
-    """One run's state as the steps fill it in."""
-
-    def __init__(self, ctx: Context, request: Request, repo, branch: str, commit: str) -> None:
-        self.ctx, self.request, self.repo, self.branch, self.commit = ctx, request, repo, branch, commit
-        self.env = request.environment
-        self.operation = request.operation
-        self.status = read_status(ctx.state_dir, self.env)
-        self.journal = Journal(ctx.state_dir, self.env, clock=ctx.clock, hook=ctx.journal_hook)
-        self.started = ctx.clock()
-        self.interrupted: JournalState | None = None
-        self.carried: tuple[TouchedRecord, ...] = ()
-        self.environment: Environment | None = None
-        self.pins: str | None = None
-        self.hosts: Mapping[str, HostDriver] | None = None
-        self.observed: dict = {}
-        self.plan: Plan | None = None
-        self.seeds: tuple[Touched, ...] = ()
-        self.superseded: tuple[str, ...] = ()
-        self.drift_interval: float | None = None
-        self.serving: list[dict] = []
-        self.actor = request.actor or recording.agent_actor()
-        self.signer: str = ""
-
-    def log(self, event: str, **fields: Any) -> None:
-        self.ctx.log(event, environment=self.env, commit=fields.pop("commit", self.commit), **fields)
-
-    def result(self, result: str, kind: str | None, reason: str, message: str = "", **more: Any) -> Result:
-        return Result(self.env, self.commit, result, kind, reason, message, superseded=self.superseded,
-                      plan=self.plan, **more)
 
 
 # ---------------------------------------------------------------- the steps
@@ -217,8 +123,18 @@ def plan(run: RunState) -> Result | None:
     run.plan = operations.plan_for(run)
     for finding in run.plan.findings:
         run.log("finding", host=finding.host, service=finding.service, kind=finding.kind, detail=finding.detail)
-    if run.plan.in_sync:
-        return operations.in_sync(run)
+    if not run.plan.in_sync:
+        return None
+    result = operations.in_sync(run)
+    if run.operation != "deploy":
+        return result
+    # In sync: contract migrations get their turn (the release has been
+    # running).  One that is due runs now, as this run's own operation.
+    contract, wait = contracts_run.due(run)
+    if contract is None:
+        return dataclasses.replace(result, requeue_after=wait)
+    run.operation, run.plan, run.serving, run.started = "contract", contract, [], run.ctx.clock()
+    run.requeue_after = wait
     return None
 
 
@@ -249,11 +165,10 @@ def execute(run: RunState) -> Result | None:
         if database is not None:
             database.close()
     result = recording.finished(run, executor, outcome, database=database)
-    if run.operation == "deploy":
-        from reconciler.engine import contracts_run
-
-        result = contracts_run.after_deploy(run, result)
-    return result
+    if run.operation == "deploy" and result.result == "deployed":
+        # The release's contracts start their soak now: come back when it ends.
+        result = dataclasses.replace(result, requeue_after=contracts_run.due(run)[1])
+    return dataclasses.replace(result, requeue_after=result.requeue_after or run.requeue_after)
 
 
 STEPS: tuple[Callable[[RunState], Result | None], ...] = (recover, load, gate, connect, plan, confirm, execute)
