@@ -9,7 +9,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from reconciler.adapters import fleet as hosts_fleet
 from reconciler.adapters.db import backup, verify
-from reconciler.adapters.db.tunnel import tunnel_for
+from reconciler.adapters.db.images import tunnel_for
 from reconciler.core.model import Host
 from tests.dbfleet import columns, create_database, drop_database, make_db_env_repo, migrating_image, sql, web
 from tests.envrepo import remove_containers, serving

@@ -301,7 +301,7 @@ def database_connection(database: Database, hosts: Mapping[str, Any]) -> Iterato
     if not database.via_host:
         yield dsn
         return
-    from reconciler.adapters.db.tunnel import tunnel_for
+    from reconciler.adapters.db.images import tunnel_for
 
     with tunnel_for(dsn, hosts, database.via_host) as tunnel:
         yield tunnel.dsn(dsn)

@@ -23,9 +23,11 @@ from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 import docker.errors
 import paramiko
 import requests.exceptions
+from psycopg.conninfo import conninfo_to_dict
 
 from reconciler.adapters.db.connection import DatabaseError
 from reconciler.adapters.db.migrate import MigrationFailed
+from reconciler.adapters.db.tunnel import Tunnel
 from reconciler.core.contracts import ImageFacts
 from reconciler.core.migrations import MigrationError
 from reconciler.core.model import ImageRef
@@ -161,8 +163,6 @@ class EngineDatabaseHost:
         return self.driver.read_secret_file(path)
 
     def open_tunnel(self, address: str, port: int):
-        from reconciler.adapters.db.tunnel import Tunnel
-
         what = f"open a tunnel to the database at {address}:{port}"
         if hasattr(self.driver, "open_channel"):
             # The driver's: a lost connection is reopened for the next client connection.
@@ -214,3 +214,15 @@ def files_in_tar(data: bytes) -> list[tuple[str, str]]:
                 handle = tar.extractfile(member)
                 out.append((parts[1], handle.read().decode("utf-8") if handle else ""))
     return out
+
+
+def tunnel_for(dsn: str, hosts, via_host: str) -> Tunnel:
+    """A tunnel to the DSN's server through ``via_host``'s open connection."""
+    driver = hosts.get(via_host)
+    if driver is None:
+        raise DatabaseError(f"database.via_host {via_host} is not one of the hosts opened for this run")
+    params = conninfo_to_dict(dsn)
+    address = params.get("host") or "127.0.0.1"
+    if str(address).startswith("/"):
+        raise DatabaseError(f"database.via_host needs a TCP address in the DSN, not the socket directory {address}")
+    return database_host(driver).open_tunnel(str(address), int(params.get("port") or 5432))

@@ -22,9 +22,8 @@ from typing import Any, Callable
 
 import paramiko
 
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import make_conninfo
 
-from reconciler.adapters.db.connection import DatabaseError
 from reconciler.errors import HostUnreachable
 
 _CHUNK = 65536
@@ -103,17 +102,3 @@ class Tunnel:
         finally:
             channel.close()
             client.close()
-
-
-def tunnel_for(dsn: str, hosts, via_host: str) -> Tunnel:
-    """A tunnel to the DSN's server through ``via_host``'s open connection."""
-    driver = hosts.get(via_host)
-    if driver is None:
-        raise DatabaseError(f"database.via_host {via_host} is not one of the hosts opened for this run")
-    params = conninfo_to_dict(dsn)
-    address = params.get("host") or "127.0.0.1"
-    if str(address).startswith("/"):
-        raise DatabaseError(f"database.via_host needs a TCP address in the DSN, not the socket directory {address}")
-    from reconciler.adapters.db.images import database_host
-
-    return database_host(driver).open_tunnel(str(address), int(params.get("port") or 5432))
