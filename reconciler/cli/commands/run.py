@@ -25,7 +25,16 @@ def add_arguments(parser) -> None:
     parser.add_argument("--keep-connections", type=float, default=None, metavar="SECONDS",
                         help="keep host connections open this long unused (default: timeouts.keep_connections in the "
                              "settings file, else 600: across drift checks; each open connection costs a little idle CPU)")
-    parser.add_argument("--webhook-port", type=int, help="with --remote: listen on 127.0.0.1:PORT for POST /hook to fetch at once")
+    parser.add_argument("--webhook-port", type=int, help="with --remote: listen on PORT for POST /hook to fetch at once")
+    parser.add_argument("--webhook-address", default="127.0.0.1",
+                        help="where the webhook listens (default 127.0.0.1; beyond loopback only with --webhook-secret-file)")
+    parser.add_argument("--webhook-secret-file", default=os.environ.get("RECONCILER_WEBHOOK_SECRET_FILE"),
+                        help="the forge's webhook secret (GitHub/Gitea HMAC, GitLab token); unsigned requests get 401")
+    parser.add_argument("--allowed-signers", help="OpenSSH allowed_signers for policy.require_signed "
+                                                  "(default: $RECONCILER_ALLOWED_SIGNERS, git config reconciler.allowedSigners)")
+    parser.add_argument("--gpg-keyring", help="OpenPGP keyring for policy.require_signed "
+                                              "(default: $RECONCILER_GPG_KEYRING, git config reconciler.gpgKeyring)")
+    parser.add_argument("--ssh-revoked", help="revoked SSH signing keys (ssh-keygen -Y verify -r)")
 
 
 def run(args) -> int:
@@ -33,9 +42,13 @@ def run(args) -> int:
     from reconciler.core import schema
     from reconciler.agent.loop import Agent, EnvLoop, make_logger
     from reconciler.engine.run import Context, reconcile
+    from reconciler.adapters import signatures
     from reconciler.agent.triggers import NudgeSocket, RefWatcher, RemoteTracker, Webhook, default_socket_path
+    from reconciler.agent.webhook_auth import read_secret
 
     require_identity(args)
+    # Read before anything starts: a bad secret file fails the agent at once.
+    secret = read_secret(args.webhook_secret_file) if args.webhook_secret_file else None
     from reconciler.adapters.liblog import route_library_logs
 
     log = make_logger(args.log_format)
@@ -50,7 +63,10 @@ def run(args) -> int:
     # Connections stay open between reconciles: a drift check then costs
     # an Engine API call per host, not an SSH handshake.
     connections = fleet.ConnectionCache(identity_file=args.identity, timeout=args.timeout, idle=args.keep_connections)
-    ctx = Context(repo=gdir, state_dir=state, open_hosts=connections.open, close_hosts=connections.release, log=log)
+    trust = signatures.Trust.from_environment(gitlog.open_repo(gdir), allowed_signers=args.allowed_signers,
+                                              gpg_keyring=args.gpg_keyring, ssh_revoked=args.ssh_revoked)
+    ctx = Context(repo=gdir, state_dir=state, open_hosts=connections.open, close_hosts=connections.release, log=log,
+                  trust=trust)
 
     def environments() -> list[str]:
         if args.env:
@@ -74,10 +90,11 @@ def run(args) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     agent.refresh()
-    sock = NudgeSocket(args.socket or default_socket_path(gdir), agent.trigger).start()
+    sock = NudgeSocket(args.socket or default_socket_path(gdir), agent.trigger, repo_dir=gdir).start()
     watcher = None if args.no_watch else RefWatcher(gdir, agent.trigger).start()
     tracker = RemoteTracker(gdir, args.remote, args.fetch_interval, log).start() if args.remote else None
-    webhook = Webhook(args.webhook_port, tracker.poke).start() if tracker and args.webhook_port else None
+    webhook = (Webhook(args.webhook_port, tracker.poke, args.webhook_address, secret=secret, log=log).start()
+               if tracker and args.webhook_port else None)
     log("agent-started", repo=str(gdir), state=str(state), state_source=location.source, socket=str(sock.path), pid=os.getpid())
     try:
         stop.wait()  # blocks; the loops and triggers run in their threads
