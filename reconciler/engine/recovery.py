@@ -66,14 +66,11 @@ def verified_signer(run: RunState) -> str:
 
 @functools.lru_cache(maxsize=64)
 def _policy_at(repo: str, commit: str, env: str):
-    """The environment's policy at ``commit`` (commits do not change: cached), or None."""
-    from reconciler.adapters import source
-    from reconciler.core import schema
+    """The environment's policy at ``commit`` as far as it can be read, even
+    when that commit does not validate (commits do not change: cached)."""
+    from reconciler.adapters.signed_push import policy_at
 
-    try:
-        return schema.load_environment(source.snapshot_commit(repo, commit), env).policy
-    except (ReconcilerError, KeyError, ValueError):
-        return None  # gone, unreadable or invalid: only the commit's own policy can say
+    return policy_at(repo, commit, env)
 
 
 def finish_interrupted(run: RunState, interrupted: JournalState) -> tuple[TouchedRecord, ...]:
