@@ -24,7 +24,7 @@ from reconciler.core import model
 from reconciler.core.model import Environment, ObservedHost
 from reconciler.core.plan import Plan, Resume
 from reconciler.engine.executor import Executor, Touched
-from reconciler.errors import InvalidDesiredState, ReconcilerError
+from reconciler.errors import InvalidDesiredState
 from reconciler.engine.state import RunState
 
 
