@@ -76,3 +76,26 @@ def test_the_cli_is_held_to_the_same_policy(tmp_path, world, work, keys):
     unsigned = signed_commit(work, keys, None, "unsigned")
     result = run(signed_context(tmp_path, world, keys), Request("staging", commit=unsigned, trigger="cli", actor="ann (cli)", force=True))
     assert (result.result, result.reason) == ("refused", "UnsignedCommit") and serving(world) is None
+
+
+def test_the_agents_revert_of_a_failed_signed_release_is_signed_with_its_key_and_trusted(tmp_path, world, work, keys):
+    from agentrepo import DIGEST3
+
+    write(work, required=True)
+    signed_commit(work, keys, "alice", "web v1")
+    ctx = dataclasses.replace(signed_context(tmp_path, world, keys), signing_key=str(keys.ssh["alice"]))
+    assert reconcile(ctx, "staging").result == "deployed"
+    env = work / "environments" / "staging" / "environment.yaml"
+    env.write_text(env.read_text().replace("web:v1@sha256:" + "1" * 64, "web:v3@" + DIGEST3))
+    git(work, "add", "-A")
+    bad = signed_commit(work, keys, "alice", "web v3, never healthy")
+    result = reconcile(ctx, "staging")
+    assert result.result == "rolled-back" and result.revert_commit
+    repo = gitlog.open_repo(work)
+    signature, _ = repo[result.revert_commit].gpg_signature
+    assert signature is not None and b"BEGIN SSH SIGNATURE" in signature
+    assert f"This reverts commit {bad}" in repo[result.revert_commit].message
+    # The revert is what runs, and it passes the same signature policy.
+    after = reconcile(ctx, "staging")
+    assert after.result == "in-sync", after
+    assert gitlog.latest(repo, result.revert_commit, "staging").signer.startswith("alice@example.com")

@@ -162,6 +162,7 @@ def revert_failed(
     base: str | None,
     why: str,
     signature: pygit2.Signature | None = None,
+    signing_key: str | None = None,
 ) -> str | None:
     """Commit onto ``branch_ref`` the environment's files as they were at ``base``.
 
@@ -184,11 +185,12 @@ def revert_failed(
         f"This reverts commit {failed}.\n"
     )
     return set_environment_to(repo, env=env, branch_ref=branch_ref, head=failed, source=base,
-                              message=message, signature=signature)
+                              message=message, signature=signature, signing_key=signing_key)
 
 
 def set_environment_to(repo: pygit2.Repository, *, env: str, branch_ref: str, head: str, source: str,
-                       message: str, signature: pygit2.Signature | None = None) -> str | None:
+                       message: str, signature: pygit2.Signature | None = None,
+                       signing_key: str | None = None) -> str | None:
     """A commit on ``branch_ref`` (which must still be at ``head``) whose
     ``env`` paths are those of ``source``; None when nothing would change or
     the branch moved (a push won)."""
@@ -211,10 +213,36 @@ def set_environment_to(repo: pygit2.Repository, *, env: str, branch_ref: str, he
     if tree == head_commit.tree.id:
         return None
     sig = signature or agent_signature()
+    if signing_key:
+        return _signed_commit(repo, branch_ref, sig, message, tree, head_commit.id, signing_key)
     try:
         new = repo.create_commit(branch_ref, sig, sig, message, tree, [head_commit.id])
     except (pygit2.GitError, ValueError):
         return None  # the branch moved between our check and the update: a push won
+    return str(new)
+
+
+def _signed_commit(repo: pygit2.Repository, branch_ref: str, sig: pygit2.Signature, message: str, tree,
+                   parent: pygit2.Oid, signing_key: str) -> str | None:
+    """The commit, signed with the agent's SSH key as `git commit -S` with
+    gpg.format=ssh signs (``ssh-keygen -Y sign -n git``), so that
+    policy.require_signed trusts the agent's own reverts once its key is in
+    allowed_signers."""
+    import subprocess
+
+    content = repo.create_commit_string(sig, sig, message, tree, [parent])
+    signed = subprocess.run(["ssh-keygen", "-q", "-Y", "sign", "-n", "git", "-f", signing_key],
+                            input=content.encode(), capture_output=True, timeout=30)
+    if signed.returncode != 0:
+        raise StalledError(f"signing the agent's commit with {signing_key} failed: "
+                           f"{signed.stderr.decode(errors='replace').strip() or 'ssh-keygen exit ' + str(signed.returncode)}")
+    new = repo.create_commit_with_signature(content, signed.stdout.decode(), "gpgsig")
+    # The branch moves only if it still points at the parent (a push wins);
+    # the check and the move are not one operation, but the window is the
+    # length of two reference reads.
+    if branch_head(repo, branch_ref) != str(parent):
+        return None
+    repo.references[branch_ref].set_target(new, f"reconciler: {message.splitlines()[0]}")
     return str(new)
 
 

@@ -47,7 +47,8 @@ def make_git_say_what_runs(run: RunState) -> str | None:
                f"{source[:12]} back in service on {hosts}; this commit makes the branch\n"
                f"say what {run.env} runs.\n")
     new = gitlog.set_environment_to(run.repo, env=run.env, branch_ref=run.branch, head=run.commit, source=source,
-                                    message=message, signature=gitlog.agent_signature(run.ctx.agent_name, run.ctx.agent_email))
+                                    message=message, signature=gitlog.agent_signature(run.ctx.agent_name, run.ctx.agent_email),
+                                    signing_key=run.ctx.signing_key)
     if new is not None:
         run.log("rollback-commit", new_commit=new, source=source)
         return new

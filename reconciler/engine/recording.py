@@ -132,7 +132,8 @@ def _revert(run: RunState, commit: str, why: str, environment=None) -> str | Non
     if environment is None or environment.policy.on_failure != "revert":
         return None
     revert = gitlog.revert_failed(run.repo, env=run.env, branch_ref=run.branch, failed=commit, base=run.status.last_applied,
-                                  why=why, signature=gitlog.agent_signature(run.ctx.agent_name, run.ctx.agent_email))
+                                  why=why, signature=gitlog.agent_signature(run.ctx.agent_name, run.ctx.agent_email),
+                                  signing_key=run.ctx.signing_key)
     if revert:
         run.log("reverted", revert=revert)
     return revert

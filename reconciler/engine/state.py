@@ -55,6 +55,7 @@ class Context:
     confirm: Callable[[Plan], bool] | None = None  # asked before anything changes; False declines
     backup_dir: Path | None = None
     trust: Any = None  # signatures.Trust: the keys commits may be signed with (default: from the environment)
+    signing_key: str | None = None  # the SSH key the agent signs its own commits (reverts, rollbacks) with
 
 
 @dataclass(frozen=True)

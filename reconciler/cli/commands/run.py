@@ -35,6 +35,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--gpg-keyring", help="OpenPGP keyring for policy.require_signed "
                                               "(default: $RECONCILER_GPG_KEYRING, git config reconciler.gpgKeyring)")
     parser.add_argument("--ssh-revoked", help="revoked SSH signing keys (ssh-keygen -Y verify -r)")
+    parser.add_argument("--signing-key", default=os.environ.get("RECONCILER_SIGNING_KEY"),
+                        help="SSH private key the agent signs its revert commits with (put its public key in allowed_signers)")
 
 
 def run(args) -> int:
@@ -66,7 +68,7 @@ def run(args) -> int:
     trust = signatures.Trust.from_environment(gitlog.open_repo(gdir), allowed_signers=args.allowed_signers,
                                               gpg_keyring=args.gpg_keyring, ssh_revoked=args.ssh_revoked)
     ctx = Context(repo=gdir, state_dir=state, open_hosts=connections.open, close_hosts=connections.release, log=log,
-                  trust=trust)
+                  trust=trust, signing_key=args.signing_key)
 
     def environments() -> list[str]:
         if args.env:
