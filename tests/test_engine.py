@@ -98,3 +98,59 @@ def test_a_never_healthy_release_is_recorded_per_host_while_it_served(tmp_path, 
     broken_at = next(s.at for s in attempt.serving if s.image == str(BAD))
     assert gitlog.running_at(repo, "staging", broken_at)[("h1", "web")].image == str(BAD)
     assert gitlog.running_at(repo, "staging", attempt.finished)[("h1", "web")].image == str(V1)
+
+
+def test_a_lever_killed_at_any_journal_step_never_leaves_a_record_that_lies(tmp_path):
+    """Kill `reconciler rollback` at every journal write; the agent's next run
+    converges, and git's record matches what the host runs then."""
+    from fakes import World
+    from test_agent_reconcile import Killed, _fresh_world
+
+    def setup(base):
+        world = _fresh_world()
+        repo = init_repo(base)
+        commit(repo, files_for(), "web v1")
+        reconcile(context(base, world), "staging")
+        commit(repo, files_for(DIGEST2, tag="v2"), "web v2")
+        reconcile(context(base, world), "staging")
+        return world, repo
+
+    base = tmp_path / "count"
+    world, repo = setup(base)
+    writes: list[str] = []
+    run(dataclasses.replace(context(base, world), journal_hook=writes.append), Request("staging", "rollback", trigger="cli"))
+    assert len(writes) > 4
+    for n in range(1, len(writes) + 1):
+        base = tmp_path / f"kill{n}"
+        world, repo = setup(base)
+        count = [0]
+
+        def kill(what, n=n):
+            count[0] += 1
+            if count[0] == n:
+                raise Killed(what)
+
+        try:
+            run(dataclasses.replace(context(base, world), journal_hook=kill), Request("staging", "rollback", trigger="cli"))
+        except Killed:
+            pass
+        Locks(base / "state").release("staging")  # the kernel would have: same pid here
+        result = reconcile(context(base, world), "staging")
+        assert Journal(base / "state", "staging").unfinished() is None, n
+        running = serving(world)
+        head = gitlog.branch_head(repo, "refs/heads/main")
+        frozen = Locks(base / "state").frozen("staging")
+        levers = [a for entry in gitlog.history(repo, env="staging") for a in entry.attempts if a.operation == "rollback"]
+        if running == (str(V1), "running"):
+            # The lever took effect: git says so (its commit) or the environment is frozen saying why.
+            assert frozen is not None or repo[head].message.startswith("Roll back staging"), (n, result)
+            assert [a.result for a in levers] == ["rolled-back"], n
+        else:
+            assert running == (str(V2), "running"), (n, running)
+            assert all(a.result != "rolled-back" for a in levers), (n, levers)
+
+
+def init_repo(base):
+    from agentrepo import init
+
+    return init(base / "env.git", bare=True)

@@ -21,6 +21,7 @@ import socket
 from typing import Any, Iterable, Mapping
 
 from reconciler.adapters import gitlog
+from reconciler.adapters.locks import Locks
 from reconciler.adapters.journal import (PHASE_FINISHED, PHASE_RECORDING, PHASE_ROLLING_BACK, Journal, JournalState,
                                          Status, TouchedRecord, read_status, write_status)
 from reconciler.core import model
@@ -209,10 +210,26 @@ def in_sync(run: RunState, drifted: bool) -> Result:
 def from_journal(run: RunState, state: JournalState, environment, observed) -> None:
     """Write the outcome a dead run had decided (or a finished recovery decided)."""
     result = state.result or "rolled-back"
-    reason = "HealthCheckFailed" if state.health else ("ReconciliationSucceeded" if result == "deployed" else "DeployInterrupted")
+    message = state.failure or ""
+    if state.operation == "deploy":
+        reason = ("HealthCheckFailed" if state.health else
+                  "ReconciliationSucceeded" if result == "deployed" else "DeployInterrupted")
+    elif result == "deployed":
+        # The lever, a restore or a contract had finished its steps.
+        result, reason = SUCCESS[state.operation], "ReconciliationSucceeded"
+        if state.operation == "rollback":
+            # Its commit (git saying what runs) was not made: freeze, so the
+            # agent does not undo the rollback, and say why.
+            why = (f"rolled back by {state.actor or 'the lever'}; the agent restarted before committing what runs: "
+                   "commit the desired state the hosts run (or revert), then unlock")
+            Locks(run.ctx.state_dir, clock=run.ctx.clock).freeze(run.env, why, by=state.actor or run.actor)
+            message = why
+    else:
+        # A lever or restore whose own steps failed and were undone: it did not happen.
+        result, reason = "failed", "HealthCheckFailed" if state.health else "Interrupted"
     revert = (_revert(run, state.commit, f"failed the {state.health[2]} check on {state.health[0]}", environment)
-              if state.health else None)
-    item = attempt(run, result, reason, state.failure or "", commit=state.commit, environment=environment, observed=observed,
+              if state.health and state.operation == "deploy" else None)
+    item = attempt(run, result, reason, message, commit=state.commit, environment=environment, observed=observed,
                    failed_check=state.health, revert=revert, details=state.details, operation=state.operation,
                    serving=state.serving(), started=state.started, trigger=state.trigger, actor=state.actor or run.actor)
     write(run, item)
@@ -220,6 +237,22 @@ def from_journal(run: RunState, state: JournalState, environment, observed) -> N
         status(run, commit=state.commit, result=result, applied=result == "deployed", stalled=bool(state.health),
                reason=reason, message=state.failure)
     run.journal.phase(PHASE_FINISHED)
+
+
+DATABASE_EVENTS = ("db-check", "db-backup", "db-migrate", "db-contract", "Backup", "Migrate", "RestoreDatabase")
+
+
+def interrupted_before_containers(run: RunState, state: JournalState) -> None:
+    """A dead run that changed no container may still have backed up or
+    migrated the database: if so, git says so (no record says it did not happen)."""
+    done = [r for r in state.records if r.get("event") == "done" and r.get("step") in DATABASE_EVENTS and r.get("reason")]
+    if not done:
+        return
+    what = "; ".join(f"{r['step']}: {r['reason']}" for r in done)
+    item = Attempt(environment=run.env, commit=state.commit, result="error", operation=state.operation, reason="Interrupted",
+                   message=f"the agent stopped before any container changed, after: {what}", trigger=state.trigger,
+                   actor=state.actor, run_id=state.run_id, started=state.started, finished=run.ctx.clock())
+    write(run, item)
 
 
 SUCCESS = {"deploy": "deployed", "rollback": "rolled-back", "restore": "restored", "contract": "contracted"}

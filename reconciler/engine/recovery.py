@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Mapping
 
-from reconciler.adapters.journal import PHASE_RECORDING, PHASE_ROLLING_BACK, JournalState, TouchedRecord
+from reconciler.adapters.journal import PHASE_FINISHED, PHASE_RECORDING, PHASE_ROLLING_BACK, JournalState, TouchedRecord
 from reconciler.core import model
 from reconciler.core.model import Environment, ObservedHost
 from reconciler.core.plan import Plan, Resume
@@ -84,6 +84,19 @@ def finish_interrupted(run: RunState, interrupted: JournalState) -> tuple[Touche
         run.journal.adopt()
         environment, _ = load_desired(run, interrupted.commit)
         recording.from_journal(run, run.journal.load(), environment, observed=None)
+        return ()
+    if interrupted.operation != "deploy" and interrupted.touched:
+        # A lever or restore that died half-way: undone, and recorded as not done.
+        _finish_rollback(run, interrupted)
+        return ()
+    if not interrupted.touched:
+        # It died before changing any container: nothing to carry or undo;
+        # but what it did to the database is said in git.
+        from reconciler.engine import recording
+
+        run.journal.adopt()
+        recording.interrupted_before_containers(run, interrupted)
+        run.journal.phase(PHASE_FINISHED, result="error", failure="interrupted before any container changed")
         return ()
     run.serving.extend(interrupted.serving())  # what it served stays in the timeline
     return interrupted.touched

@@ -82,6 +82,9 @@ def recover(run: RunState) -> Result | None:
     run.log("recover", phase=run.interrupted.phase, interrupted=run.interrupted.commit)
     run.carried = recovery.finish_interrupted(run, run.interrupted)
     run.status = read_status(run.ctx.state_dir, run.env)
+    freeze = Locks(run.ctx.state_dir).frozen(run.env)
+    if freeze is not None:  # the recovery froze it (a lever that could not commit what runs)
+        return run.result("frozen", "waiting", "Frozen", f"{run.env} is frozen by {freeze.by}: {freeze.reason}")
     if run.request.commit is None:
         # The finished recovery may have moved the branch (a revert commit).
         run.commit = gitlog.branch_head(run.repo, run.branch) or run.commit
