@@ -344,6 +344,7 @@ def heal(fleet, tmp_path, request):
     way to start the agent on it; containers removed afterwards."""
     name = "heal" + request.node.name.replace("test_", "").replace("_", "")[:8]
     made: dict = {"agents": [], "forwarders": []}
+    remove_containers(fleet, f"{name}-")  # a run killed half-way may have left some
 
     def setup(hosts=None):
         sandbox = fleet if hosts is None else SimpleNamespace(hosts=hosts, identity_file=fleet.identity_file,
