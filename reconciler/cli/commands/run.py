@@ -64,7 +64,7 @@ def run(args) -> int:
     publish_state(gdir, location)  # so that `reconciler lock` from any shell finds this state
     # Connections stay open between reconciles: a drift check then costs
     # an Engine API call per host, not an SSH handshake.
-    connections = fleet.ConnectionCache(identity_file=args.identity, timeout=args.timeout, idle=args.keep_connections)
+    connections = fleet.ConnectionCache(identity_file=args.identity, timeout=args.timeout, idle=args.keep_connections, log=log)
     trust = signatures.Trust.from_environment(gitlog.open_repo(gdir), allowed_signers=args.allowed_signers,
                                               gpg_keyring=args.gpg_keyring, ssh_revoked=args.ssh_revoked)
     ctx = Context(repo=gdir, state_dir=state, open_hosts=connections.open, close_hosts=connections.release, log=log,
