@@ -122,3 +122,16 @@ def test_render_of_an_unknown_service_is_an_error(tmp_path, capsys):
     assert main(["render", "--repo", str(written), "--service", "nope"]) == 1  # --env: the only one
     assert "no service 'nope' in prod (have: api, cache, sidecar, worker)" in capsys.readouterr().err
 
+
+
+def test_render_knows_every_key_a_service_may_have():
+    """A key the schema learns (a new feature) must be rendered too, or the
+    output stops round-tripping for services that use it."""
+    from dataclasses import fields
+
+    from reconciler.cli.commands.render import RENDERED_SERVICE_KEYS
+    from reconciler.core import model
+    from reconciler.core.schema_service import SERVICE_KEYS
+
+    assert set(RENDERED_SERVICE_KEYS) == set(SERVICE_KEYS), "teach render.service_document the new key"
+    assert {f.name for f in fields(model.Service)} - {"name"} == set(SERVICE_KEYS), "a Service field the schema does not read"

@@ -31,6 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 # The keys a health check of each type may carry besides the timing ones
 # (the schema refuses the others: schema_service._HEALTH_KIND_KEYS).
+# Every key service_document writes when the service has it; the schema's
+# SERVICE_KEYS must be the same set (tests/test_render.py).
+RENDERED_SERVICE_KEYS = ("image", "hosts", "command", "env", "ports", "volumes", "networks", "restart", "resources",
+                         "labels", "health", "rollout", "depends_on", "secrets", "migrations", "stop_timeout")
 _HEALTH_KEYS = {"http": ("port", "path", "status", "body_contains"), "tcp": ("port",), "command": ("command",),
                 "docker": (), "running": ()}
 
