@@ -51,6 +51,12 @@ def asker(args, command: str, question: str, show: Callable | None = None) -> Ca
 
 
 def fail_on(result) -> None:
-    """A run that was refused or could not start is an error for the CLI."""
-    if result.result in ("refused", "error", "frozen", "locked", "skipped") or (result.result == "failed" and result.outcome is None):
-        raise StalledError(f"{result.environment}: {result.result} ({result.reason}): {result.message}")
+    """A run that was refused or could not start is an error for the CLI
+    (frozen or locked: waiting, exit 4; the rest: exit 1)."""
+    from reconciler.errors import WaitingError
+
+    message = f"{result.environment}: {result.result} ({result.reason}): {result.message}"
+    if result.result in ("frozen", "locked"):
+        raise WaitingError(message)
+    if result.result in ("refused", "error", "skipped") or (result.result == "failed" and result.outcome is None):
+        raise StalledError(message)
