@@ -12,6 +12,7 @@ import pytest
 from reconciler.adapters import source
 from reconciler.cli.main import main
 from reconciler.core import schema
+from sealed import SEALED_YAML
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGEST = "sha256:" + "ab" * 32
@@ -45,7 +46,7 @@ services:
     depends_on: [cache]
     secrets:
       - {{name: api-token, file: /etc/reconciler/secrets/api-token}}
-      - {{name: sealed, env: SEALED_VALUE, encrypted: "age1qyzexample"}}
+      - {{name: sealed, env: SEALED_VALUE, encrypted: {SEALED_YAML}}}
     migrations: {{path: /migrations, allow_contract: true, soak: 2h}}
     stop_timeout: 45s
   cache:

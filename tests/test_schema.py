@@ -10,6 +10,7 @@ from reconciler.core import model
 from reconciler.core.schema import list_environments, load_environment, validate
 from reconciler.adapters.source import snapshot_worktree
 from schema_helpers import DIGEST, ENV, snapshot
+from sealed import SEALED, SEALED_YAML
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -63,7 +64,7 @@ services:
     rollout: {{batch_size: 2, strategy: start-first}}
     secrets:
       - {{name: db-password, file: /etc/reconciler/secrets/db}}
-      - {{name: api-key, env: API_KEY, encrypted: "age1qyz..."}}
+      - {{name: api-key, env: API_KEY, encrypted: {SEALED_YAML}}}
     migrations: {{path: /app/migrations, allow_contract: true, soak: 1h}}
     stop_timeout: 30s
   worker:
@@ -88,7 +89,7 @@ services:
     assert api.health.kind == "command" and api.health.command == ("curl", "-f", "localhost:8000") and api.health.successes == 3
     assert api.rollout == model.Rollout(2, "start-first")
     assert api.secrets == (
-        model.SecretRef("api-key", "API_KEY", encrypted="age1qyz..."),
+        model.SecretRef("api-key", "API_KEY", encrypted=SEALED),
         model.SecretRef("db-password", "DB_PASSWORD", file="/etc/reconciler/secrets/db"),
     )
     assert api.migrations == model.Migrations(path="/app/migrations", allow_contract=True, soak=3600.0)

@@ -28,7 +28,7 @@ import paramiko
 import requests.exceptions
 from fabric import Connection
 
-from reconciler.adapters import ssh
+from reconciler.adapters import secrets, ssh
 from reconciler.adapters.dialstdio import (  # noqa: F401 (engine_client: for users of this module)
     DIAL_STDIO, LOST_CONNECTION, LOST_REQUESTS, engine_client, engine_client_over)
 from reconciler.core import model
@@ -345,10 +345,10 @@ class DockerHost:
 
     def create(self, service: Service, spec: ContainerSpec) -> str:
         api = self.engine.api
-        env = dict(service.env)
-        for secret in service.secrets:
-            if secret.file:
-                env[secret.env] = self.read_secret_file(secret.file)
+        # Decrypted here, in memory; file-delivered ones are written to a tmpfs
+        # on the host and mounted at /run/secrets (reconciler.adapters.secrets).
+        delivery = secrets.deliver(self, service, f"{spec.environment}/{service.name}")
+        env = {**dict(service.env), **delivery.env}
         port_bindings = {
             f"{p.container_port}/{p.protocol}": (p.host_ip, p.host_port) if p.host_ip else p.host_port
             for p in service.ports
@@ -361,19 +361,24 @@ class DockerHost:
             mem_limit=service.resources.memory,
             nano_cpus=int(service.resources.cpus * 1e9) if service.resources.cpus else None,
             network_mode=service.networks[0] if service.networks else None,
+            mounts=delivery.mounts() or None,
         )
-        created = self._call(
-            f"create {spec.name}",
-            api.create_container,
-            service.image.pull_ref,
-            command=list(service.command) if service.command is not None else None,
-            name=spec.name,
-            environment=env,
-            labels=container_labels(service, spec.environment, spec.revision),
-            ports=[(p.container_port, p.protocol) for p in service.ports] or None,
-            host_config=host_config,
-            stop_timeout=int(service.stop_timeout),
-        )
+        try:
+            created = self._call(
+                f"create {spec.name}",
+                api.create_container,
+                service.image.pull_ref,
+                command=list(service.command) if service.command is not None else None,
+                name=spec.name,
+                environment=env,
+                labels=container_labels(service, spec.environment, spec.revision),
+                ports=[(p.container_port, p.protocol) for p in service.ports] or None,
+                host_config=host_config,
+                stop_timeout=int(service.stop_timeout),
+            )
+        except BaseException:
+            secrets.discard(self, delivery.directory)  # no container mounts it
+            raise
         for network in service.networks[1:]:
             self._call(f"connect {spec.name} to {network}", api.connect_container_to_network, created["Id"], network)
         return created["Id"]
@@ -388,7 +393,10 @@ class DockerHost:
         self._call(f"rename {container_id[:12]} to {name}", self.engine.api.rename, container_id, name)
 
     def remove(self, container_id: str) -> None:
+        attrs = self._call(f"inspect {container_id[:12]}", self.engine.api.inspect_container, container_id,
+                           missing_ok=True, retry=True)
         self._call(f"remove {container_id[:12]}", self.engine.api.remove_container, container_id, force=True, missing_ok=True)
+        secrets.discard(self, secrets.directory_of(attrs))  # its secret files go with it
 
     def remove_image(self, reference: str) -> None:
         """Remove an image no retained container uses; in use or gone is fine."""

@@ -163,18 +163,40 @@ class VolumeMount:
     read_only: bool = False
 
 
+SECRETS_DIR = "/run/secrets"  # where ``as: file`` secrets appear inside the container
+
+
 @dataclass(frozen=True, order=True)
 class SecretRef:
     """A secret given by reference only: a file on the host or an encrypted value.
 
-    ``env`` names the variable the container sees; ``file`` is a path on the
-    host whose content becomes the value (read on the host, never logged).
+    ``file`` is a path on the host whose content becomes the value (read on
+    the host, never logged); ``encrypted`` is an age-armored ciphertext to
+    the environment's recipient, decrypted in the agent's memory at deploy
+    time (``reconciler.adapters.secrets``).
+
+    ``delivery`` ``env``: the container sees the value in the variable
+    ``env``.  ``file``: it sees a read-only file ``/run/secrets/<name>`` on a
+    tmpfs, and ``env`` (optional) names a variable holding that path (the
+    ``*_FILE`` convention), so the value is in no ``docker inspect``.
+
+    ``digest`` is a keyed hash of the decrypted value (HMAC with a key
+    derived from the agent's age identity), filled in by the shell
+    (``secrets.resolve``): the config hash then changes exactly when the
+    value does, and reveals nothing about it.
     """
 
     name: str
-    env: str
+    env: str | None
     file: str | None = None
     encrypted: str | None = None
+    delivery: Literal["env", "file"] = "env"
+    digest: str | None = None
+
+    @property
+    def path(self) -> str | None:
+        """Where a file-delivered secret appears inside the container."""
+        return f"{SECRETS_DIR}/{self.name}" if self.delivery == "file" else None
 
 
 @dataclass(frozen=True)
@@ -291,8 +313,26 @@ def spec_summary(service: Service) -> dict:
         "restart": service.restart,
         "resources": {"memory": service.resources.memory, "cpus": service.resources.cpus},
         "labels": dict(service.labels),
-        "secrets": {s.env: masked(f"{s.name}|{s.file}|{s.encrypted}") for s in service.secrets},
+        "secrets": dict(_secret_entry(s) for s in service.secrets),
     }
+
+
+def _secret_entry(secret: SecretRef) -> tuple[str, str]:
+    """A secret's line in the spec: where the container finds it, and a hash
+    that changes with its value and reveals nothing of it.
+
+    The keyed digest when the shell has computed one; else a hash of the
+    reference (host path or ciphertext, both public), which still changes
+    when an encrypted value is rotated.  An env-delivered secret keeps the
+    line it always had, so existing containers keep their config hash.
+    """
+    if secret.digest is not None:
+        fingerprint = secret.digest
+    else:
+        fingerprint = "sha256:" + hashlib.sha256(f"{secret.name}|{secret.file}|{secret.encrypted}".encode()).hexdigest()[:12]
+    if secret.delivery == "env":
+        return secret.env, fingerprint
+    return (f"{secret.path} (${secret.env})" if secret.env else secret.path), fingerprint
 
 
 def health_to_label(check: HealthCheck) -> str:

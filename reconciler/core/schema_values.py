@@ -7,6 +7,7 @@ dependencies) live in ``schema``.
 
 from __future__ import annotations
 
+import base64
 import re
 
 from reconciler.core import model
@@ -197,19 +198,59 @@ def parse_env(node: Node, problems: Problems, what: str) -> dict[str, tuple[Node
     return entries
 
 
+SECRET_KEYS = ("name", "env", "file", "encrypted", "as")
+AGE_ARMOR_BEGIN = "-----BEGIN AGE ENCRYPTED FILE-----"
+AGE_ARMOR_END = "-----END AGE ENCRYPTED FILE-----"
+_AGE_MAGIC = b"age-encryption.org/v1\n"
+_BASE64_LINE_RE = re.compile(r"^[A-Za-z0-9+/]{1,64}={0,2}$")
+
+
+def age_armor_problem(text: str) -> str | None:
+    """Why ``text`` is not an armored age file (``age -a``, pyrage's
+    ``armored=True``); None when it is one.  Only the form is checked here:
+    whether the agent's key opens it is known at deploy time."""
+    lines = text.strip().splitlines()
+    if len(lines) < 3 or lines[0].strip() != AGE_ARMOR_BEGIN or lines[-1].strip() != AGE_ARMOR_END:
+        return (f"expected an armored age ciphertext ({AGE_ARMOR_BEGIN} ... {AGE_ARMOR_END}); "
+                "write it with `reconciler secret set ENV NAME` (or `age -a -R environments/ENV/age-recipients`)")
+    body = [line.strip() for line in lines[1:-1]]
+    if not all(_BASE64_LINE_RE.match(line) for line in body):
+        return "the armored age ciphertext has a line that is not base64 (was it re-wrapped or cut?)"
+    try:
+        head = base64.b64decode("".join(body)[:64] + "=" * (-len("".join(body)[:64]) % 4))
+    except ValueError:
+        return "the armored age ciphertext does not decode as base64"
+    if not head.startswith(_AGE_MAGIC):
+        return "the armored block is not an age file (no age-encryption.org/v1 header)"
+    return None
+
+
 def parse_secrets(node: Node, problems: Problems, what: str) -> tuple[model.SecretRef, ...]:
+    """``{name, env?, file | encrypted, as?}`` per secret.
+
+    ``as: env`` (the default) puts the value in ``env`` (default: the name in
+    upper case); ``as: file`` puts it in ``/run/secrets/<name>`` and ``env``,
+    when given, names a variable holding that path.
+    """
     out: list[model.SecretRef] = []
     plain = "a secret never holds its value in the repository; give file: (a path on the host) or encrypted:"
+    variables: dict[str, str] = {}
     for i, item in enumerate(items(node, problems, what) or []):
         where = f"{what}[{i}]"
-        fields = mapping(item, ("name", "env", "file", "encrypted"), problems, where, special={"value": f"{where}.value: {plain}"})
+        fields = mapping(item, SECRET_KEYS, problems, where, special={"value": f"{where}.value: {plain}"})
         if fields is BAD or "value" in item.keys:
             continue
         if "name" not in fields:
             problems.at(item, f"{where}: missing 'name'")
             continue
         name = string(fields["name"], problems, f"{where}.name", NAME_RE, "use lowercase letters, digits and '-'")
-        env = string(fields["env"], problems, f"{where}.env", ENV_NAME_RE) if "env" in fields else (name.upper().replace("-", "_") if name else BAD)
+        delivery = choice(fields["as"], problems, f"{where}.as", ("env", "file")) if "as" in fields else "env"
+        if "env" in fields:
+            env = string(fields["env"], problems, f"{where}.env", ENV_NAME_RE)
+        elif delivery == "file" or delivery is BAD:
+            env = None
+        else:
+            env = name.upper().replace("-", "_") if name is not BAD else BAD
         sources = [k for k in ("file", "encrypted") if k in fields]
         if len(sources) != 1:
             problems.at(item, f"{where}: give exactly one of 'file' (a path on the host) or 'encrypted'")
@@ -218,12 +259,24 @@ def parse_secrets(node: Node, problems: Problems, what: str) -> tuple[model.Secr
         if sources[0] == "file" and value is not BAD and not value.startswith("/"):
             problems.at(fields["file"], f"{where}.file: must be an absolute path on the host, got {value!r}")
             value = BAD
-        if BAD in (name, env, value):
+        if sources[0] == "encrypted" and value is not BAD:
+            refusal = age_armor_problem(value)
+            if refusal:
+                problems.at(fields["encrypted"], f"{where}.encrypted: {refusal}")
+                value = BAD
+        if BAD in (name, env, value, delivery):
             continue
         if any(s.name == name for s in out):
             problems.at(fields["name"], f"{where}.name: duplicate secret {name!r}")
             continue
-        out.append(model.SecretRef(name, env, **{sources[0]: value}))
+        if env is not None and env in variables:
+            problems.at(fields.get("env", item), f"{where}: variable {env!r} is already set by secret {variables[env]!r}")
+            continue
+        if env is not None:
+            variables[env] = name
+        if sources[0] == "encrypted":
+            value = value.strip() + "\n"  # the armor as age writes it, however the YAML block ended
+        out.append(model.SecretRef(name, env, delivery=delivery, **{sources[0]: value}))
     return tuple(out)
 
 
