@@ -42,6 +42,7 @@ COMMANDS: dict[str, str] = {
     "revert": "commit the revert of COMMIT onto an environment's branch (comments and layout kept)",
     "install-hooks": "install the hooks: pre-receive validates pushes and refuses rewrites, post-receive nudges the agent",
     "db": "database backups: list them, restore one (asks first), drill a restore into a scratch database",
+    "secret": "encrypt a secret from stdin to the environment's age recipients and write it into its YAML in place (comments kept)",
     "verify-push": "the pre-receive hook's signature check: refuse a ref update adding commits no trusted key signed (policy.require_signed)",
 }
 
