@@ -409,6 +409,10 @@ class DockerHost:
     def inspect(self, container_id: str) -> ObservedContainer:
         return _observed(self._call(f"inspect {container_id[:12]}", self.engine.api.inspect_container, container_id, retry=True))
 
+    def address(self, container_id: str) -> str:
+        """The container's address on the host (its first network's): where the host's router sends requests."""
+        return self._container_address(container_id)
+
     def _container_address(self, container_id: str) -> str:
         attrs = self._call(f"inspect {container_id[:12]}", self.engine.api.inspect_container, container_id, retry=True)
         settings = attrs.get("NetworkSettings") or {}

@@ -11,7 +11,10 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:  # a router's observed state lives with the router's model (core.router imports this module)
+    from reconciler.core.router import RouterView
 
 # Labels reconciler sets on every container it owns.  A container without
 # LABEL_ENVIRONMENT is unmanaged and is never touched.
@@ -140,12 +143,14 @@ class Rollout:
 
     ``batch_size`` hosts at a time; ``strategy`` ``start-first`` runs the new
     container beside the old one (only possible without a fixed host port),
-    ``stop-first`` stops the old one first, ``auto`` picks start-first when
-    the service publishes no host port.
+    ``stop-first`` stops the old one first, ``blue-green`` switches the
+    host's router from the old one to the new one (every service with
+    ``expose`` does), ``auto`` picks blue-green with ``expose``, else
+    start-first when the service publishes no host port.
     """
 
     batch_size: int = 1
-    strategy: Literal["auto", "start-first", "stop-first"] = "auto"
+    strategy: Literal["auto", "start-first", "stop-first", "blue-green"] = "auto"
 
 
 @dataclass(frozen=True, order=True)
@@ -206,6 +211,19 @@ class Resources:
 
 
 @dataclass(frozen=True)
+class Expose:
+    """How a service is reached through its hosts' router: HTTP for these
+    host names and/or this path (and below), to ``port`` in the container.
+    ``drain``: how long a switch waits for the old container's sessions to
+    end before it takes it out anyway."""
+
+    port: int
+    hostnames: tuple[str, ...] = ()  # none: any host name
+    path: str | None = None  # None: any path
+    drain: float = 30.0
+
+
+@dataclass(frozen=True)
 class Migrations:
     """Database migrations a service declares (see the database issue)."""
 
@@ -236,9 +254,12 @@ class Service:
     secrets: tuple[SecretRef, ...] = ()
     migrations: Migrations | None = None
     stop_timeout: float = 10.0
+    expose: Expose | None = None  # served through the hosts' router (blue-green)
 
     @property
-    def strategy(self) -> Literal["start-first", "stop-first"]:
+    def strategy(self) -> Literal["start-first", "stop-first", "blue-green"]:
+        if self.expose is not None:
+            return "blue-green"  # the schema refuses expose with another strategy
         if self.rollout.strategy != "auto":
             return self.rollout.strategy
         return "stop-first" if self.ports else "start-first"
@@ -270,6 +291,24 @@ class Database:
 
 
 @dataclass(frozen=True)
+class RouterConfig:
+    """The HAProxy of every host that runs an exposed service (``router:``).
+
+    ``{host}`` and ``{address}`` in any value stand for the host's name and
+    address, so one block describes hosts whose files differ by name.
+    """
+
+    bind: str = ":80"  # the one HTTP frontend every exposed service of a host shares
+    admin: str = "127.0.0.1:9901"  # its Runtime API on the host's loopback, reached through SSH
+    config_file: str = "/etc/haproxy/haproxy.cfg"  # written by reconciler
+    reload: str = "systemctl reload haproxy"  # a shell line on the host, after a checked config is in place
+    check: str = "haproxy -c -q -f"  # followed by a candidate config's path
+    socket: str | None = None  # a root-only unix admin socket (seamless reloads)
+    state_file: str | None = None  # server-state file: check states survive a reload
+    log: str | None = "/dev/log"
+
+
+@dataclass(frozen=True)
 class Environment:
     """The whole desired state of one environment at one commit."""
 
@@ -279,6 +318,7 @@ class Environment:
     policy: Policy = field(default_factory=Policy)
     database: Database | None = None
     known_hosts: str = "known_hosts"  # path inside the repository
+    router: RouterConfig | None = None
 
     def host(self, name: str) -> Host:
         for host in self.hosts:
@@ -480,6 +520,9 @@ class ObservedHost:
     # (the real driver skips that list: a no-op reconcile needs only the
     # containers, and a deploy's pre-flight checks each image it needs).
     images: tuple[str, ...] | None = ()
+    # The host's router as observed (servers, config); None when it was not
+    # observed (no exposed service there, or a caller that reads containers only).
+    router: "RouterView | None" = None
 
     def managed(self, environment: str) -> tuple[ObservedContainer, ...]:
         return tuple(c for c in self.containers if c.environment == environment)

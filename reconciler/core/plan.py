@@ -88,6 +88,52 @@ class Resume(CheckHealth):
 
 
 @dataclass(frozen=True)
+class Route(Action):
+    """One step of the host's router (``core.router``): a blue-green switch is a series of these.
+
+    ``container``: for AddServer, the container (by name) whose address the
+    server gets, read when the step runs (a container has its address only
+    once started).  The step's name is the router step's, so a plan and the
+    journal show each one.
+    """
+
+    route: object = None  # a core.router.RouterStep
+    batch: int = 0
+    container: str = ""
+
+    @property
+    def step(self) -> str:
+        return self.route.step
+
+
+@dataclass(frozen=True)
+class Adopt(Action):
+    """Blue-green: the candidate an interrupted run started (the router knows
+    it) becomes this run's new container: started if stopped, then switched
+    in or rolled back like one this run started."""
+
+    container: str = ""  # name
+    batch: int = 0
+
+
+@dataclass(frozen=True)
+class Aside(Action):
+    """Blue-green: rename a candidate the router may still send requests to
+    out of the way (running, as a retired copy): the new candidate needs the
+    name, and it is drained after the switch."""
+
+    container: str = ""  # name
+
+
+@dataclass(frozen=True)
+class Revive(Action):
+    """Blue-green rollback: start a retained container as the candidate, beside the serving one."""
+
+    container: str = ""  # name
+    batch: int = 0
+
+
+@dataclass(frozen=True)
 class Heal(Action):
     """Start the desired container that was stopped by hand, then check it."""
 
@@ -283,6 +329,8 @@ def plan_deploy(
     revision: str,
 ) -> Plan:
     """The ordered actions that make ``observed`` match ``desired``."""
+    from reconciler.core import bluegreen  # it builds this module's actions
+
     env = desired.name
     policy = desired.policy
     pulls: list[Action] = []
@@ -301,7 +349,7 @@ def plan_deploy(
             seen = by_pair.get((host, service.name), [])
             active = next((c for c in seen if c.role == model.ROLE_ACTIVE), None)
             leftover = next((c for c in seen if c.role == model.ROLE_CANDIDATE), None)
-            if leftover is not None:
+            if leftover is not None and service.expose is None:
                 # A -next container is only ever a deploy in progress; one
                 # found at planning time was left by an interrupted run.
                 tail_reason = "remove the candidate an interrupted deploy left behind"
@@ -342,6 +390,13 @@ def plan_deploy(
                 pulls.append(Pull(host, service.name, f"make sure {service.image} is on {host}", image=service.image))
             elif service.image.pull_ref not in obs.images:
                 pulls.append(Pull(host, service.name, f"{service.image} is not on {host}", image=service.image))
+        if service.expose is not None:
+            # Blue-green through each host's router (core.bluegreen): the
+            # interrupted run's work is read from the router, like containers.
+            deploys += bluegreen.settle(desired, service, by_pair, observed, to_deploy)
+            for index, batch in enumerate(batches(tuple(to_deploy), service.rollout.batch_size)):
+                deploys += bluegreen.deploy_batch(desired, service, batch, index, by_pair, observed)
+            continue
         for index, batch in enumerate(batches(tuple(to_deploy), service.rollout.batch_size)):
             beside = service.strategy == "start-first"
             for host in batch:
@@ -378,6 +433,7 @@ def plan_deploy(
                     Finding(host_name, container.service, "prune-disabled", f"{container.name} is no longer desired; policy prune is off")
                 )
 
+    deploys = bluegreen.configures(desired, observed) + deploys
     return Plan(
         environment=env,
         revision=revision,
@@ -424,12 +480,15 @@ def plan_rollback(desired: Environment, observed: Mapping[str, ObservedHost], to
     such container is a finding, and the caller refuses the whole rollback:
     half a fleet rolled back is worse than none.
     """
+    from reconciler.core import bluegreen
+
     env = desired.name
     actions: list[Action] = []
     changes: list[ServiceChange] = []
     findings: list[Finding] = []
     by_pair = _index(observed, env)
     for service in order_services(desired.services):
+        switched: dict[str, str] = {}  # blue-green: host -> the retained container to switch back to
         for host in service.hosts:
             seen = by_pair.get((host, service.name), [])
             active = next((c for c in seen if c.role == model.ROLE_ACTIVE), None)
@@ -447,5 +506,10 @@ def plan_rollback(desired: Environment, observed: Mapping[str, ObservedHost], to
             if active is not None and active.config_hash == target.config_hash:
                 continue  # already runs that version
             changes.append(ServiceChange(host, service.name, "update", diff_spec(active.spec if active else {}, target.spec)))
+            if service.expose is not None:
+                switched[host] = target.name
+                continue
             actions.append(Restore(host, service.name, f"roll back to {target.image} (rev {str(target.revision)[:12]})", container=target.name))
+        if switched:
+            actions += bluegreen.rollback_hosts(desired, service, switched, by_pair, observed)
     return Plan(environment=env, revision=to_revision or "previous", actions=tuple(actions), changes=tuple(changes), findings=tuple(findings))

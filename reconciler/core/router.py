@@ -32,7 +32,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal, Mapping, Sequence
 
-from reconciler.core.model import HealthCheck
+from reconciler.core.model import Environment, HealthCheck, Host, RouterConfig, Service
 
 FULL_WEIGHT = 100
 DEFAULT_FALL = 2
@@ -323,6 +323,56 @@ def servers_by_backend(observed: Observed) -> dict[str, tuple[Server, ...]]:
     return {k: tuple(v) for k, v in out.items()}
 
 
+@dataclass(frozen=True)
+class RouterView:
+    """A host's router as observed before a plan: its servers and its config's skeleton."""
+
+    servers: tuple[ServerState, ...] = ()
+    skeleton: str | None = None  # the hash in the host's config file; None: a file we did not write
+
+    @property
+    def observed(self) -> dict[tuple[str, str], ServerState]:
+        return {(s.backend, s.name): s for s in self.servers}
+
+    def backend(self, name: str) -> tuple[ServerState, ...]:
+        return tuple(s for s in self.servers if s.backend == name)
+
+
+# ---------------------------------------------------------------- from the desired state
+
+
+def settings_for(config: RouterConfig, host: Host) -> RouterSettings:
+    """The settings of ``host``'s router: ``{host}`` and ``{address}`` filled in."""
+    fill = lambda text: None if text is None else text.replace("{host}", host.name).replace("{address}", host.address)  # noqa: E731
+    return RouterSettings(bind=fill(config.bind), admin=fill(config.admin), socket=fill(config.socket),
+                          state_file=fill(config.state_file), log=fill(config.log))
+
+
+def access_fields(config: RouterConfig, host: Host) -> dict[str, str]:
+    """What the adapter's ``RouterAccess`` needs besides the host's name, filled in like the settings."""
+    fill = lambda text: text.replace("{host}", host.name).replace("{address}", host.address)  # noqa: E731
+    return {"config_file": fill(config.config_file), "reload_command": fill(config.reload),
+            "check_command": fill(config.check)}
+
+
+def exposure_of(service: Service) -> Exposure:
+    """The router's view of an exposed service: its backend, port, rules and check."""
+    expose = service.expose
+    if expose is None:
+        raise ValueError(f"service {service.name} is not exposed")
+    return Exposure(service.name, expose.port, expose.hostnames, expose.path, router_check(service.health))
+
+
+def site_for(environment: Environment, host: str) -> Site | None:
+    """Everything ``host``'s router serves for ``environment``; None when it serves nothing there."""
+    if environment.router is None:
+        return None
+    exposures = tuple(exposure_of(s) for s in environment.services if s.expose is not None and host in s.hosts)
+    if not exposures:
+        return None
+    return Site(settings_for(environment.router, environment.host(host)), exposures)
+
+
 # ---------------------------------------------------------------- steps
 
 
@@ -365,6 +415,13 @@ class SetWeights(RouterStep):
     """Set weights in one command line, raised ones first: the backend never has weight 0 in all."""
 
     weights: tuple[tuple[str, int], ...] = ()
+
+
+@dataclass(frozen=True)
+class Ready(RouterStep):
+    """Out of drain: a server switched back to (a rollback) may have been drained already."""
+
+    server: str = ""
 
 
 @dataclass(frozen=True)
@@ -418,6 +475,29 @@ def rollback_steps(host: str, backend: str, *, retained: Server, current: str, c
                         up_deadline=up_deadline, drain_deadline=drain_deadline)
 
 
+def cutover_steps(host: str, backend: str, *, green: Server, others: Sequence[str], check: RouterCheck,
+                  up_deadline: float, drain_deadline: float) -> tuple[RouterStep, ...]:
+    """Every new request of ``backend`` to ``green`` once the router sees it UP; each of ``others`` drained and taken out.
+
+    ``switch_steps`` for a backend that may hold more than one old server
+    (a leftover of an interrupted run) or a drained one to switch back to:
+    ``Ready`` takes green out of drain before its weight is raised, which is
+    in effect at once for a server never drained.  One ``SetWeights`` line
+    moves every weight, so the backend never has all its servers at 0.
+    """
+    others = tuple(o for o in others if o != green.name)
+    steps: list[RouterStep] = [
+        AddServer(host, backend, green.name, green.address, green.port, check),
+        WaitUp(host, backend, green.name, up_deadline),
+        Ready(host, backend, green.name),
+        SetWeights(host, backend, ((green.name, FULL_WEIGHT), *((o, 0) for o in others))),
+    ]
+    for other in others:
+        steps += [Drain(host, backend, other), WaitDrained(host, backend, other, drain_deadline),
+                  Maint(host, backend, other), DelServer(host, backend, other)]
+    return tuple(steps)
+
+
 def abandon_steps(host: str, backend: str, server: str) -> tuple[RouterStep, ...]:
     """Take out a green that never came UP: it never had weight, so nothing to drain."""
     return (Maint(host, backend, server), DelServer(host, backend, server))
@@ -461,6 +541,8 @@ def commands(step: RouterStep, exists: bool = False) -> tuple[Command, ...]:
     if isinstance(step, SetWeights):
         ordered = sorted(step.weights, key=lambda w: -w[1])
         return (Command("; ".join(f"set server {step.backend}/{name} weight {w}" for name, w in ordered)),)
+    if isinstance(step, Ready):
+        return (Command(f"set server {ref} state ready"),)
     if isinstance(step, Drain):
         return (Command(f"set server {ref} state drain"),)
     if isinstance(step, Maint):
@@ -487,6 +569,8 @@ def in_effect(step: RouterStep, observed: Observed) -> bool:
         # A server to get weight 0 that is gone already gets no request either.
         return all(((s := observed.get((step.backend, name))) is not None and s.weight == w and not s.maint)
                    or (w == 0 and (s is None or s.weight == 0)) for name, w in step.weights)
+    if isinstance(step, Ready):
+        return state is not None and not state.drain and not state.maint
     if isinstance(step, Drain):
         return state is None or state.drain or state.maint
     if isinstance(step, WaitDrained):

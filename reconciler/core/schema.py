@@ -20,6 +20,7 @@ import re
 from reconciler.core import model
 from reconciler.errors import InvalidDesiredState
 from reconciler.core.schema_fields import BAD, boolean, choice, duration, integer, mapping, string, string_list, suggestion
+from reconciler.core.schema_router import check_routing, parse_router
 from reconciler.core.schema_service import DEFAULTABLE_SERVICE_KEYS, MERGED_KEYS, HostIndex, ParsedService, parse_service
 from reconciler.core.schema_yaml import MAX_FILE_BYTES, Node, Problem, Problems, Snapshot, check_repo_path, exists, parse_yaml, read_file, resolve_path
 
@@ -27,7 +28,7 @@ __all__ = ["MAX_FILE_BYTES", "Problem", "Snapshot", "list_environments", "load_e
 
 ROOT_FILE = "reconciler.yaml"
 ENVIRONMENTS = "environments"
-ENVIRONMENT_KEYS = ("hosts", "policy", "database", "services", "known_hosts")
+ENVIRONMENT_KEYS = ("hosts", "policy", "database", "services", "known_hosts", "router")
 POLICY_KEYS = ("require_digest", "prune", "drift", "keep_retired", "parallel_hosts", "on_failure", "drift_interval", "require_signed")
 DATABASE_KEYS = ("kind", "dsn_file", "via_host", "name", "backup")
 HOST_KEYS = ("address", "user", "port", "groups")
@@ -118,11 +119,13 @@ def _load(snapshot: Snapshot, name: str) -> tuple[model.Environment | None, Prob
         problems.at(fields["hosts"], f"hosts: group {group!r} has the same name as a host; rename one")
     policy = _policy(defaults.get("policy"), fields.get("policy"), problems)
     database = _database(fields["database"], problems, index.hosts) if "database" in fields else None
+    router = parse_router(fields["router"], problems) if "router" in fields else None
     known_hosts = _known_hosts(snapshot, base, fields.get("known_hosts"), env_file, problems)
     services = _services(snapshot, base, fields.get("services"), defaults.get("service"), problems, index, policy.require_digest)
     _check_ports(services, problems)
+    check_routing(services, router, hosts, problems)
     _check_dependencies(services, problems)
-    if problems or BAD in (database, known_hosts):
+    if problems or BAD in (database, known_hosts, router):
         return None, problems
     environment = model.Environment(
         name=name,
@@ -131,6 +134,7 @@ def _load(snapshot: Snapshot, name: str) -> tuple[model.Environment | None, Prob
         policy=policy,
         database=database,
         known_hosts=known_hosts,
+        router=router,
     )
     return environment, problems
 

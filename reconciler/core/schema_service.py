@@ -18,11 +18,12 @@ from reconciler.core.schema_values import (
     parse_volumes,
     resolve_hosts,
 )
+from reconciler.core.schema_router import parse_expose
 from reconciler.core.schema_yaml import Node, Problems
 
 SERVICE_KEYS = (
     "image", "hosts", "command", "env", "ports", "volumes", "networks", "restart", "resources",
-    "labels", "health", "rollout", "depends_on", "secrets", "migrations", "stop_timeout",
+    "labels", "health", "rollout", "depends_on", "secrets", "migrations", "stop_timeout", "expose",
 )  # fmt: skip
 # What reconciler.yaml `defaults: service:` may set: the shape of a service,
 # never what it is (image, command, env, secrets are per service).
@@ -54,6 +55,7 @@ class ParsedService:
     hosts: tuple[str, ...]
     ports: tuple[tuple[model.PortMapping, Node], ...]
     depends_on: tuple[tuple[str, Node], ...]
+    expose_node: Node | None = None  # where `expose` is written: the router checks report there
 
 
 def parse_service(name: str, name_node: Node, node: Node, problems: Problems, index: HostIndex, require_digest: bool) -> ParsedService:
@@ -69,6 +71,14 @@ def parse_service(name: str, name_node: Node, node: Node, problems: Problems, in
     image = parse_image(fields["image"], problems, f"{what}.image", require_digest) if "image" in fields else None
     hosts, hosts_ok = resolve_hosts(fields["hosts"], problems, f"{what}.hosts", index.hosts, index.groups) if "hosts" in fields else ((), False)
     ports = parse_ports(fields["ports"], problems, f"{what}.ports") if "ports" in fields else []
+    expose = parse_expose(fields["expose"], problems, f"{what}.expose") if "expose" in fields else None
+    if expose is not None and ports:
+        problems.at(fields["ports"], f"{what}.ports: an exposed service publishes no host port; "
+                                     "the router reaches each container at its own address")
+    # An exposed service's checks go to the exposed port unless they say
+    # otherwise (a bad expose is reported already: its port is a stand-in).
+    exposed_port = None if expose is None else 1 if expose is BAD else expose.port
+    checked_ports = [p for p, _ in ports] or ([model.PortMapping(0, exposed_port)] if exposed_port else [])
     env = parse_env(fields["env"], problems, f"{what}.env") if "env" in fields else {}
     secrets = parse_secrets(fields["secrets"], problems, f"{what}.secrets") if "secrets" in fields else ()
     for secret in secrets:
@@ -88,13 +98,17 @@ def parse_service(name: str, name_node: Node, node: Node, problems: Problems, in
         else "unless-stopped",
         "resources": _resources(fields["resources"], problems, f"{what}.resources") if "resources" in fields else model.Resources(),
         "labels": parse_labels(fields["labels"], problems, f"{what}.labels") if "labels" in fields else (),
-        "health": _health(fields.get("health"), problems, f"{what}.health", [p for p, _ in ports]),
-        "rollout": _rollout(fields["rollout"], problems, f"{what}.rollout") if "rollout" in fields else model.Rollout(),
+        "health": _health(fields.get("health"), problems, f"{what}.health", checked_ports),
+        "rollout": _rollout(fields["rollout"], problems, f"{what}.rollout", exposed="expose" in fields)
+        if "rollout" in fields
+        else model.Rollout(),
+        "expose": expose,
         "migrations": _migrations(fields["migrations"], problems, f"{what}.migrations") if "migrations" in fields else None,
         "stop_timeout": duration(fields["stop_timeout"], problems, f"{what}.stop_timeout") if "stop_timeout" in fields else 10.0,
     }
+    expose_node = fields.get("expose")
     if image is None or not hosts_ok or any(v is BAD for v in kwargs.values()):
-        return ParsedService(name, None, hosts, tuple(ports), tuple(depends))
+        return ParsedService(name, None, hosts, tuple(ports), tuple(depends), expose_node)
     service = model.Service(
         name=name,
         image=image,
@@ -105,7 +119,7 @@ def parse_service(name: str, name_node: Node, node: Node, problems: Problems, in
         secrets=tuple(sorted(secrets)),
         **kwargs,
     )
-    return ParsedService(name, service, hosts, tuple(ports), tuple(depends))
+    return ParsedService(name, service, hosts, tuple(ports), tuple(depends), expose_node)
 
 
 def _resources(node: Node, problems: Problems, what: str) -> model.Resources:
@@ -117,14 +131,24 @@ def _resources(node: Node, problems: Problems, what: str) -> model.Resources:
     return BAD if BAD in (memory, cpus) else model.Resources(memory, cpus)
 
 
-def _rollout(node: Node, problems: Problems, what: str) -> model.Rollout:
+def _rollout(node: Node, problems: Problems, what: str, exposed: bool = False) -> model.Rollout:
     fields = mapping(node, ("batch_size", "strategy"), problems, what)
     if fields is BAD:
         return BAD
     values = {
         "batch_size": integer(fields["batch_size"], problems, f"{what}.batch_size", 1) if "batch_size" in fields else 1,
-        "strategy": choice(fields["strategy"], problems, f"{what}.strategy", ("auto", "start-first", "stop-first")) if "strategy" in fields else "auto",
+        "strategy": choice(fields["strategy"], problems, f"{what}.strategy", ("auto", "start-first", "stop-first", "blue-green"))
+        if "strategy" in fields
+        else "auto",
     }
+    strategy = values["strategy"]
+    if exposed and strategy in ("start-first", "stop-first"):
+        problems.at(fields["strategy"], f"{what}.strategy: an exposed service is switched blue-green by its router; "
+                                        f"use blue-green or auto, or remove 'expose'")
+        values["strategy"] = BAD
+    elif not exposed and strategy == "blue-green":
+        problems.at(fields["strategy"], f"{what}.strategy: blue-green needs 'expose' (how the router reaches the service)")
+        values["strategy"] = BAD
     return BAD if BAD in values.values() else model.Rollout(**values)
 
 

@@ -18,10 +18,18 @@ The events: ``begin``/``done``/``failed`` of a step, ``rollback``,
 and ``serving`` (what a host runs for a service after a step changed it,
 observed on the host).  The database steps go to the ``database`` object
 (``dbphase.DatabaseSteps``); without a database they are refused.
+
+Services with ``expose`` are switched through each host's router
+(``Route`` steps, ``core.bluegreen``): the router is driven through
+``routers`` (host -> ``adapters.router.Router``, built from the desired
+state and the host drivers unless given).  A green the router never sees
+UP is taken out of it before the deploy fails, so it never had a request;
+the rollback of a switched host is the switch back (``_restore_routed``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import threading
 import time
@@ -30,11 +38,12 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping, Protocol, Sequence
 
 from reconciler.core import model
-from reconciler.errors import DeployFailed, HostUnreachable, ReconcilerError, RollbackFailed
+from reconciler.core import router as rt
+from reconciler.errors import DeployFailed, HostUnreachable, ReconcilerError, RollbackFailed, RouterError
 from reconciler.core.health import CheckResult, Verdict, judge, next_check_at
 from reconciler.core.model import ContainerSpec, Environment, HealthCheck, ImageRef, ObservedContainer, ObservedHost, Service
-from reconciler.core.plan import (DATABASE_STEPS, Action, CheckHealth, Heal, Plan, Prune, Pull, Remove, Restore, Resume,
-                                  Retire, Start, Switch)
+from reconciler.core.plan import (DATABASE_STEPS, Action, Adopt, Aside, CheckHealth, Heal, Plan, Prune, Pull, Remove, Restore,
+                                  Resume, Retire, Revive, Route, Start, Switch)
 
 
 class HostDriver(Protocol):
@@ -53,6 +62,15 @@ class HostDriver(Protocol):
     def inspect(self, container_id: str) -> ObservedContainer: ...
     def probe(self, container_id: str, check: HealthCheck) -> CheckResult: ...
     def logs_tail(self, container_id: str, lines: int = 30) -> str: ...
+    def address(self, container_id: str) -> str: ...  # where the host's router reaches the container
+
+
+class RouterDriver(Protocol):
+    """One host's router (``adapters.router.Router``)."""
+
+    def servers(self) -> Mapping[tuple[str, str], rt.ServerState]: ...
+    def config_hash(self) -> str | None: ...
+    def apply(self, step: rt.RouterStep, *, persist: bool = True): ...
 
 
 Reporter = Callable[..., None]
@@ -107,6 +125,7 @@ class Executor:
         observers: Sequence[Reporter] = (),
         database: DatabaseSteps | None = None,
         seeds: Sequence[Touched] = (),
+        routers: Mapping[str, RouterDriver] | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         wall: Callable[[], float] = time.time,
@@ -116,6 +135,11 @@ class Executor:
         self.revision = revision
         self.observers = tuple(observers)
         self.database = database
+        if routers is None:
+            from reconciler.engine import routing
+
+            routers = routing.RouterMap(desired, hosts)
+        self.routers = routers
         self.clock = clock
         self.sleep = sleep
         self.wall = wall
@@ -298,7 +322,18 @@ class Executor:
 
     def _run_host_step(self, action: Action) -> None:
         driver = self.hosts[action.host]
-        if isinstance(action, Resume):
+        if isinstance(action, Route):
+            self._route(driver, action)
+        elif isinstance(action, Adopt):
+            container = self._named(action.host, action.container)
+            self._set(self._track(action.host, action.service), new=container.id)
+            if not container.running:
+                driver.start(container.id)
+        elif isinstance(action, Aside):
+            self._aside(driver, self._named(action.host, action.container))
+        elif isinstance(action, Revive):
+            self._revive(driver, action)
+        elif isinstance(action, Resume):
             self._resume(driver, action)
         elif isinstance(action, Retire):
             active = self._find(action.host, action.service, model.ROLE_ACTIVE)
@@ -317,6 +352,8 @@ class Executor:
                 self._set(touched, previous=active.id)
                 self._retire(driver, active)
             driver.rename(touched.new, model.container_name(self.desired.name, action.service))
+            if self._service(action.service).expose is not None:
+                self._stop_retired(driver, action.service)
         elif isinstance(action, Restore):
             self._restore(driver, action)
         elif isinstance(action, Heal):
@@ -333,6 +370,61 @@ class Executor:
                         driver.remove_image(ImageRef.parse(c.image).pull_ref)  # refused while in use
         elif isinstance(action, Prune):
             self._prune(driver, action)
+
+    def _named(self, host: str, name: str) -> ObservedContainer:
+        for c in self.hosts[host].observe().managed(self.desired.name):
+            if c.name == name:
+                return c
+        raise DeployFailed(f"no container {name} on the host (removed since the plan was made?)", host=host)
+
+    def _stop_retired(self, driver: HostDriver, service: str) -> None:
+        """After a switch no retired copy runs (one set aside was drained by it)."""
+        for c in driver.observe().managed(self.desired.name):
+            if c.service == service and c.role == model.ROLE_RETIRED and c.running:
+                driver.stop(c.id, self._service(service).stop_timeout)
+
+    def _aside(self, driver: HostDriver, container: ObservedContainer) -> None:
+        name = model.retired_name(self.desired.name, container)
+        for c in driver.observe().managed(self.desired.name):
+            if c.name == name and c.id != container.id:
+                driver.remove(c.id)  # an identical older copy, as in _retire
+        driver.rename(container.id, name)
+
+    def _revive(self, driver: HostDriver, action: Revive) -> None:
+        target = self._named(action.host, action.container)
+        self._set(self._track(action.host, action.service), new=target.id, new_was=target.name)
+        driver.rename(target.id, model.container_name(self.desired.name, action.service, model.ROLE_CANDIDATE))
+        driver.start(target.id)
+
+    # ----------------------------------------------------------- the router
+    def _route(self, driver: HostDriver, action: Route) -> None:
+        step = action.route
+        router = self.routers[action.host]
+        if isinstance(step, rt.AddServer) and action.container:
+            # A container has its address once started: read it now, not at planning.
+            step = dataclasses.replace(step, address=driver.address(self._named(action.host, action.container).id))
+        outcome = router.apply(step, persist=isinstance(step, _PERSISTED))
+        if isinstance(step, rt.WaitUp) and outcome.state != "healthy":
+            self._abandon(router, step)
+            touched = self.touched.get((action.host, action.service))
+            logs = driver.logs_tail(touched.new) if touched is not None and touched.new else ""
+            failure = DeployFailed(f"health check failed: {outcome.reason}", host=action.host)
+            failure.evidence = [r.detail for r in outcome.evidence] + ([f"logs:\n{logs}"] if logs else [])
+            raise failure
+
+    def _abandon(self, router: RouterDriver, step: rt.WaitUp) -> None:
+        """Take out a server the router never saw UP, unless it serves already
+        (a resumed run whose green went down after its switch: that is for a
+        rollback to switch away from, not for removing under load)."""
+        state = router.servers().get((step.backend, step.server))
+        if state is None or (state.weight > 0 and not state.drain and not state.maint):
+            return
+        for abandon in rt.abandon_steps(step.host, step.backend, step.server):
+            router.apply(abandon, persist=isinstance(abandon, _PERSISTED))
+
+    def _exposure(self, host: str, service: str) -> rt.Exposure | None:
+        site = rt.site_for(self.desired, host) if host in {h.name for h in self.desired.hosts} else None
+        return next((e for e in site.exposures if e.service == service), None) if site is not None else None
 
     def _retire(self, driver: HostDriver, active: ObservedContainer) -> None:
         name = model.retired_name(self.desired.name, active)
@@ -407,6 +499,58 @@ class Executor:
                 raise failure
 
     # ----------------------------------------------------------- rollback
+    def _restore_routed(self, driver: HostDriver, touched: Touched, exposure: rt.Exposure) -> None:
+        """Put back an exposed service by switching the router back, then the containers.
+
+        The container to serve again is the one this run retired, or the
+        active one when the run never got to retire it (its green failed
+        before the switch).  It is started, switched to once the router sees
+        it UP (``resume``: whatever is in effect already is skipped, so a
+        green that never got a request costs no router command), this run's
+        container is drained out, and only then removed or retired again.
+        """
+        env, host, name = self.desired.name, touched.host, touched.service
+        router = self.routers[host]
+        service = self._service(name) if name in {s.name for s in self.desired.services} else None
+        drain = service.expose.drain if service is not None and service.expose is not None else 30.0
+        deadline = service.health.deadline if service else 60.0
+        target = touched.previous
+        if target is None:
+            active = self._find(host, name, model.ROLE_ACTIVE)
+            target = active.id if active is not None and active.id != touched.new else None
+        if target is not None:
+            seen = driver.inspect(target)
+            if not seen.running:
+                driver.start(target)
+            green = exposure.server(seen.config_hash or seen.id, driver.address(target))
+            others = [s for (b, s) in router.servers() if b == name and s != green.name]
+            steps = rt.cutover_steps(host, name, green=green, others=others, check=exposure.check,
+                                     up_deadline=deadline, drain_deadline=drain)
+        elif touched.new is not None:
+            # Nothing to go back to (a first deploy): this run's server out, like its container.
+            new = driver.inspect(touched.new)
+            out = rt.server_name(name, new.config_hash or new.id)
+            steps = (rt.Drain(host, name, out), rt.WaitDrained(host, name, out, drain), rt.Maint(host, name, out),
+                     rt.DelServer(host, name, out))
+        else:
+            steps = ()
+        for step in rt.resume(steps, router.servers()):
+            outcome = router.apply(step, persist=isinstance(step, _PERSISTED))
+            if isinstance(step, rt.WaitUp) and outcome.state != "healthy":
+                raise RouterError(f"switch back to {step.server}: {outcome.reason}; the router still "
+                                  f"sends requests to this run's release", host=host)
+        if touched.new is not None and touched.new != target:
+            if touched.new_was is not None:
+                driver.stop(touched.new, 10)
+                driver.rename(touched.new, touched.new_was)
+            else:
+                driver.remove(touched.new)
+        if target is not None:
+            if driver.inspect(target).name != model.container_name(env, name):
+                driver.rename(target, model.container_name(env, name))
+            if service is not None:
+                self._stop_retired(driver, name)
+
     def rollback(self) -> list[str]:
         """Restore every touched (host, service) to the container it had.
 
@@ -424,6 +568,12 @@ class Executor:
         def restore(touched: Touched) -> None:
             driver = self.hosts[touched.host]
             env = self.desired.name
+            exposure = self._exposure(touched.host, touched.service)
+            if exposure is not None:
+                self._restore_routed(driver, touched, exposure)
+                self.report("restored", host=touched.host, service=touched.service)
+                self._report_serving(touched.host, touched.service)
+                return
             if touched.new is not None and touched.new_was is not None:
                 driver.stop(touched.new, 10)
                 driver.rename(touched.new, touched.new_was)
@@ -459,9 +609,13 @@ class Executor:
         return unreachable
 
 
-_DEPLOY_STEPS = (Retire, Start, CheckHealth, Switch, Restore)
+_DEPLOY_STEPS = (Retire, Start, CheckHealth, Switch, Restore, Route, Adopt, Aside, Revive)
 # Steps after which a host may serve something else for the service.
 _CHANGES_SERVING = (Retire, Start, Switch, Restore, Heal, Resume, Remove)
+# Router steps whose result is written into the host's config and state file
+# at once, so that a restart of the router keeps them: the others change
+# nothing a restart would get wrong (a drained server has weight 0 already).
+_PERSISTED = (rt.AddServer, rt.SetWeights, rt.DelServer)
 
 
 def split_phases(actions: Sequence[Action]) -> tuple[list[Action], list[Action], list[Action]]:

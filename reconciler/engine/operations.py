@@ -1,6 +1,7 @@
 """What each operation plans, and what a run that finds nothing to do records.
 
-deploy    ``plan_deploy`` (with Resume steps for a dead run's half-done work);
+deploy    ``plan_deploy`` (with Resume steps for a dead run's half-done work;
+          a blue-green switch continues from what the hosts' routers show);
 rollback  ``plan_rollback``: a retained container back on every host, refused
           whole when one host has none or when it is older than a contract;
 restore   ``plan_restore``: a fresh verified backup, then the restore;
@@ -23,7 +24,19 @@ def observe(hosts: Mapping[str, Any]) -> dict:
     return fleet.observe_all(hosts)
 
 
+def observe_routers(run: RunState) -> None:
+    """Add the routers of the hosts that serve exposed services to ``run.observed``."""
+    from reconciler.engine import routing
+
+    routers = run.ctx.executor_options.get("routers")
+    if routers is None:
+        routers = routing.RouterMap(run.environment, run.hosts)
+    run.observed = routing.observe(run.environment, run.observed, routers)
+
+
 def plan_for(run: RunState) -> Plan:
+    if run.operation in ("deploy", "rollback") and run.environment.router is not None:
+        observe_routers(run)  # a switch is planned from the router's state, like the containers'
     env, observed = run.environment, run.observed
     if run.operation == "deploy":
         interrupted = run.interrupted if run.carried else None

@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # Every key service_document writes when the service has it; the schema's
 # SERVICE_KEYS must be the same set (tests/test_render.py).
 RENDERED_SERVICE_KEYS = ("image", "hosts", "command", "env", "ports", "volumes", "networks", "restart", "resources",
-                         "labels", "health", "rollout", "depends_on", "secrets", "migrations", "stop_timeout")
+                         "labels", "health", "rollout", "depends_on", "secrets", "migrations", "stop_timeout", "expose")
 _HEALTH_KEYS = {"http": ("port", "path", "status", "body_contains"), "tcp": ("port",), "command": ("command",),
                 "docker": (), "running": ()}
 
@@ -50,6 +50,8 @@ def environment_document(environment) -> dict:
     if environment.database is not None:
         doc["database"] = {k: v for k, v in _fields(environment.database).items() if v is not None}
     doc["known_hosts"] = posixpath.relpath(environment.known_hosts, base)
+    if environment.router is not None:
+        doc["router"] = {k: v for k, v in _fields(environment.router).items() if v is not None}
     doc["services"] = {s.name: service_document(s) for s in environment.services}
     return doc
 
@@ -86,6 +88,10 @@ def service_document(service) -> dict:
                              **({"command": list(m.command)} if m.command else {}),
                              "allow_contract": m.allow_contract, "soak": m.soak}
     doc["stop_timeout"] = service.stop_timeout
+    if service.expose is not None:
+        e = service.expose
+        doc["expose"] = {**({"hosts": list(e.hostnames)} if e.hostnames else {}),
+                         **({"path": e.path} if e.path is not None else {}), "port": e.port, "drain": e.drain}
     return doc
 
 

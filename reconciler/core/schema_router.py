@@ -1,0 +1,102 @@
+"""The router parts of the format: an environment's ``router:`` and a service's ``expose:``.
+
+::
+
+    router:                          # the HAProxy of every host that runs an exposed service
+      bind: ":80"                    # its one HTTP frontend; {host} and {address} are filled in per host
+      admin: 127.0.0.1:9901          # its Runtime API, on the host's loopback (reached through SSH)
+      config_file: /etc/haproxy/haproxy.cfg
+      reload: systemctl reload haproxy
+      check: haproxy -c -q -f        # followed by a candidate config's path
+      socket: /run/haproxy/admin.sock
+      state_file: /var/lib/haproxy/server-state
+      log: /dev/log
+
+    services:
+      web:
+        expose: {hosts: [shop.example.com], path: /api, port: 8080, drain: 30s}
+
+A service with ``expose`` is deployed blue-green through its hosts'
+routers and publishes no host port; what each host's router would serve is
+checked as one site (``core.router.problems``): two services claiming the
+same host name and path on one host are refused at their ``expose``.
+"""
+
+from __future__ import annotations
+
+import re
+
+from reconciler.core import model
+from reconciler.core import router as rt
+from reconciler.core.schema_fields import BAD, duration, integer, mapping, string, string_list
+from reconciler.core.schema_yaml import Node, Problems
+
+ROUTER_KEYS = ("bind", "admin", "config_file", "reload", "check", "socket", "state_file", "log")
+EXPOSE_KEYS = ("hosts", "path", "port", "drain")
+_ADDRESS_RE = re.compile(r"^(\{address\}|[0-9A-Za-z.:\[\]-]*):\d{1,5}$")
+
+
+def parse_router(node: Node, problems: Problems) -> model.RouterConfig:
+    fields = mapping(node, ROUTER_KEYS, problems, "router")
+    if fields is BAD:
+        return BAD
+    values = {}
+    for key in ROUTER_KEYS:
+        if key in fields:
+            values[key] = string(fields[key], problems, f"router.{key}")
+    for key in ("bind", "admin"):
+        value = values.get(key)
+        if value not in (None, BAD) and not _ADDRESS_RE.match(value):
+            problems.at(fields[key], f"router.{key}: expected ADDRESS:PORT or :PORT, got {value!r}")
+            values[key] = BAD
+    if BAD in values.values():
+        return BAD
+    return model.RouterConfig(**values)
+
+
+def parse_expose(node: Node, problems: Problems, what: str) -> model.Expose:
+    fields = mapping(node, EXPOSE_KEYS, problems, what)
+    if fields is BAD:
+        return BAD
+    if "port" not in fields:
+        problems.at(node, f"{what}: missing 'port' (the container port the router sends requests to)")
+        return BAD
+    port = integer(fields["port"], problems, f"{what}.port", 1, 65535)
+    hostnames = string_list(fields["hosts"], problems, f"{what}.hosts") if "hosts" in fields else ()
+    path = string(fields["path"], problems, f"{what}.path") if "path" in fields else None
+    drain = duration(fields["drain"], problems, f"{what}.drain") if "drain" in fields else 30.0
+    if BAD in (port, hostnames, path, drain):
+        return BAD
+    return model.Expose(port, tuple(sorted(set(hostnames))), path, drain)
+
+
+def check_routing(services, router: model.RouterConfig | None, hosts: tuple[model.Host, ...], problems: Problems) -> None:
+    """Every exposed service needs the environment's router; each host's site must be unambiguous.
+
+    ``services``: the parsed services (``schema_service.ParsedService``);
+    a problem of a host's site is reported at the ``expose`` of the first
+    service it names, once for all the hosts it concerns.
+    """
+    exposed = [p for p in services if p.expose_node is not None]
+    if not exposed:
+        return
+    if router is None:
+        for parsed in exposed:
+            problems.at(parsed.expose_node, f"services.{parsed.name}.expose: the environment declares no "
+                                            "'router' (the HAProxy its hosts serve HTTP with)")
+        return
+    if router is BAD:
+        return
+    by_name = {h.name: h for h in hosts}
+    found: dict[tuple[Node, str], list[str]] = {}
+    for host in sorted(by_name):
+        here = [p for p in exposed if p.service is not None and host in p.service.hosts]
+        if not here:
+            continue
+        site = rt.Site(rt.settings_for(router, by_name[host]), tuple(rt.exposure_of(p.service) for p in here))
+        for message in rt.problems(site):
+            named = next((p for p in here if f" {p.name} " in f" {message} ".replace(":", " ").replace("'", " ")),
+                         here[0])
+            found.setdefault((named.expose_node, message), []).append(host)
+    for (node, message), on in found.items():
+        problems.at(node, f"router on {', '.join(on)}: {message}")
