@@ -15,7 +15,7 @@ import shutil
 import docker
 
 from reconciler.sandbox import procs
-from reconciler.sandbox.layout import REGISTRY, HostLayout
+from reconciler.sandbox.layout import DOCKER_GROUP, REGISTRY, HostLayout
 
 # A first start initialises containerd, the overlay store and iptables in the
 # namespace; three at once on two loaded cores took over 45 s.
@@ -60,6 +60,7 @@ def dockerd_argv(host: HostLayout) -> list[str]:
         "--data-root", str(host.data_root),
         "--exec-root", str(host.exec_root),
         "-H", f"unix://{host.docker_socket}",
+        "--group", DOCKER_GROUP,  # the socket root:docker 0660: the deploy user's way in
         "--pidfile", str(host.dockerd_pidfile),
         "--config-file", str(host.daemon_json),  # not /etc/docker/daemon.json
         "--bip", host.docker_bip,

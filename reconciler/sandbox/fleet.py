@@ -19,8 +19,8 @@ from pathlib import Path
 
 from reconciler.errors import SandboxError
 from reconciler.sandbox import description, engines, haproxy, images, netns, procs, registry, sshd
-from reconciler.sandbox.layout import (IMAGE_REPOSITORY, MAX_HOSTS, NETNS_PREFIX, REGISTRY, SSH_PORT, SSH_USER,
-                                       HostLayout, Layout, layout)
+from reconciler.sandbox.layout import (DEPLOY_USER, DOCKER_GROUP, IMAGE_REPOSITORY, MAX_HOSTS, NETNS_PREFIX, REGISTRY,
+                                       SSH_PORT, SSH_USER, HostLayout, Layout, layout)
 
 DEFAULT_HOSTS = 3
 
@@ -86,6 +86,7 @@ def _up(lay: Layout, hosts: int, started: float) -> description.Sandbox:
         if stale.index > hosts:
             _teardown_host(stale)
 
+    ensure_deploy_user()
     sshd.write_client_files(lay)
     netns.ensure_bridge()
     registry.start(lay)
@@ -106,6 +107,7 @@ def _up(lay: Layout, hosts: int, started: float) -> description.Sandbox:
         pinned = [sshd.ensure(host, lay) for host in wanted]
         for host in wanted:
             engines.wait_ready(host, started_engines.get(host.name))
+            ensure_socket_group(host)
         refs, dsn = pushed.result(), database.result()
     sshd.write_known_hosts(lay, pinned)
     # After the engines: stopping an unhealthy engine ends every process that
@@ -244,3 +246,39 @@ def status() -> Status:
     hosts = tuple(HostStatus(h.name, h.address, h.netns in namespaces, engines.healthy(h), sshd.healthy(h),
                              haproxy.healthy(h)) for h in ours)
     return Status(str(lay.root), hosts, registry.healthy(lay), _postgres_answers(dsn), described)
+
+
+def ensure_deploy_user() -> None:
+    """The deploy user: a member of the docker group, key login only.
+
+    ``useradd`` leaves the account locked ('!'), which sshd without PAM
+    refuses even for a key; '*' is no password at all, and not locked."""
+    import grp
+    import pwd
+
+    try:
+        grp.getgrnam(DOCKER_GROUP)
+    except KeyError:
+        procs.run(["groupadd", "--system", DOCKER_GROUP], what=f"create group {DOCKER_GROUP}")
+    try:
+        pwd.getpwnam(DEPLOY_USER)
+    except KeyError:
+        procs.run(["useradd", "--create-home", "--shell", "/bin/sh", "--groups", DOCKER_GROUP,
+                   "--comment", "reconciler sandbox deploy user", DEPLOY_USER], what=f"create user {DEPLOY_USER}")
+    if DEPLOY_USER not in grp.getgrnam(DOCKER_GROUP).gr_mem:
+        procs.run(["usermod", "--append", "--groups", DOCKER_GROUP, DEPLOY_USER], what=f"add {DEPLOY_USER} to {DOCKER_GROUP}")
+    procs.run(["usermod", "--password", "*", DEPLOY_USER], what=f"unlock {DEPLOY_USER} for key login")
+
+
+def ensure_socket_group(host: HostLayout) -> None:
+    """The host's engine socket: root:docker, mode 0660 (what dockerd does
+    itself when the group exists as it starts; an engine started before
+    the group was made is fixed in place, without a restart)."""
+    import grp
+
+    gid = grp.getgrnam(DOCKER_GROUP).gr_gid
+    info = host.docker_socket.stat()
+    if info.st_gid != gid:
+        os.chown(host.docker_socket, 0, gid)
+    if info.st_mode & 0o777 != 0o660:
+        os.chmod(host.docker_socket, 0o660)

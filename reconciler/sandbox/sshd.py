@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from reconciler.sandbox import procs
-from reconciler.sandbox.layout import SSH_PORT, HostLayout, Layout
+from reconciler.sandbox.layout import DEPLOY_USER, SSH_PORT, HostLayout, Layout
 
 # sshd binds, writes its pidfile, and each connection's child re-executes
 # sshd and loads the host key before it sends the banner: seconds, not
@@ -55,6 +55,9 @@ def sshd_config_text(host: HostLayout, authorized_keys: Path) -> str:
         "PasswordAuthentication no",
         "KbdInteractiveAuthentication no",
         "PermitRootLogin prohibit-password",
+        # The deploy user is how the product reaches hosts (root while the
+        # switch to it is under way).
+        f"AllowUsers root {DEPLOY_USER}",
         "UsePAM no",
         "UseDNS no",
         "PrintMotd no",
@@ -127,7 +130,8 @@ def write_client_files(layout: Layout) -> str:
     """The sandbox identity, and authorized_keys holding only its public key."""
     public = ensure_keypair(layout.identity_file, "reconciler-sandbox-client")
     layout.authorized_keys.write_text(public + "\n")
-    os.chmod(layout.authorized_keys, 0o600)
+    # sshd reads it as the user logging in; it holds a public key only.
+    os.chmod(layout.authorized_keys, 0o644)
     return public
 
 
