@@ -73,6 +73,7 @@ class FakeRouter:
     served: set[str] = field(default_factory=set)  # backends that ever had an effective server
     kill_at: tuple[str, int] | None = None  # (step name, nth time): die before running it
     configures: int = 0
+    persisted: int = 0
 
     # ------------------------------------------------------------ the adapter's interface
     def servers(self) -> dict[tuple[str, str], rt.ServerState]:
@@ -86,8 +87,12 @@ class FakeRouter:
     def config_hash(self) -> str | None:
         return self.skeleton
 
+    def persist(self) -> None:
+        self.persisted += 1
+
     def apply(self, step: rt.RouterStep, *, persist: bool = True):
         self.applied.append(step.step)
+        self.persisted += persist
         if self.kill_at is not None and self.kill_at[0] == step.step:
             if self.applied.count(step.step) == self.kill_at[1]:
                 raise Killed(f"killed before {step.step} on {self.host.name}")

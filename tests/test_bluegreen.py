@@ -233,3 +233,13 @@ def test_the_fake_router_sees_a_request_fail_or_reach_an_unhealthy_container(wor
     router.apply(rt.AddServer("h2", "web", "web-x", "172.31.0.9", 8080))
     router.apply(rt.SetWeights("h2", "web", (("web-x", 100), (server(V1), 0))))
     assert world.violations[-1] == "h2: after SetWeights, web has no server for a request"
+
+
+def test_the_router_files_are_written_after_adding_and_after_each_hosts_last_step_not_at_the_switch(world):
+    first, _ = deploy(world, V1, "r1")
+    assert [a.step for a in first.actions if a.host == "h1" and getattr(a, "persist", False)] == ["AddServer", "SetWeights"]
+    second = world.plan(environment(web(V2)), "r2")
+    assert [a.step for a in second.actions if a.host == "h1" and getattr(a, "persist", False)] == ["AddServer", "DelServer"]
+    # The last router step of a host comes before the Switch that stops blue.
+    h1 = steps(second)
+    assert h1.index("DelServer") < h1.index("Switch")

@@ -115,7 +115,8 @@ def _routes(service: Service, host: str, steps: tuple[rt.RouterStep, ...], full:
     """Route actions positioned by their index in the full sequence (``full`` steps long)."""
     first = full - len(steps)
     return [(10 + first + i, Route(host, service.name, _reason(step, service), route=step, batch=batch,
-                                   container=container if isinstance(step, rt.AddServer) else ""))
+                                   container=container if isinstance(step, rt.AddServer) else "",
+                                   persist=isinstance(step, rt.AddServer) or i == len(steps) - 1))
             for i, step in enumerate(steps)]
 
 

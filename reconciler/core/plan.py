@@ -100,6 +100,11 @@ class Route(Action):
     route: object = None  # a core.router.RouterStep
     batch: int = 0
     container: str = ""
+    # Write the router's config and state file after the step: after adding a
+    # server, and after the last step of a host's switch (before any container
+    # stops), so a restarted router routes as the switch left it.  Not after
+    # the switch itself: its window stays the one command.
+    persist: bool = False
 
     @property
     def step(self) -> str:
@@ -126,10 +131,12 @@ class Aside(Action):
 
 
 @dataclass(frozen=True)
-class Revive(Action):
-    """Blue-green rollback: start a retained container as the candidate, beside the serving one."""
+class Revive(Restore):
+    """Blue-green rollback: start a retained container as the candidate,
+    beside the serving one; the router switches to it, then ``Switch``.  A
+    Restore, so what guards and records a rollback (contracts, the lever's
+    commit) sees it as one."""
 
-    container: str = ""  # name
     batch: int = 0
 
 

@@ -71,6 +71,7 @@ class RouterDriver(Protocol):
     def servers(self) -> Mapping[tuple[str, str], rt.ServerState]: ...
     def config_hash(self) -> str | None: ...
     def apply(self, step: rt.RouterStep, *, persist: bool = True): ...
+    def persist(self) -> None: ...
 
 
 Reporter = Callable[..., None]
@@ -403,7 +404,7 @@ class Executor:
         if isinstance(step, rt.AddServer) and action.container:
             # A container has its address once started: read it now, not at planning.
             step = dataclasses.replace(step, address=driver.address(self._named(action.host, action.container).id))
-        outcome = router.apply(step, persist=isinstance(step, _PERSISTED))
+        outcome = router.apply(step, persist=action.persist)
         if isinstance(step, rt.WaitUp) and outcome.state != "healthy":
             self._abandon(router, step)
             touched = self.touched.get((action.host, action.service))
@@ -420,7 +421,7 @@ class Executor:
         if state is None or (state.weight > 0 and not state.drain and not state.maint):
             return
         for abandon in rt.abandon_steps(step.host, step.backend, step.server):
-            router.apply(abandon, persist=isinstance(abandon, _PERSISTED))
+            router.apply(abandon, persist=isinstance(abandon, rt.DelServer))
 
     def _exposure(self, host: str, service: str) -> rt.Exposure | None:
         site = rt.site_for(self.desired, host) if host in {h.name for h in self.desired.hosts} else None
@@ -534,11 +535,14 @@ class Executor:
                      rt.DelServer(host, name, out))
         else:
             steps = ()
-        for step in rt.resume(steps, router.servers()):
-            outcome = router.apply(step, persist=isinstance(step, _PERSISTED))
+        left = rt.resume(steps, router.servers())
+        for step in left:
+            outcome = router.apply(step, persist=isinstance(step, rt.AddServer))
             if isinstance(step, rt.WaitUp) and outcome.state != "healthy":
                 raise RouterError(f"switch back to {step.server}: {outcome.reason}; the router still "
                                   f"sends requests to this run's release", host=host)
+        if left:
+            router.persist()  # before this run's container stops: a restarted router keeps the switch back
         if touched.new is not None and touched.new != target:
             if touched.new_was is not None:
                 driver.stop(touched.new, 10)
@@ -612,10 +616,7 @@ class Executor:
 _DEPLOY_STEPS = (Retire, Start, CheckHealth, Switch, Restore, Route, Adopt, Aside, Revive)
 # Steps after which a host may serve something else for the service.
 _CHANGES_SERVING = (Retire, Start, Switch, Restore, Heal, Resume, Remove)
-# Router steps whose result is written into the host's config and state file
-# at once, so that a restart of the router keeps them: the others change
-# nothing a restart would get wrong (a drained server has weight 0 already).
-_PERSISTED = (rt.AddServer, rt.SetWeights, rt.DelServer)
+
 
 
 def split_phases(actions: Sequence[Action]) -> tuple[list[Action], list[Action], list[Action]]:
