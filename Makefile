@@ -1,5 +1,7 @@
 # make setup: install what is missing (Debian packages, .venv with the project). Safe to run twice.
-# make demo:  set up, bring up the local fleet, deploy the example environment to it.
+# make demo:  set up, then `reconciler demo`: the local fleet, the agent on a copy of the example
+#             repository, three pushes (a migration, a backup, a rollback and its revert); the agent
+#             keeps running (`reconciler demo --stop` stops it).
 # make test:  set up and run the whole test suite (fleet tests included).
 # make bench: set up and run the benchmarks.
 # make wheel: set up and build the installable wheel into dist/ (hooks, templates, unit, example included).
