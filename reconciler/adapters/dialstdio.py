@@ -1,13 +1,21 @@
 """The Engine API over SSH channels: docker-py's HTTP stack, each of its
-connections one channel running ``docker system dial-stdio`` on the host.
+connections one channel of the host's pinned connection, straight to the
+engine's Unix socket (``direct-streamlocal@openssh.com``), or, where the host
+does not allow that, running ``docker system dial-stdio`` on the host.
 
-docker-py has this transport for ``ssh://`` URLs, but over a paramiko client
-of its own (its own host key policy, ``~/.ssh/config``, port 22); here the
-channels come from a connection ``adapters.ssh`` opened with the pinned key.
+docker-py has the dial-stdio transport for ``ssh://`` URLs, but over a
+paramiko client of its own (its own host key policy, ``~/.ssh/config``, port
+22); here the channels come from a connection ``adapters.ssh`` opened with
+the pinned key.  dial-stdio starts a process on the host per engine
+connection (the login shell, its rc files, the docker CLI): 340-800 ms
+before the first answer, measured on the sandbox; a streamlocal channel is
+one round trip, and OpenSSH allows it unless ``AllowStreamLocalForwarding
+no``.  ``EngineChannels`` picks one per connection (below).
 
 dockerd closes an engine connection idle for 5 minutes (its HTTP server's
 ``ReadHeaderTimeout``; measured here: closed at 300.0 s), which ends
-dial-stdio and closes the channel.  docker-py's pool never looks at a pooled
+dial-stdio and closes the channel, or, on a streamlocal channel, makes sshd
+close it.  docker-py's pool never looks at a pooled
 channel before reusing it (it skips urllib3's test, which costs a pipe pair
 per paramiko channel), so the first request after 5 idle minutes failed with
 ``('Connection aborted.', OSError('Socket is closed'))``: the agent's drift
@@ -16,7 +24,10 @@ interval is 5 minutes.  ``_DialStdioPool`` asks the channel itself.
 
 from __future__ import annotations
 
+import logging
 import queue
+import shlex
+import weakref
 from typing import Any, Callable
 
 import docker
@@ -36,6 +47,8 @@ from reconciler.errors import HostUnreachable
 # round trip before every client is usable.
 API_VERSION = "1.41"
 DIAL_STDIO = "docker system dial-stdio"
+# Where dockerd listens unless told otherwise (its -H default).
+DEFAULT_SOCKET = "/var/run/docker.sock"
 
 # What a lost connection surfaces as: paramiko's errors under the channel, and
 # those of the HTTP stack above it (a stream cut mid-pull is
@@ -55,8 +68,18 @@ def _finished(channel: Any) -> bool:
     return channel.closed or channel.eof_received or channel.exit_status_ready()
 
 
+def _complaint(channel: Any) -> str:
+    """What a process on the channel said on stderr before it ended (dial-stdio
+    names the socket it could not reach); empty for a streamlocal channel."""
+    channel.status_event.wait(2.0)  # its exit comes after its stderr
+    said = b""
+    while channel.recv_stderr_ready() and len(said) < 4096:
+        said += channel.recv_stderr(4096)
+    return said.decode("utf-8", "replace").strip()
+
+
 class _DialStdioConnection(urllib3.connection.HTTPConnection):
-    """One HTTP connection to the engine: a channel running dial-stdio."""
+    """One HTTP connection to the engine: a channel to its socket, or running dial-stdio."""
 
     def __init__(self, open_channel: Callable[[], paramiko.Channel], timeout: float) -> None:
         super().__init__("localhost", timeout=timeout)
@@ -70,7 +93,14 @@ class _DialStdioConnection(urllib3.connection.HTTPConnection):
             # Closed between request and response: urllib3 would fail with an
             # AttributeError ('NoneType' object has no attribute 'settimeout').
             raise ConnectionResetError("the engine channel closed before the response")
-        return super().getresponse(*args, **kwargs)
+        channel = self.sock
+        try:
+            return super().getresponse(*args, **kwargs)
+        except ConnectionResetError as exc:  # http.client's RemoteDisconnected among them
+            said = _complaint(channel) if channel.exit_status_ready() or channel.closed else ""
+            if not said:
+                raise
+            raise ConnectionResetError(f"the engine channel closed without an answer: {said}") from exc
 
 
 class _DialStdioPool(urllib3.connectionpool.HTTPConnectionPool):
@@ -122,18 +152,82 @@ class _EngineAdapter(BaseHTTPAdapter):
         return pool
 
 
-def engine_client(conn: Connection, *, host: str | None = None, timeout: float = 60.0) -> docker.DockerClient:
-    """A docker-py client whose every request travels over ``conn`` (for a
-    quick look from Python; ``DockerHost`` also heals its connection)."""
-    name = host or conn.host
+class EngineChannels:
+    """Where one host's engine connections come from.
 
-    def dial_stdio() -> paramiko.Channel:
-        channel = ssh.open_channel(conn.transport, host=name, what=f"open an engine channel ({DIAL_STDIO})", timeout=timeout)
-        channel.settimeout(timeout)
-        channel.exec_command(DIAL_STDIO)
+    A channel straight to ``docker_socket`` (the host entry's setting; the
+    engine's default socket when it has none).  Where a connection's sshd
+    will not open it, that connection runs dial-stdio instead, and says so
+    once in its log (``paramiko.transport.<host>``, which the agent routes
+    into its own lines); a new connection tries the socket again.  OpenSSH
+    gives one answer, "open failed" (code 2), both for
+    ``AllowStreamLocalForwarding no`` and for a socket it cannot connect to,
+    so either way dial-stdio is tried: with the socket the host entry names
+    (``docker -H unix://PATH``), else the host's docker CLI's own choice,
+    which is what connections did before this channel existed
+    (``DOCKER_HOST`` in sshd's environment, a context).  An SSH server
+    without this channel kind (code 3) is answered the same way.
+    """
+
+    def __init__(self, host: str, transport: Callable[[], Any], *, docker_socket: str | None = None,
+                 timeout: float = 60.0) -> None:
+        self.host = host
+        self.socket = docker_socket or DEFAULT_SOCKET
+        self.named = docker_socket is not None
+        self.timeout = timeout
+        self._transport = transport
+        self._refused_by: Callable[[], Any] = lambda: None  # the connection that runs dial-stdio
+
+    @property
+    def dial_stdio(self) -> str:
+        if self.named:
+            return f"docker -H {shlex.quote('unix://' + self.socket)} system dial-stdio"
+        return DIAL_STDIO
+
+    def via(self) -> str:
+        """What the current connection's engine channels are: ``streamlocal`` or ``dial-stdio``."""
+        refused = self._refused_by()
+        return "dial-stdio" if refused is not None and refused is self._transport() else "streamlocal"
+
+    def __call__(self) -> paramiko.Channel:
+        transport = self._transport()
+        if self._refused_by() is not transport:
+            what = f"open an engine channel to {self.socket}"
+            try:
+                channel = ssh.open_streamlocal(transport, self.socket, host=self.host, what=what, timeout=self.timeout)
+            except paramiko.ChannelException as exc:
+                self._refused(transport, exc)
+            else:
+                channel.settimeout(self.timeout)
+                return channel
+        return self._run_dial_stdio(transport)
+
+    def _refused(self, transport: Any, exc: paramiko.ChannelException) -> None:
+        if exc.code not in (paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED, paramiko.OPEN_FAILED_CONNECT_FAILED,
+                            paramiko.OPEN_FAILED_UNKNOWN_CHANNEL_TYPE):
+            raise exc  # out of sessions: the caller's lost-connection handling
+        self._refused_by = weakref.ref(transport)
+        # Once per connection: each later engine channel on it runs dial-stdio.
+        logging.getLogger(transport.get_log_channel()).warning(
+            "engine connections: the host's sshd did not open a %s channel to %s (%s: "
+            "AllowStreamLocalForwarding no, or no socket there; docker_socket in the host entry says where "
+            "the engine listens); running `%s` on the host instead, a process per connection",
+            ssh.STREAMLOCAL, self.socket, exc.text, self.dial_stdio)
+
+    def _run_dial_stdio(self, transport: Any) -> paramiko.Channel:
+        channel = ssh.open_channel(transport, host=self.host, what=f"open an engine channel ({self.dial_stdio})",
+                                   timeout=self.timeout)
+        channel.settimeout(self.timeout)
+        channel.exec_command(self.dial_stdio)
         return channel
 
-    return engine_client_over(dial_stdio, timeout=timeout)
+
+def engine_client(conn: Connection, *, host: str | None = None, timeout: float = 60.0,
+                  docker_socket: str | None = None) -> docker.DockerClient:
+    """A docker-py client whose every request travels over ``conn`` (for a
+    quick look from Python; ``DockerHost`` also heals its connection)."""
+    channels = EngineChannels(host or conn.host, lambda: conn.transport, docker_socket=docker_socket, timeout=timeout)
+    return engine_client_over(channels, timeout=timeout)
 
 
 def engine_client_over(open_channel: Callable[[], paramiko.Channel], *, timeout: float) -> docker.DockerClient:

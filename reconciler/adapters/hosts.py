@@ -1,11 +1,12 @@
 """The host driver: observe and act on one host's Docker engine over SSH.
 
 The Engine API is spoken over the host's single SSH connection, each HTTP
-connection one channel running ``docker system dial-stdio``
-(``adapters.dialstdio``), so the pinned host key and timeouts of
-``adapters.ssh`` apply.  Health probes of a container's port go through the
-same connection as a ``direct-tcpip`` channel to the container's address on
-the host, so no port needs to be published for a check.
+connection one channel straight to the engine's socket (or running ``docker
+system dial-stdio`` where the host refuses that: ``adapters.dialstdio``), so
+the pinned host key and timeouts of ``adapters.ssh`` apply.  Health probes
+of a container's port go through the same connection as a ``direct-tcpip``
+channel to the container's address on the host, so no port needs to be
+published for a check.
 
 The connection heals.  One that dies (the host's sshd restarted and took
 the session along, the host went down and came back) makes the failing call
@@ -30,7 +31,7 @@ from fabric import Connection
 
 from reconciler.adapters import secrets, ssh
 from reconciler.adapters.dialstdio import (  # noqa: F401 (engine_client: for users of this module)
-    DIAL_STDIO, LOST_CONNECTION, LOST_REQUESTS, engine_client, engine_client_over)
+    DIAL_STDIO, LOST_CONNECTION, LOST_REQUESTS, EngineChannels, engine_client, engine_client_over)
 from reconciler.core import model
 from reconciler.core.health import CheckResult
 from reconciler.core.model import ContainerSpec, HealthCheck, ImageRef, ObservedContainer, ObservedHost, Service
@@ -122,10 +123,12 @@ class DockerHost:
     With ``reconnect`` (a function returning a new connection through the
     same pinned access, as ``fleet.open_hosts`` gives), a lost connection is
     replaced before the next call; ``log(event, **fields)`` hears of it.
+    ``docker_socket`` is the host entry's: where the engine listens.
     """
 
     def __init__(self, name: str, conn: Connection, *, timeout: float = 60.0,
-                 reconnect: Callable[[], Connection] | None = None, log: Callable[..., None] | None = None) -> None:
+                 reconnect: Callable[[], Connection] | None = None, log: Callable[..., None] | None = None,
+                 docker_socket: str | None = None) -> None:
         self.name = name
         self.timeout = timeout
         self._reconnect = reconnect
@@ -136,7 +139,8 @@ class DockerHost:
         # The engine client asks for its channels on whatever connection is
         # current, so reopening does not rebuild it; the pooled channels of
         # a dead connection are closed, and the pool drops them.
-        self.engine = engine_client_over(self._dial_stdio, timeout=timeout)
+        self.engine_channels = EngineChannels(name, lambda: self.transport, docker_socket=docker_socket, timeout=timeout)
+        self.engine = engine_client_over(self.engine_channels, timeout=timeout)
 
     def _bind(self, conn: Connection) -> None:
         self.conn = conn
@@ -158,13 +162,6 @@ class DockerHost:
         except HostUnreachable as exc:
             self._lose(what, exc)
             raise
-
-    def _dial_stdio(self) -> paramiko.Channel:
-        what = f"open an engine channel ({DIAL_STDIO})"
-        channel = ssh.open_channel(self.transport, host=self.name, what=what, timeout=self.timeout)
-        channel.settimeout(self.timeout)
-        channel.exec_command(DIAL_STDIO)
-        return channel
 
     def _alive(self) -> bool:
         return ssh.alive(self.transport)
