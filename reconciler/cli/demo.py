@@ -24,8 +24,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
-import shlex
 import shutil
 import signal
 import subprocess
@@ -37,7 +35,7 @@ from pathlib import Path
 import pygit2
 
 from reconciler import resources
-from reconciler.errors import SandboxError, StalledError
+from reconciler.errors import StalledError
 from reconciler.sandbox.description import Sandbox
 
 DEMO_ENVIRONMENT = "production"
@@ -282,37 +280,3 @@ def fast_forward(work: pygit2.Repository) -> str | None:
     work.checkout_tree(work[target], strategy=pygit2.enums.CheckoutStrategy.SAFE)
     work.head.set_target(target)
     return str(target)
-
-
-# ---------------------------------------------------------------- the hosts
-
-
-def provision_secret_files(hosts, environment) -> list[str]:
-    """Create the host-side secret files the environment references, if absent.
-
-    On real hosts this is the operator's job (the repository only names the
-    file); the sandbox's hosts are new, so the demo plays the operator.
-    """
-    made = []
-    for service in environment.services:
-        for secret in service.secrets:
-            if not secret.file:
-                continue
-            for host_name in service.hosts:
-                sftp = hosts[host_name].conn.sftp()
-                try:
-                    sftp.stat(secret.file)
-                    continue
-                except FileNotFoundError:
-                    pass
-                hosts[host_name].conn.run(f"mkdir -p -m 700 {shlex.quote(str(Path(secret.file).parent))}")
-                with sftp.open(secret.file, "w") as fh:
-                    fh.write(secrets.token_urlsafe(32))
-                sftp.chmod(secret.file, 0o600)
-                made.append(f"{host_name}:{secret.file}")
-    return made
-
-
-def require_sandbox_images(sandbox: Sandbox) -> None:
-    if not sandbox.images:
-        raise SandboxError("the sandbox description lists no demo images; run `reconciler sandbox up`")

@@ -170,6 +170,9 @@ class Follower:
         repo = gitlog.open_repo(self.repo_path)
         return gitlog.branch_head(repo, gitlog.environment_branch(repo, self.env))
 
+    def logged(self, event: str) -> bool:
+        return any(e.get("event") == event for e in self.seen)
+
     def reconciled(self, commit: str) -> dict | None:
         """The agent's reconcile-end line for ``commit`` (its log says so even
         when the run changed nothing and so left no note)."""

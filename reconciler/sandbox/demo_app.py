@@ -149,3 +149,42 @@ def remove_environment_containers(sandbox, environment: str) -> int:
         finally:
             client.close()
     return removed
+
+
+def provision_secret_files(environment) -> list[str]:
+    """Create the host-side files the environment's secrets name, if absent,
+    readable by each host's SSH user; returns ``host:path`` of those made.
+
+    On real hosts this is the operator's job, as root (the repository only
+    names the file, and the deploy user may not write under /etc).  The
+    sandbox's hosts are network namespaces of this machine that share its
+    filesystem and its users, so the demo plays the operator here: one file
+    serves every host.  An existing file keeps its content; its owner and
+    mode are set so that the deploy user can read it and nobody else.
+    """
+    import grp
+    import os
+    import pwd
+    import secrets
+    from pathlib import Path
+
+    made = []
+    for service in environment.services:
+        for secret in service.secrets:
+            if not secret.file:
+                continue
+            path = Path(secret.file)
+            for host_name in service.hosts:
+                user = pwd.getpwnam(environment.host(host_name).user)
+                group = grp.getgrgid(user.pw_gid).gr_gid
+                path.parent.mkdir(parents=True, exist_ok=True)
+                os.chown(path.parent, 0, group)
+                path.parent.chmod(0o750)
+                if not path.exists():
+                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+                    with os.fdopen(fd, "w") as fh:
+                        fh.write(secrets.token_urlsafe(32))
+                    made.append(f"{host_name}:{path}")
+                os.chown(path, 0, group)
+                path.chmod(0o640)
+    return made
