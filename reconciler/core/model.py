@@ -111,6 +111,9 @@ class Host:
     user: str = "root"
     port: int = 22
     groups: tuple[str, ...] = ()
+    # The engine's Unix socket on the host; None: the engine's default
+    # (/var/run/docker.sock), else the host's docker CLI's own choice.
+    docker_socket: str | None = None
 
 
 @dataclass(frozen=True)

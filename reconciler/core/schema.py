@@ -31,7 +31,9 @@ ENVIRONMENTS = "environments"
 ENVIRONMENT_KEYS = ("hosts", "policy", "database", "services", "known_hosts", "router")
 POLICY_KEYS = ("require_digest", "prune", "drift", "keep_retired", "parallel_hosts", "on_failure", "drift_interval", "require_signed")
 DATABASE_KEYS = ("kind", "dsn_file", "via_host", "name", "backup")
-HOST_KEYS = ("address", "user", "port", "groups")
+HOST_KEYS = ("address", "user", "port", "groups", "docker_socket")
+# An absolute path that fits a Unix socket address (108 bytes with its NUL).
+_SOCKET_PATH_RE = re.compile(r"^/[^\x00]{0,106}$")
 _ENV_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _HOST_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
@@ -190,6 +192,9 @@ def _hosts(node: Node, problems: Problems) -> tuple[model.Host, ...]:
             "user": string(fields["user"], problems, f"{what}.user") if "user" in fields else "root",
             "port": integer(fields["port"], problems, f"{what}.port", 1, 65535) if "port" in fields else 22,
             "groups": string_list(fields["groups"], problems, f"{what}.groups", _HOST_NAME_RE) if "groups" in fields else (),
+            "docker_socket": string(fields["docker_socket"], problems, f"{what}.docker_socket", _SOCKET_PATH_RE,
+                                    "an absolute path of at most 107 characters, e.g. /run/user/1000/docker.sock")
+            if "docker_socket" in fields else None,
         }
         if BAD not in values.values():
             values["groups"] = tuple(sorted(set(values["groups"])))
