@@ -24,12 +24,12 @@ REGISTRY_PORT = 5000
 REGISTRY = f"{BRIDGE_ADDRESS}:{REGISTRY_PORT}"
 IMAGE_REPOSITORY = "demo/web"
 SSH_PORT = 22
-SSH_USER = "root"
 # The non-root user the product reaches hosts as: in the docker group (the
 # engine's socket is root:docker 0660), nothing else.  One user for every
 # sandbox host: they share the machine's /etc/passwd.
 DEPLOY_USER = "rcl-deploy"
 DOCKER_GROUP = "docker"
+SSH_USER = DEPLOY_USER
 ROUTER_PORT = 80  # each host's HAProxy frontend, on the host's address
 ROUTER_ADMIN = "127.0.0.1:9901"  # its Runtime API, on the host's own loopback (reached through SSH)
 MAX_HOSTS = 50  # 10.213.0.{10+i} and 172.31.{10+i}.0/24 must stay valid
