@@ -129,13 +129,16 @@ def stop_agent(paths: Paths) -> AgentProcess | None:
     if agent is None:
         paths.agent_file.unlink(missing_ok=True)
         return None
-    os.kill(agent.pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE
-    while time.monotonic() < deadline and running_agent(paths) is not None:
-        time.sleep(0.2)
-    if running_agent(paths) is not None:
-        # Still in a reconcile after a minute: the journal is what makes a kill safe.
-        os.kill(agent.pid, signal.SIGKILL)
+    try:
+        os.kill(agent.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE
+        while time.monotonic() < deadline and running_agent(paths) is not None:
+            time.sleep(0.2)
+        if running_agent(paths) is not None:
+            # Still in a reconcile after a minute: the journal is what makes a kill safe.
+            os.kill(agent.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass  # it exited between the look and the signal: stopped all the same
     paths.agent_file.unlink(missing_ok=True)
     return agent
 
