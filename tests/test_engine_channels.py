@@ -183,3 +183,34 @@ def test_a_wrong_docker_socket_names_the_socket_and_the_host(sshd):
         assert wrong in str(failed.value), str(failed.value)
     finally:
         d.close()
+
+
+def test_connect_on_its_own_socket_still_refuses_a_wrong_key_and_names_an_unreachable_host(sshd, tmp_path):
+    """ssh.connect opens the TCP socket itself (TCP_NODELAY from the first
+    packet): the pinned-key check and the errors are as before."""
+    import dataclasses
+    import socket as socketlib
+
+    from reconciler.errors import HostKeyMismatch
+
+    conn = connect(sshd.access())
+    try:
+        assert conn.transport.sock.getsockopt(socketlib.IPPROTO_TCP, socketlib.TCP_NODELAY) == 1
+    finally:
+        conn.close()
+    other = paramiko.Ed25519Key.from_private_key_file(sshd.identity_file)  # not the host's key
+    pins = tmp_path / "known_hosts"
+    pins.write_text(f"[127.0.0.1]:{sshd.port} {other.get_name()} {other.get_base64()}\n")
+    with pytest.raises(HostKeyMismatch, match="lo: host key mismatch"):
+        connect(dataclasses.replace(sshd.access(), known_hosts_file=str(pins)))
+    with socketlib.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    with pytest.raises(HostUnreachable, match=f"lo: cannot reach 127.0.0.1:{closed_port} over SSH"):
+        connect(dataclasses.replace(sshd.access(), port=closed_port, known_hosts_file=str(write_pin(tmp_path, closed_port, other))))
+
+
+def write_pin(root, port, key):
+    path = root / f"known_hosts-{port}"
+    path.write_text(f"[127.0.0.1]:{port} {key.get_name()} {key.get_base64()}\n")
+    return path
