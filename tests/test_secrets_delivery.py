@@ -204,3 +204,20 @@ def test_as_file_needs_no_variable_and_two_secrets_cannot_share_one():
     assert any(":11:" in p and "'SAME' is already set by secret 'two'" in p for p in problems), problems
     assert any(":12:" in p and "must be one of env, file" in p for p in problems), problems
     assert len(problems) == 2
+
+
+def test_removing_a_container_removes_its_secrets_directory_and_nothing_else(monkeypatch):
+    host = driver(monkeypatch)
+    host.conn = type("Conn", (), {"user": "deploy"})()
+    mine = "/dev/shm/reconciler-secrets.deploy/" + "ab" * 16
+    attrs = {"c1": {"Mounts": [{"Destination": "/run/secrets", "Source": mine}]},
+             "c2": {"Mounts": [{"Destination": "/run/secrets", "Source": "/srv/elsewhere"}]},
+             "c3": {"Mounts": [{"Destination": "/run/secrets", "Source": "/dev/shm/reconciler-secrets.root/" + "cd" * 16}]}}
+    removed, runs = [], []
+    host.engine.api.inspect_container = lambda cid: attrs[cid]
+    host.engine.api.remove_container = lambda cid, force: removed.append(cid)
+    monkeypatch.setattr(secrets, "_run", lambda host, command, stdin, what: runs.append(command))
+    for cid in ("c1", "c2", "c3"):
+        host.remove(cid)
+    assert removed == ["c1", "c2", "c3"]
+    assert runs == [f"rm -rf -- {mine}"]  # another user's directory, or a path not ours, is left alone
