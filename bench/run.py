@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import REPO, Row, log, table  # noqa: E402
 
-FIGURES = ("startup", "noop", "deploy", "rollback", "backup", "agent", "peer")
+FIGURES = ("startup", "noop", "oneshot", "deploy", "rollback", "backup", "agent", "peer")
 
 
 def _figure(name: str, args) -> list[Row]:
@@ -39,6 +39,10 @@ def _figure(name: str, args) -> list[Row]:
         from bench import noop
 
         return noop.run(reps=reps or 10, fifty=not args.no_fifty)
+    if name == "oneshot":
+        from bench import oneshot
+
+        return oneshot.run(reps=reps or 10)
     if name == "deploy":
         from bench import deploy
 

@@ -1,0 +1,197 @@
+"""Figure: what a one-shot command pays to reach the engines (issue 13, "fast to call").
+
+1. First engine request on a new SSH connection, one host at a time: a
+   channel straight to the engine's socket (``direct-streamlocal``, the host
+   entry's ``docker_socket``) against ``docker system dial-stdio`` on the
+   host (what every connection ran before), interleaved.  The connect is
+   not timed; the ping (``GET /version``) on the fresh connection is.
+2. A one-shot ``reconciler plan`` of 3 hosts (its own process, from start to
+   exit) against a hand-typed parallel loop of OpenSSH ``ssh host docker ps
+   -a`` on the same hosts with the same pinned keys, interleaved:
+   - "docker_socket wired": the host entries carry ``docker_socket``, and a
+     stand-in makes ``fleet.open_hosts`` pass it to ``DockerHost`` (the one
+     keyword the lead wires into ``adapters/fleet.py``);
+   - "as wired today": the installed ``reconciler`` entry point unchanged.
+     Until that keyword is wired, the sandbox's default socket is absent and
+     every connection falls back to dial-stdio: this row shows the gap.
+
+Run alone: ``.venv/bin/python bench/oneshot.py [--reps N]``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import REPO, Row, cleanup, env_repo, log, median, ms, ratio_row, table  # noqa: E402
+
+ENV = "bench-oneshot"
+
+# The wiring the lead adds to fleet.open_hosts, as a stand-in: DockerHost
+# gets the host entry's docker_socket.  Then the CLI as a user calls it.
+WIRED = textwrap.dedent("""\
+    import json, sys
+    from reconciler.adapters import fleet, hosts
+    sockets = json.loads(sys.argv[1])
+    real = hosts.DockerHost
+    fleet.DockerHost = lambda name, conn, **kw: real(name, conn, docker_socket=sockets.get(name), **kw)
+    from reconciler.cli.main import main
+    sys.exit(main(sys.argv[2:]))
+    """)
+
+
+def services_yaml(image: str) -> str:
+    return textwrap.dedent(f"""\
+        web:
+          image: {image}
+          hosts: all
+          health: {{type: running}}
+          stop_timeout: 2s
+        """)
+
+
+def commit_with_sockets(repo, sb, services: str) -> None:
+    """The environment with docker_socket in each host entry (tests.envrepo writes none)."""
+    import pygit2
+
+    from tests.envrepo import _SIG
+
+    hosts = "\n".join(f"  {h.name}: {{address: {h.address}, port: {h.port}, user: {h.user}, "
+                      f"docker_socket: {h.docker_socket}}}" for h in sb.hosts)
+    (repo.path / "environments" / repo.env / "environment.yaml").write_text(
+        f"hosts:\n{hosts}\nservices:\n" + textwrap.indent(services.strip(), "  ") + "\n")
+    git = pygit2.Repository(str(repo.path))
+    git.index.add_all()
+    git.index.write()
+    parents = [] if git.head_is_unborn else [git.head.target]
+    git.create_commit("HEAD", _SIG, _SIG, "one service on every host", git.index.write_tree(), parents)
+
+
+def first_request(sb, reps: int) -> dict[str, list[float]]:
+    """Per variant, the connect and the first request's times (interleaved).
+    "before" is the code before the streamlocal change: dial-stdio, Nagle on."""
+    import logging
+    import socket
+
+    from reconciler.adapters import ssh
+    from reconciler.adapters.hosts import DockerHost
+
+    # The dial-stdio variants are the fallback on purpose: their one line per connection is expected here.
+    logging.getLogger(ssh.LOG_CHANNEL).setLevel(logging.ERROR)
+    tuned = ssh._no_small_packet_delays
+    out: dict[str, list[float]] = {k: [] for k in ("connect", "connect-before", "streamlocal", "dial-stdio", "before")}
+    for i in range(reps):
+        h = sb.hosts[i % len(sb.hosts)]
+        for variant, socket_path in (("streamlocal", h.docker_socket), ("dial-stdio", None), ("before", None)):
+            if variant == "before":
+                ssh._no_small_packet_delays = lambda sock: None  # Nagle on, as paramiko's own socket was
+            try:
+                t0 = time.perf_counter()
+                conn = ssh.connect(h.ssh_access())
+                out["connect-before" if variant == "before" else "connect"].append(time.perf_counter() - t0)
+            finally:
+                ssh._no_small_packet_delays = tuned
+            if variant == "before":
+                conn.transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
+            d = DockerHost(h.name, conn, docker_socket=socket_path)
+            try:
+                t0 = time.perf_counter()
+                d.ping()
+                out[variant].append(time.perf_counter() - t0)
+                expected = "streamlocal" if socket_path else "dial-stdio"
+                if d.engine_channels.via() != expected:
+                    raise RuntimeError(f"{h.name}: engine channels went {d.engine_channels.via()}, not {expected}")
+            finally:
+                d.close()
+    return out
+
+
+def timed(argv: list[str], ok=(0,)) -> float:
+    t0 = time.perf_counter()
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    elapsed = time.perf_counter() - t0
+    if proc.returncode not in ok:
+        raise RuntimeError(f"{argv[:3]}... exited {proc.returncode}: {proc.stderr[-500:]}")
+    return elapsed
+
+
+def ssh_loop(sb) -> list[str]:
+    """``for h in ...; do ssh h docker ps -a & done; wait``, as a person types it."""
+    one = (f"ssh -F /dev/null -i {sb.identity_file} -o UserKnownHostsFile={sb.known_hosts_file} "
+           "-o StrictHostKeyChecking=yes -o BatchMode=yes")
+    loop = " ".join(f"{h.user}@{h.address}" for h in sb.hosts)
+    return ["sh", "-c", f"for h in {loop}; do {one} $h docker ps -a >/dev/null & done; wait"]
+
+
+def one_shot(sb, repo, reps: int) -> tuple[list[float], list[float], list[float]]:
+    plan = ["plan", "--repo", str(repo.path), "--env", ENV, "--identity", sb.identity_file]
+    sockets = json.dumps({h.name: h.docker_socket for h in sb.hosts})
+    wired_argv = [sys.executable, "-c", WIRED, sockets, *plan]
+    today_argv = [str(REPO / ".venv" / "bin" / "reconciler"), *plan]
+    loop_argv = ssh_loop(sb)
+    for argv in (wired_argv, today_argv, loop_argv):  # warm-up: page cache, sshd's first sessions
+        timed(argv)
+    wired, today, base = [], [], []
+    for _ in range(reps):
+        wired.append(timed(wired_argv))
+        today.append(timed(today_argv))
+        base.append(timed(loop_argv))
+    return wired, today, base
+
+
+def run(reps: int = 10) -> list[Row]:
+    from bench.common import sandbox
+    from reconciler.engine.deploy import deploy_target
+
+    sb = sandbox()
+    repo = env_repo(sb, ENV)
+    try:
+        commit_with_sockets(repo, sb, services_yaml(sb.images["v1"]))
+        result = deploy_target(repo.target(), report_progress=lambda *a, **k: None)
+        if result.outcome is None or result.outcome.result != "deployed":
+            raise RuntimeError(f"setup deploy failed: {result.outcome and result.outcome.failure}")
+        first = first_request(sb, reps * 2)
+        wired, today, base = one_shot(sb, repo, reps)
+    finally:
+        cleanup(sb, f"{ENV}-")
+    b = median(base)
+    sl, ds, before = first["streamlocal"], first["dial-stdio"], first["before"]
+
+    def spread(values) -> str:
+        return f"{ms(min(values))}-{ms(max(values))}"
+
+    return [
+        ratio_row("first engine request, new connection: streamlocal / before (dial-stdio, Nagle on)",
+                  median(sl), median(before), 1.0, target="< 1x (report)",
+                  note=f"median of {len(sl)}, hosts in turn, connect not timed; streamlocal {spread(sl)}, "
+                       f"before {spread(before)}"),
+        ratio_row("first engine request, new connection: streamlocal / dial-stdio (both TCP_NODELAY)",
+                  median(sl), median(ds), 1.0, target="< 1x (report)",
+                  note=f"what the channel alone saves; dial-stdio {spread(ds)}"),
+        ratio_row("SSH connect, one host: now / before (Nagle on in the handshake)",
+                  median(first["connect"]), median(first["connect-before"]), 1.0, target="< 1x (report)",
+                  note=f"now {spread(first['connect'])}, before {spread(first['connect-before'])}"),
+        ratio_row("one-shot plan 3 hosts, docker_socket wired / ssh loop", median(wired), b, 1.0,
+                  note=f"median of {reps}, whole processes, interleaved; baseline: parallel "
+                       "`ssh host docker ps -a` (OpenSSH, same pinned keys); "
+                       f"ours {ms(min(wired))}-{ms(max(wired))}, ssh loop {ms(min(base))}-{ms(max(base))}"),
+        ratio_row("one-shot plan 3 hosts, as wired today / ssh loop", median(today), b, 1.0,
+                  note="the installed entry point; fleet.open_hosts does not pass docker_socket yet, so on "
+                       "the sandbox (no /var/run/docker.sock) every connection falls back to dial-stdio"),
+    ]
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reps", type=int, default=10)
+    rows = run(parser.parse_args().reps)
+    log("oneshot: done")
+    print(table(rows))
