@@ -91,7 +91,7 @@ class DbEnvRepo(EnvRepo):
 
     def commit(self, services_yaml: str, *, policy: str = "", message: str = "change") -> str:
         env_dir = self.path / "environments" / self.env
-        hosts = "\n".join(f"  {h.name}: {{address: {h.address}, port: {h.port}, user: {h.user}}}"
+        hosts = "\n".join(f"  {h.name}: {{address: {h.address}, port: {h.port}, user: {h.user}, docker_socket: {h.docker_socket}}}"
                           for h in self.sandbox.hosts)
         policy_block = ("policy:\n" + textwrap.indent(textwrap.dedent(policy).strip(), "  ") + "\n") if policy.strip() else ""
         database = f"database:\n  dsn_file: {self.dsn_file}\n  backup: {self.backup}\n"

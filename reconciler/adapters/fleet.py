@@ -57,7 +57,8 @@ def open_hosts(
 
     def open_one(host: Host) -> DockerHost:
         access = access_for(host, identity_file=identity_file, known_hosts_file=known_hosts_file, timeout=timeout)
-        driver = DockerHost(host.name, connect(access), reconnect=lambda: connect(access), log=log)
+        driver = DockerHost(host.name, connect(access), reconnect=lambda: connect(access), log=log,
+                            docker_socket=host.docker_socket)
         try:
             driver.ping()
         except BaseException:
@@ -150,7 +151,7 @@ class ConnectionCache:
 
     def open(self, environment, known_hosts_file: str) -> dict[str, DockerHost]:
         pins = hashlib.sha256(Path(known_hosts_file).read_bytes()).hexdigest()
-        key = lambda h: (environment.name, h.name, h.address, h.port, h.user, pins)  # noqa: E731
+        key = lambda h: (environment.name, h.name, h.address, h.port, h.user, h.docker_socket, pins)  # noqa: E731
         cached: dict[str, DockerHost] = {}
         with self._lock:
             for host in environment.hosts:

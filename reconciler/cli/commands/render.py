@@ -43,7 +43,8 @@ def environment_document(environment) -> dict:
     """``environment`` as the mapping an environment.yaml holds."""
     base = f"environments/{environment.name}"
     doc: dict = {
-        "hosts": {h.name: {"address": h.address, "user": h.user, "port": h.port, **({"groups": list(h.groups)} if h.groups else {})}
+        "hosts": {h.name: {"address": h.address, "user": h.user, "port": h.port, **({"groups": list(h.groups)} if h.groups else {}),
+                           **({"docker_socket": h.docker_socket} if h.docker_socket else {})}
                   for h in environment.hosts},
         "policy": _fields(environment.policy),
     }
