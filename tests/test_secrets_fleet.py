@@ -68,8 +68,16 @@ def engine(host):
 
 def ours(fleet) -> list:
     """The test environment's containers on h1 (an observer on the engine's local socket)."""
+    found = []
     with engine(fleet.host("h1")) as client:
-        return [c.attrs for c in client.containers.list(all=True) if c.name.startswith(f"{ENV_NAME}-")]
+        # Other tests' containers come and go on h1: list, then inspect only ours.
+        for summary in client.api.containers(all=True):
+            if any(n.startswith(f"/{ENV_NAME}-") for n in summary["Names"]):
+                try:
+                    found.append(client.api.inspect_container(summary["Id"]))
+                except docker.errors.NotFound:
+                    pass  # removed since the list (the agent retires and prunes too)
+    return found
 
 
 def exec_in(fleet, container_id: str, *argv: str) -> str:

@@ -32,7 +32,7 @@ import stat
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from reconciler.core.model import SECRETS_DIR, Environment, SecretRef, Service
 from reconciler.errors import InvalidDesiredState, SecretUnreadable
@@ -218,26 +218,33 @@ class Delivery:
         return [Mount(SECRETS_DIR, self.directory, type="bind", read_only=True)]
 
 
+def value_of(secret: SecretRef, read_host_file: Callable[[str], str], where: str) -> bytes:
+    """A secret's value, in memory: decrypted, or read from the host's file."""
+    if secret.encrypted is not None:
+        return decrypt(secret, where)[0]
+    return read_host_file(secret.file).encode()
+
+
+def env_values(service: Service, read_host_file: Callable[[str], str], where: str) -> dict[str, str]:
+    """The variables the env-delivered secrets of ``service`` set (for a
+    one-off container of the service, e.g. its migration command, too)."""
+    values = {}
+    for secret in service.secrets:
+        if secret.delivery == "env":
+            try:
+                values[secret.env] = value_of(secret, read_host_file, where).decode()
+            except UnicodeDecodeError:
+                raise SecretUnreadable(f"{where}: secret {secret.name!r} is not UTF-8 text, which a variable "
+                                       "must be; deliver it as: file") from None
+    return values
+
+
 def deliver(host: "DockerHost", service: Service, where: str) -> Delivery:
     """Decrypt (or read on the host) every secret of ``service``; env ones
     become variables, file ones files in a new tmpfs directory on the host."""
-    delivery = Delivery()
-    files: dict[str, bytes] = {}
-    for secret in service.secrets:
-        if secret.encrypted is not None:
-            value = decrypt(secret, where)[0]
-        else:
-            value = host.read_secret_file(secret.file).encode()
-        if secret.delivery == "env":
-            try:
-                delivery.env[secret.env] = value.decode()
-            except UnicodeDecodeError:
-                raise SecretUnreadable(f"{where}: secret {secret.name!r} is not UTF-8 text, which a variable "
-                                       "must be; deliver it as: file", host=host.name) from None
-        else:
-            files[secret.name] = value
-            if secret.env:
-                delivery.env[secret.env] = secret.path
+    delivery = Delivery(env=env_values(service, host.read_secret_file, where))
+    files = {s.name: value_of(s, host.read_secret_file, where) for s in service.secrets if s.delivery == "file"}
+    delivery.env.update({s.env: s.path for s in service.secrets if s.delivery == "file" and s.env})
     if files:
         delivery.directory = write_files(host, files)
     return delivery

@@ -1,6 +1,7 @@
 """One sshd per sandbox host, and the client side files that reach them.
 
-Key-only root login with the sandbox identity; ``SetEnv DOCKER_HOST`` points
+Key-only login with the sandbox identity, for the deploy user (in the
+docker group; root too while the router still needs it); ``SetEnv DOCKER_HOST`` points
 every remote ``docker`` command (including ``docker system dial-stdio``, the
 Engine API transport over SSH) at that host's own engine.  Host keys and the
 identity survive ``down`` so ``known_hosts`` stays valid across runs.
