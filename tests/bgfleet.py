@@ -1,0 +1,171 @@
+"""Shared by the blue-green fleet test and bench/router.py: the sandbox's routers
+as an environment's ``router:`` block, a bounded load generator through them,
+and a watcher of the agent's journal.
+
+The load only goes to the sandbox hosts' addresses, on each host's router
+port (80), a fresh connection per request, a fixed number of requests at a
+fixed rate per host and never longer than a fixed time.
+"""
+
+from __future__ import annotations
+
+import http.client
+import textwrap
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pygit2
+
+from reconciler.adapters.journal import Journal
+from reconciler.core import router as rt
+from reconciler.core.model import Host, RouterConfig
+
+_SIG = pygit2.Signature("test author", "author@reconciler.invalid")
+
+
+def router_block(sandbox) -> str:
+    """The ``router:`` block describing every sandbox host's HAProxy, ``{host}``/``{address}`` filled in per host."""
+    first = sandbox.hosts[0]
+    r = first.router
+
+    def general(value: str) -> str:
+        return value.replace(f"/{first.name}/", "/{host}/").replace(first.address, "{address}")
+
+    config = RouterConfig(bind=general(f"{r.address}:{r.port}"), admin=r.admin, config_file=general(r.config_file),
+                          reload=general(r.reload_command), socket=general(r.socket),
+                          state_file=general(r.state_file), log=r.log)
+    for h in sandbox.hosts:  # the one block must say each host's own files
+        host = Host(h.name, h.address)
+        assert rt.settings_for(config, host) == h.router.settings(), h.name
+        assert rt.access_fields(config, host)["config_file"] == h.router.config_file
+        assert rt.access_fields(config, host)["reload_command"] == h.router.reload_command
+    return (f'router:\n  bind: "{config.bind}"\n  admin: {config.admin}\n  config_file: {config.config_file}\n'
+            f'  reload: "{config.reload}"\n  socket: {config.socket}\n  state_file: {config.state_file}\n'
+            f'  log: {config.log}\n')
+
+
+def write_environment(path: Path, env: str, sandbox, services_yaml: str, *, message: str) -> str:
+    """environment.yaml with the sandbox's hosts, its routers and these services; committed."""
+    hosts = "\n".join(f"  {h.name}: {{address: {h.address}, port: {h.port}, user: {h.user}}}" for h in sandbox.hosts)
+    (path / "environments" / env / "environment.yaml").write_text(
+        f"hosts:\n{hosts}\n{router_block(sandbox)}services:\n"
+        + textwrap.indent(textwrap.dedent(services_yaml).strip(), "  ") + "\n")
+    repo = pygit2.Repository(str(path))
+    repo.index.add_all()
+    repo.index.write()
+    tree = repo.index.write_tree()
+    parents = [] if repo.head_is_unborn else [repo.head.target]
+    return str(repo.create_commit("HEAD", _SIG, _SIG, message, tree, parents))
+
+
+def exposed_web(image: str, hostname: str, *, deadline: str = "20s") -> str:
+    return f"""
+    web:
+      image: {image}
+      hosts: all
+      expose: {{hosts: [{hostname}], port: 8080, drain: 10s}}
+      health: {{type: http, path: /health, interval: 500ms, successes: 2, deadline: {deadline}}}
+      rollout: {{batch_size: 1}}
+      stop_timeout: 2s
+    """
+
+
+@dataclass
+class Answer:
+    host: str
+    started: float  # time.time(): comparable with the journal's records
+    ended: float
+    status: int | None
+    body: str
+
+
+def one_request(address: str, hostname: str, port: int = 80) -> tuple[int | None, str]:
+    conn = http.client.HTTPConnection(address, port, timeout=10)
+    try:
+        conn.request("GET", "/", headers={"Host": hostname})
+        response = conn.getresponse()
+        return response.status, response.read().decode("utf-8", "replace").strip()
+    except OSError as exc:
+        return None, f"{type(exc).__name__}: {exc}"
+    finally:
+        conn.close()
+
+
+@dataclass
+class Load:
+    """One thread per host, ``rate`` fresh connections a second, until stopped or bounded out."""
+
+    addresses: dict[str, str]
+    hostname: str
+    rate: float = 10.0
+    max_requests: int = 2000  # per host: bounded in count...
+    max_seconds: float = 200.0  # ...and in time
+    answers: list[Answer] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+
+    def _run(self, host: str, address: str) -> None:
+        start = time.monotonic()
+        for i in range(self.max_requests):
+            due = start + i / self.rate
+            if self._stop.is_set() or due - start > self.max_seconds:
+                return
+            time.sleep(max(0.0, due - time.monotonic()))
+            began = time.time()
+            status, body = one_request(address, self.hostname)
+            self.answers.append(Answer(host, began, time.time(), status, body))
+
+    def __enter__(self) -> "Load":
+        self._threads = [threading.Thread(target=self._run, args=item, daemon=True) for item in self.addresses.items()]
+        for t in self._threads:
+            t.start()
+        time.sleep(2.0)  # a stretch of requests before anything changes
+        return self
+
+    def __exit__(self, *exc) -> None:
+        time.sleep(2.0)  # and after
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=30)
+
+    def failures(self) -> list[Answer]:
+        return [a for a in self.answers if a.status != 200]
+
+
+class JournalWatcher(threading.Thread):
+    """Every record of the environment's journal, across runs, polled every 20 ms (bounded: 15 minutes)."""
+
+    def __init__(self, state_dir: Path, env: str) -> None:
+        super().__init__(daemon=True)
+        self.journal = Journal(state_dir, env)
+        self.since = time.time()  # records of runs before this one are not ours
+        self.records: dict[tuple[str, int], dict] = {}  # (run id, index) -> record
+        self.stopping = threading.Event()
+        self._lock = threading.Lock()
+
+    def poll(self) -> None:
+        state = self.journal.load()
+        if state is None:
+            return
+        with self._lock:
+            for i, record in enumerate(state.records):
+                if record.get("at", 0) >= self.since:
+                    self.records.setdefault((state.run_id, i), dict(record, run_id=state.run_id))
+
+    def run(self) -> None:
+        deadline = time.monotonic() + 900
+        while not self.stopping.is_set() and time.monotonic() < deadline:
+            self.poll()
+            time.sleep(0.02)
+
+    def seen(self, event: str, step: str, host: str | None = None) -> list[dict]:
+        with self._lock:
+            return [r for r in self.records.values()
+                    if r.get("event") == event and r.get("step") == step and (host is None or r.get("host") == host)]
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(timeout=10)
+        self.poll()
