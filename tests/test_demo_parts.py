@@ -81,3 +81,27 @@ def test_what_the_follower_says_about_the_events_of_a_deploy():
     assert describe({"event": "reconcile-end", "commit": None, "reason": "NoBranch"}) \
         == "agent: no branch yet; waiting for a first push"
     assert describe({"event": "reverted", "revert": "f" * 40}).startswith("git: the agent committed the revert ffffffffffff")
+
+
+def test_each_host_entry_gets_its_engine_socket_in_its_own_style(tmp_path):
+    from types import SimpleNamespace
+
+    from reconciler.adapters.source import snapshot_worktree
+    from reconciler.core import schema
+
+    sandbox = SimpleNamespace(hosts=[SimpleNamespace(name=f"h{i}", docker_socket=f"/srv/sandbox/h{i}/docker.sock")
+                                     for i in (1, 2, 3)])
+    for env in ("dev", "production", "staging"):
+        text = (REPO / "desired-state" / "environments" / env / "environment.yaml").read_text()
+        pinned = demo.pin_docker_sockets(text, sandbox)
+        assert demo.pin_docker_sockets(pinned, sandbox) == pinned  # a second pin changes nothing
+        base = tmp_path / env / "environments" / env
+        base.mkdir(parents=True)
+        (base / "environment.yaml").write_text(pinned)
+        (base / "known_hosts").write_text("# pins\n")
+        loaded = schema.load_environment(snapshot_worktree(tmp_path / env), env)
+        assert {h.name: h.docker_socket for h in loaded.hosts} == {
+            h.name: f"/srv/sandbox/{h.name}/docker.sock" for h in loaded.hosts}
+        # Nothing else changed: every line of the example is still there.
+        assert set(text.splitlines()) - set(pinned.splitlines()) <= {
+            line for line in text.splitlines() if line.lstrip().startswith(("h1:", "h2:", "h3:")) and "{" in line}

@@ -179,6 +179,42 @@ def pin_sandbox(text: str, sandbox: Sandbox) -> str:
     return _IMAGE_RE.sub(repin, text)
 
 
+def pin_docker_sockets(text: str, sandbox: Sandbox) -> str:
+    """Each sandbox host's entry with ``docker_socket:`` where its engine
+    listens (each host has its own, not /var/run/docker.sock), so the agent
+    opens a channel straight to it instead of falling back to a
+    ``docker system dial-stdio`` process.  Inserted in the text, in the
+    entry's own style (flow ``{...}`` or block), comments kept."""
+    from ruamel.yaml import YAML
+
+    doc = YAML(typ="rt").load(text)
+    hosts = doc.get("hosts") if doc else None
+    if not isinstance(hosts, dict):
+        return text
+    sockets = {h.name: h.docker_socket for h in sandbox.hosts}
+    lines = text.splitlines(keepends=True)
+    inserts = []  # (line, column or None, text), applied bottom-up so positions stay right
+    for name, entry in hosts.items():
+        if name not in sockets or not isinstance(entry, dict) or "docker_socket" in entry:
+            continue
+        if entry.fa.flow_style():
+            line = hosts.lc.key(name)[0]
+            close = lines[line].split(" #", 1)[0].rfind("}")
+            if close < 0:
+                continue  # a flow mapping over several lines: left as it is
+            inserts.append((line, close, f", docker_socket: {sockets[name]}"))
+        else:
+            # Before the first key: its line starts the mapping, whatever spans the last one.
+            line, col = entry.lc.key(next(iter(entry)))
+            inserts.append((line, None, " " * col + f"docker_socket: {sockets[name]}\n"))
+    for line, col, piece in sorted(inserts, reverse=True):
+        if col is None:
+            lines.insert(line, piece)
+        else:
+            lines[line] = lines[line][:col] + piece + lines[line][col:]
+    return "".join(lines)
+
+
 def _dsn_file_of(text: str) -> bool:
     from ruamel.yaml import YAML
 
@@ -201,8 +237,8 @@ def init_repositories(paths: Paths) -> pygit2.Repository:
 
 def copy_example(work: Path, sandbox: Sandbox, dsn: str, paths: Paths, example: Path | None = None) -> list[str]:
     """The example copied into the work clone and pinned to the sandbox: host
-    keys, image digests, and each declared ``database.dsn_file`` pointed at a
-    file the demo writes outside the repository.  Returns the DSN files written."""
+    keys, image digests, each host's engine socket, and each declared
+    ``database.dsn_file`` pointed at a file the demo writes outside the repository.  Returns the DSN files written."""
     from reconciler.adapters.gitlog import set_scalar
 
     example = resources.path("desired-state") if example is None else example
@@ -213,6 +249,8 @@ def copy_example(work: Path, sandbox: Sandbox, dsn: str, paths: Paths, example: 
         (env_dir / "known_hosts").write_text("# Pinned by `reconciler demo` from the local sandbox.\n" + keys)
         for yaml_file in sorted(env_dir.rglob("*.yaml")):
             text = pin_sandbox(yaml_file.read_text(), sandbox)
+            if yaml_file.name == "environment.yaml":
+                text = pin_docker_sockets(text, sandbox)
             if yaml_file.name == "environment.yaml" and _dsn_file_of(text):
                 dsn_file = paths.dsn_file(env_dir.name)
                 dsn_file.touch(mode=0o600)
