@@ -33,7 +33,7 @@ COMMANDS: dict[str, str] = {
     "apply": "deploy a commit of the environment repository to its hosts, health-gated, rolling back on failure",
     "status": "show the agent's view (last applied, stalled, frozen, reconciling now) and what runs on each host",
     "rollback": "restore a retained previous version on all hosts, and commit so that git says so",
-    "demo": "bring up the local fleet and deploy the example environment (desired-state/) to it",
+    "demo": "the product's story on the local fleet: the agent on a copy of desired-state/, three pushes (migration, backup, rollback and revert); --stop stops it",
     "run": "the agent: deploy every push to an environment branch, one reconcile at a time, and watch for drift",
     "lock": "freeze an environment: the agent deploys nothing there until `reconciler unlock`; without --reason, show locks",
     "unlock": "lift an environment's freeze; the agent reconciles it at once",

@@ -265,13 +265,16 @@ class DatabaseSteps:
     def _run_command(self, host: str, service: Service, phase: str) -> None:
         driver = self._host(host)
         facts = self._commands.get(service.name) or driver.image_facts(service.image)
-        env = dict(service.env)
-        for secret in service.secrets:
-            if secret.file:
-                env[secret.env] = driver.read_secret_file(secret.file)
-        env[PHASE_ENV] = phase
+        from reconciler.adapters import secrets
+
         argv = list(service.migrations.command)
         where = f"{host}: {service.name} migration command {' '.join(argv)} ({phase})"
+        if any(s.delivery == "file" for s in service.secrets):
+            raise StalledError(f"{where}: a secret delivered as: file does not reach a one-off migration container; "
+                               "deliver the secrets the migration needs as env")
+        # The same variables the service's containers get, decrypted in memory only.
+        env = {**dict(service.env), **secrets.env_values(service, driver.read_secret_file, where)}
+        env[PHASE_ENV] = phase
         dsn = self.dsn()
         with advisory_lock(dsn):
             # Recorded before it starts: a run whose exit is never seen still counts.

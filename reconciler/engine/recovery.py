@@ -36,7 +36,11 @@ def load_desired(run: RunState, commit: str) -> tuple[Environment, str]:
     snapshot = source.snapshot_commit(run.ctx.repo, commit)
     if run.env not in schema.list_environments(snapshot):
         raise InvalidDesiredState([f"environments/{run.env}/environment.yaml:1:1: no environment {run.env!r} at {commit[:12]}"])
-    environment = schema.load_environment(snapshot, run.env)
+    from reconciler.adapters import secrets
+
+    # Encrypted secrets get their keyed digest: the config hash follows the
+    # value, and an undecryptable one stops the run before any host is touched.
+    environment = secrets.resolve(schema.load_environment(snapshot, run.env))
     pins = snapshot.files.get(environment.known_hosts)
     if pins is None:
         raise InvalidDesiredState([f"{environment.known_hosts}:1:1: known_hosts file is missing; pin every host's key there"])

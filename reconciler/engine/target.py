@@ -55,7 +55,9 @@ def load_target(args) -> Target:
         name = names[0]
     elif name not in names:
         raise StalledError(f"{repo}: no environment {name!r} (have: {', '.join(names) or 'none'})")
-    environment = schema.load_environment(snapshot, name)
+    from reconciler.adapters import secrets
+
+    environment = secrets.resolve(schema.load_environment(snapshot, name))  # keyed digests of encrypted secrets
     pins = snapshot.files.get(environment.known_hosts)
     if pins is None:
         raise InvalidDesiredState([f"{environment.known_hosts}:1:1: known_hosts file is missing; pin every host's key there"])

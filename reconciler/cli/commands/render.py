@@ -81,7 +81,9 @@ def service_document(service) -> dict:
     if service.depends_on:
         doc["depends_on"] = list(service.depends_on)
     if service.secrets:
-        doc["secrets"] = [{"name": s.name, "env": s.env, **({"file": s.file} if s.file else {"encrypted": s.encrypted})}
+        doc["secrets"] = [{"name": s.name, **({"env": s.env} if s.env else {}),
+                           **({"as": s.delivery} if s.delivery != "env" else {}),
+                           **({"file": s.file} if s.file else {"encrypted": s.encrypted})}
                           for s in service.secrets]
     if service.migrations is not None:
         m = service.migrations

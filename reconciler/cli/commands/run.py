@@ -35,6 +35,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--gpg-keyring", help="OpenPGP keyring for policy.require_signed "
                                               "(default: $RECONCILER_GPG_KEYRING, git config reconciler.gpgKeyring)")
     parser.add_argument("--ssh-revoked", help="revoked SSH signing keys (ssh-keygen -Y verify -r)")
+    parser.add_argument("--age-key", default=None,
+                        help="the agent's age identity file for encrypted secrets (default: $RECONCILER_AGE_KEY)")
     parser.add_argument("--signing-key", default=os.environ.get("RECONCILER_SIGNING_KEY"),
                         help="SSH private key the agent signs its revert commits with (put its public key in allowed_signers)")
 
@@ -49,6 +51,9 @@ def run(args) -> int:
     from reconciler.agent.webhook_auth import read_secret
 
     require_identity(args)
+    from reconciler.adapters import secrets as secret_values
+
+    secret_values.use_identity_file(args.age_key)
     # Read before anything starts: a bad secret file fails the agent at once.
     secret = read_secret(args.webhook_secret_file) if args.webhook_secret_file else None
     from reconciler.adapters.liblog import route_library_logs
