@@ -392,8 +392,24 @@ class DockerHost:
     def remove(self, container_id: str) -> None:
         attrs = self._call(f"inspect {container_id[:12]}", self.engine.api.inspect_container, container_id,
                            missing_ok=True, retry=True)
-        self._call(f"remove {container_id[:12]}", self.engine.api.remove_container, container_id, force=True, missing_ok=True)
+        try:
+            self._call(f"remove {container_id[:12]}", self.engine.api.remove_container, container_id, force=True,
+                       missing_ok=True)
+        except EngineError as exc:
+            # A removal the engine is already doing (asked by a run that
+            # died, or by hand) ends the same way: wait for it, bounded.
+            if "already in progress" not in str(exc):
+                raise
+            self._wait_gone(container_id, timeout=60.0)
         secrets.discard(self, secrets.directory_of(attrs))  # its secret files go with it
+
+    def _wait_gone(self, container_id: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self._call(f"inspect {container_id[:12]}", self.engine.api.inspect_container, container_id,
+                         missing_ok=True, retry=True) is not None:
+            if time.monotonic() > deadline:
+                raise EngineError(f"remove {container_id[:12]}: still being removed after {timeout:.0f}s", host=self.name)
+            time.sleep(0.2)
 
     def remove_image(self, reference: str) -> None:
         """Remove an image no retained container uses; in use or gone is fine."""
