@@ -4,7 +4,6 @@ of a deploy, then a restart, converges."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import pytest
 from reconciler.adapters import gitlog
 from reconciler.cli.main import main
 from tests.envrepo import make_env_repo, remove_containers, serving
+from tests.pushing import git, wait_for
 
 pytestmark = [pytest.mark.fleet, pytest.mark.slow]
 
@@ -31,21 +31,6 @@ def service(image: str, port: int) -> str:
       rollout: {{batch_size: 3}}
       stop_timeout: 2s
     """
-
-
-def git(cwd, *args, check=True):
-    env = {**os.environ, "GIT_AUTHOR_NAME": "Pusher", "GIT_AUTHOR_EMAIL": "p@x", "GIT_COMMITTER_NAME": "Pusher", "GIT_COMMITTER_EMAIL": "p@x"}
-    return subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=check)
-
-
-def wait_for(predicate, timeout=90.0, every=0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    return predicate()
 
 
 @pytest.fixture

@@ -47,6 +47,7 @@ from reconciler.cli.main import main
 from reconciler.sandbox import sshd
 from reconciler.sandbox.layout import layout
 from tests.envrepo import make_env_repo, remove_containers, serving
+from tests.pushing import git, wait_for
 
 pytestmark = [pytest.mark.fleet, pytest.mark.slow]
 
@@ -63,24 +64,6 @@ def service(image: str, port: int, *, secret: Path | None = None, marker: str = 
       rollout: {{batch_size: 3}}
       stop_timeout: 2s{secrets}
     """
-
-
-def git(cwd, *args):
-    env = {**os.environ, "GIT_AUTHOR_NAME": "Pusher", "GIT_AUTHOR_EMAIL": "p@x",
-           "GIT_COMMITTER_NAME": "Pusher", "GIT_COMMITTER_EMAIL": "p@x"}
-    done = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True)
-    assert done.returncode == 0, f"git {' '.join(args)}: {done.stderr}"
-    return done
-
-
-def wait_for(predicate, timeout=120.0, every=0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    return predicate()
 
 
 # ---------------------------------------------------------------- the agent, as a process

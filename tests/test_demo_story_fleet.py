@@ -28,6 +28,7 @@ from reconciler.adapters.db import list_backups, verify
 from reconciler.adapters.gitlog import set_scalar
 from tests.dbfleet import columns, sql
 from tests.envrepo import serving
+from tests.pushing import wait_for
 
 pytestmark = [pytest.mark.fleet, pytest.mark.slow]
 
@@ -45,16 +46,6 @@ def alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state != "Z"
-
-
-def wait_for(predicate, timeout: float = 120.0, every: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    return predicate()
 
 
 def release_commits(repo: pygit2.Repository) -> dict[str, str]:

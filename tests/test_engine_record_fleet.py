@@ -23,24 +23,9 @@ from reconciler.adapters import gitlog
 from reconciler.cli.main import main
 from tests.dbfleet import columns, create_database, drop_database, make_db_env_repo, migrating_image, sql
 from tests.envrepo import remove_containers
+from tests.pushing import git, wait_for
 
 pytestmark = [pytest.mark.fleet, pytest.mark.slow]
-
-
-def git(cwd, *args):
-    env = {**os.environ, "GIT_AUTHOR_NAME": "Pusher", "GIT_AUTHOR_EMAIL": "p@x", "GIT_COMMITTER_NAME": "Pusher",
-           "GIT_COMMITTER_EMAIL": "p@x"}
-    return subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=True)
-
-
-def wait_for(predicate, timeout=120.0, every=0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    return predicate()
 
 
 def web(image: str, port: int, *, migrations: str | None = None, batch: int = 1) -> str:

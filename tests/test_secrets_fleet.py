@@ -21,7 +21,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import docker
@@ -32,6 +31,12 @@ from pyrage import x25519
 from reconciler.adapters import gitlog
 from reconciler.cli.main import main
 from tests.envrepo import make_env_repo
+from tests.pushing import git as _git, wait_for
+
+
+def git(cwd, *args):
+    return _git(cwd, *args, author=("Ops", "ops@x"))
+
 
 pytestmark = [pytest.mark.fleet, pytest.mark.slow]
 
@@ -40,21 +45,6 @@ CANARY_ENV = "canary-env-4b1d7e0c93"
 CANARY_FILE = "canary-file-9e2f60a1d7"
 CANARY_ROTATED = "canary-rot-13c8f5b2a6"
 CANARIES = (CANARY_ENV, CANARY_FILE, CANARY_ROTATED)
-
-
-def git(cwd, *args):
-    env = {**os.environ, "GIT_AUTHOR_NAME": "Ops", "GIT_AUTHOR_EMAIL": "ops@x", "GIT_COMMITTER_NAME": "Ops", "GIT_COMMITTER_EMAIL": "ops@x"}
-    return subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=True)
-
-
-def wait_for(predicate, timeout=120.0, every=0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    return predicate()
 
 
 @contextlib.contextmanager

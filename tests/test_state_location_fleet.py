@@ -18,7 +18,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pygit2
@@ -27,6 +26,7 @@ import pytest
 from reconciler.adapters import gitlog
 from reconciler.cli.main import main
 from tests.envrepo import containers, make_env_repo, remove_containers, serving
+from tests.pushing import git, wait_for
 
 pytestmark = [pytest.mark.fleet, pytest.mark.slow]
 
@@ -113,21 +113,6 @@ def shell(command: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 # ------------------------------------------------------------ helpers
-
-
-def git(cwd, *args):
-    env = {**os.environ, "GIT_AUTHOR_NAME": "Pusher", "GIT_AUTHOR_EMAIL": "p@x", "GIT_COMMITTER_NAME": "Pusher", "GIT_COMMITTER_EMAIL": "p@x"}
-    return subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=True)
-
-
-def wait_for(predicate, timeout=120.0, every=0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    return predicate()
 
 
 def service(image: str) -> str:
