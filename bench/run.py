@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import REPO, Row, log, table  # noqa: E402
 
-FIGURES = ("startup", "noop", "oneshot", "deploy", "rollback", "backup", "agent", "peer")
+FIGURES = ("startup", "noop", "oneshot", "deploy", "rollback", "router", "backup", "agent", "peer")
 
 
 def _figure(name: str, args) -> list[Row]:
@@ -51,6 +51,10 @@ def _figure(name: str, args) -> list[Row]:
         from bench import rollback
 
         return rollback.run(reps=reps or 5)
+    if name == "router":
+        from bench import router
+
+        return router.run(reps=reps or 3)
     if name == "backup":
         from bench import backup
 

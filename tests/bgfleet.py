@@ -100,6 +100,7 @@ class Load:
     addresses: dict[str, str]
     hostname: str
     rate: float = 10.0
+    port: int = 80  # each host's router; another port reaches a published container directly
     max_requests: int = 2000  # per host: bounded in count...
     max_seconds: float = 200.0  # ...and in time
     answers: list[Answer] = field(default_factory=list)
@@ -114,7 +115,7 @@ class Load:
                 return
             time.sleep(max(0.0, due - time.monotonic()))
             began = time.time()
-            status, body = one_request(address, self.hostname)
+            status, body = one_request(address, self.hostname, self.port)
             self.answers.append(Answer(host, began, time.time(), status, body))
 
     def __enter__(self) -> "Load":

@@ -72,6 +72,7 @@ class FakeRouter:
     violations: list[str] = field(default_factory=list)
     served: set[str] = field(default_factory=set)  # backends that ever had an effective server
     kill_at: tuple[str, int] | None = None  # (step name, nth time): die before running it
+    fail_at: tuple[str, int] | None = None  # (step name, nth time): the router refuses it (RouterError)
     configures: int = 0
     persisted: int = 0
 
@@ -96,6 +97,8 @@ class FakeRouter:
         if self.kill_at is not None and self.kill_at[0] == step.step:
             if self.applied.count(step.step) == self.kill_at[1]:
                 raise Killed(f"killed before {step.step} on {self.host.name}")
+        if self.fail_at is not None and self.fail_at[0] == step.step and self.applied.count(step.step) == self.fail_at[1]:
+            raise RouterError(f"{step.step}: injected refusal", host=self.host.name)
         key = (step.backend, getattr(step, "server", ""))
         server = self.servers_.get(key)
         result = None

@@ -71,7 +71,7 @@ def deploy(world: RoutedWorld, img, revision: str, **kw):
 def test_a_first_deploy_configures_each_router_and_routes_the_new_containers(world):
     plan, outcome = deploy(world, V1, "r1")
     assert [a.step for a in plan.actions if a.step != "Pull"][:3] == ["Configure"] * 3
-    assert steps(plan) == ["Configure", "Start", "AddServer", "WaitUp", "Ready", "SetWeights", "Switch"]
+    assert steps(plan) == ["Configure", "Start", "AddServer", "WaitUp", "SetWeights", "Switch"]
     assert outcome.result == "deployed", outcome.failure
     for h in HOSTS:
         assert backend(world, h) == {server(V1): (100, True)}
@@ -85,7 +85,7 @@ def test_v1_to_v2_switches_each_host_and_retires_blue_after_draining_it(world):
     deploy(world, V1, "r1")
     plan, outcome = deploy(world, V2, "r2")
     blue = server(V1)
-    assert steps(plan) == ["Start", "AddServer", "WaitUp", "Ready", "SetWeights", "Drain", "WaitDrained", "Maint",
+    assert steps(plan) == ["Start", "AddServer", "WaitUp", "SetWeights", "Drain", "WaitDrained", "Maint",
                            "DelServer", "Switch"]
     assert [a.reason for a in plan.actions if a.host == "h1" and a.step in ("SetWeights", "Drain")] == [
         f"switch: every new request to {server(V2)}", f"drain {blue}: no new request"]
@@ -132,7 +132,7 @@ def test_the_rollback_lever_is_a_switch_back_to_the_retained_blue(world):
     deploy(world, V2, "r2")
     env = environment(web(V2))
     plan = plan_rollback(env, world.observe())
-    assert steps(plan) == ["Revive", "AddServer", "WaitUp", "Ready", "SetWeights", "Drain", "WaitDrained", "Maint",
+    assert steps(plan) == ["Revive", "AddServer", "WaitUp", "SetWeights", "Drain", "WaitDrained", "Maint",
                            "DelServer", "Switch"]
     assert [a.host for a in plan.actions[:3]] == list(HOSTS)  # every host at once
     outcome = world.executor(env, "previous").apply(plan)
@@ -145,7 +145,7 @@ def test_the_rollback_lever_is_a_switch_back_to_the_retained_blue(world):
     assert world.violations == []
 
 
-ROUTER_STEPS = ["AddServer", "WaitUp", "Ready", "SetWeights", "Drain", "WaitDrained", "Maint", "DelServer"]
+ROUTER_STEPS = ["AddServer", "WaitUp", "SetWeights", "Drain", "WaitDrained", "Maint", "DelServer"]
 
 
 @pytest.mark.parametrize("killed_at", ROUTER_STEPS)
@@ -162,9 +162,8 @@ def test_a_run_killed_mid_switch_is_continued_from_what_the_router_shows(world, 
     if killed_at == "AddServer":  # the candidate was started, the router never heard of it: started again
         assert h2[:2] == ["Remove", "Start"]
     else:
-        # In effect before they run: a green never drained is Ready, a drained
-        # blue with no session left is drained.
-        continued = {"Ready": "SetWeights", "WaitDrained": "Maint"}.get(killed_at, killed_at)
+        # In effect before it runs: a drained blue with no session left is drained.
+        continued = {"WaitDrained": "Maint"}.get(killed_at, killed_at)
         assert h2[0] == "Adopt" and "Start" not in h2 and h2[1] == continued, h2
     assert steps(plan, "h1") == []  # done before the kill
     for h in HOSTS:
@@ -203,7 +202,7 @@ def test_a_changed_rule_is_a_configure_only(world):
 def test_a_check_the_router_cannot_run_is_run_on_the_engine_first():
     plan = plan_deploy(environment(web(V1, health=HealthCheck(kind="command", command=("true",)))),
                        {h: model.ObservedHost(h) for h in HOSTS}, "r1")
-    assert steps(plan) == ["Start", "CheckHealth", "AddServer", "WaitUp", "Ready", "SetWeights", "Switch"]
+    assert steps(plan) == ["Start", "CheckHealth", "AddServer", "WaitUp", "Ready", "SetWeights", "Switch"]  # not observed: Ready kept
 
 
 def test_without_an_observed_router_the_whole_switch_is_planned_and_nothing_for_a_running_release(world):
@@ -235,11 +234,26 @@ def test_the_fake_router_sees_a_request_fail_or_reach_an_unhealthy_container(wor
     assert world.violations[-1] == "h2: after SetWeights, web has no server for a request"
 
 
-def test_the_router_files_are_written_after_adding_and_after_each_hosts_last_step_not_at_the_switch(world):
+def test_the_router_files_are_written_once_blue_drains_and_after_each_hosts_last_step_not_at_the_switch(world):
     first, _ = deploy(world, V1, "r1")
-    assert [a.step for a in first.actions if a.host == "h1" and getattr(a, "persist", False)] == ["AddServer", "SetWeights"]
+    assert [a.step for a in first.actions if a.host == "h1" and getattr(a, "persist", False)] == ["SetWeights"]
     second = world.plan(environment(web(V2)), "r2")
-    assert [a.step for a in second.actions if a.host == "h1" and getattr(a, "persist", False)] == ["AddServer", "DelServer"]
+    assert [a.step for a in second.actions if a.host == "h1" and getattr(a, "persist", False)] == ["Drain", "DelServer"]
     # The last router step of a host comes before the Switch that stops blue.
     h1 = steps(second)
     assert h1.index("DelServer") < h1.index("Switch")
+
+
+def test_a_failure_after_blue_was_drained_switches_back_to_it_out_of_drain(world):
+    deploy(world, V1, "r1")
+    world.routers["h1"].fail_at = ("Maint", 1)  # blue drained, then the router refuses a command
+    world.routers["h1"].applied.clear()
+    plan, outcome = deploy(world, V2, "r2")
+    assert outcome.result == "rolled-back" and "injected" in outcome.failure
+    applied = world.routers["h1"].applied
+    after = applied[applied.index("Maint") + 1:]  # the switch back: blue out of drain, then every weight to it
+    assert after[:2] == ["Ready", "SetWeights"], applied
+    assert backend(world, "h1") == {server(V1): (100, True)}
+    assert not world.routers["h1"].servers_[("web", server(V1))].drain
+    assert world.hosts["h1"].by_name("prod-web").image == V1 and world.hosts["h1"].by_name("prod-web-next") is None
+    assert world.violations == []

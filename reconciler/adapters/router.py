@@ -38,6 +38,7 @@ from typing import Callable
 import paramiko
 from fabric import Connection
 
+from reconciler.adapters.ssh import _ack_at_once
 from reconciler.core import router as core
 from reconciler.core.health import CheckResult, Verdict
 from reconciler.errors import HostUnreachable, RouterConfigRejected, RouterError
@@ -104,6 +105,8 @@ class Router:
     """One host's HAProxy, serving ``site``.  Channels are opened on ``conn``'s transport."""
 
     def __init__(self, conn: Connection, access: RouterAccess, site: core.Site) -> None:
+        """``conn``: anything with the host's SSH ``transport`` (a fabric Connection, or the
+        host driver, whose connection may have been reopened since)."""
         self.conn = conn
         self.access = access
         self.site = site
@@ -136,6 +139,9 @@ class Router:
         try:
             channel.settimeout(self.access.timeout)
             channel.sendall((line + "\n").encode())
+            # sshd holds the answer (Nagle) until our delayed ACK of its last
+            # packet: 44 ms per command on the sandbox, 0.6 ms with this.
+            _ack_at_once(self._transport().sock)
             chunks = []
             while data := channel.recv(65536):
                 chunks.append(data)
@@ -162,12 +168,14 @@ class Router:
     def _exec(self, command: str, stdin: bytes, what: str) -> tuple[int, str]:
         """A shell command on the host fed ``stdin``; its exit code and output."""
         try:
-            channel = self._transport().open_session(timeout=self.access.timeout)
+            transport = self._transport()
+            channel = transport.open_session(timeout=self.access.timeout)
             channel.set_combine_stderr(True)
             channel.settimeout(max(self.access.timeout, 30.0))
             channel.exec_command(command)
             channel.sendall(stdin)
             channel.shutdown_write()
+            _ack_at_once(transport.sock)
             out = []
             while data := channel.recv(65536):
                 out.append(data)
@@ -310,7 +318,15 @@ class Router:
             if now - started >= step.deadline:
                 return Verdict("unhealthy", f"router never saw {step.server} UP within {step.deadline:.0f}s; "
                                             f"last: {state.check}", tuple(evidence[-5:]))
-            time.sleep(POLL_INTERVAL)
+            time.sleep(self._poll_interval(step.backend))
+
+    def _poll_interval(self, backend: str) -> float:
+        """Half the backend's check interval, within 50 ms and ``POLL_INTERVAL``: a fast check is seen soon."""
+        try:
+            interval = self.site.exposure(backend).check.interval
+        except KeyError:
+            return POLL_INTERVAL
+        return max(0.05, min(POLL_INTERVAL, interval / 2))
 
     def wait_drained(self, step: core.WaitDrained) -> int:
         """Until the server has no session, or the deadline; the sessions left (0: drained)."""

@@ -97,7 +97,7 @@ def _reason(step: rt.RouterStep, service: Service) -> str:
 
 
 def _cutover(service: Service, host: str, green: str, address: str, view: rt.RouterView | None,
-             fallback_blue: ObservedContainer | None) -> tuple[rt.RouterStep, ...]:
+             fallback_blue: ObservedContainer | None, *, fresh: bool = False) -> tuple[rt.RouterStep, ...]:
     """The full switch to ``green`` on ``host``: every other server of the backend is taken out."""
     exposure = rt.exposure_of(service)
     if view is not None:
@@ -107,7 +107,7 @@ def _cutover(service: Service, host: str, green: str, address: str, view: rt.Rou
             if fallback_blue is not None and fallback_blue.config_hash else ()
     return rt.cutover_steps(host, service.name, green=rt.Server(green, address, exposure.port), others=others,
                             check=exposure.check, up_deadline=service.health.deadline,
-                            drain_deadline=service.expose.drain)
+                            drain_deadline=service.expose.drain, ready=not fresh)
 
 
 def _routes(service: Service, host: str, steps: tuple[rt.RouterStep, ...], full: int, container: str,
@@ -116,7 +116,7 @@ def _routes(service: Service, host: str, steps: tuple[rt.RouterStep, ...], full:
     first = full - len(steps)
     return [(10 + first + i, Route(host, service.name, _reason(step, service), route=step, batch=batch,
                                    container=container if isinstance(step, rt.AddServer) else "",
-                                   persist=isinstance(step, rt.AddServer) or i == len(steps) - 1))
+                                   persist=isinstance(step, rt.Drain) or i == len(steps) - 1))
             for i, step in enumerate(steps)]
 
 
@@ -153,7 +153,10 @@ def deploy_batch(desired: Environment, service: Service, batch: tuple[str, ...],
             if service.health.kind not in ROUTER_CHECKED:
                 items.append((2, CheckHealth(host, service.name, f"{service.health.kind} check on the engine",
                                              batch=index, beside=True)))
-        full = _cutover(service, host, green, address, view, active)
+        adopted = bool(items) and isinstance(items[0][1], Adopt)
+        # A server this run adds anew was never drained: no Ready for it.
+        fresh = not adopted and view is not None and (service.name, green) not in view.observed
+        full = _cutover(service, host, green, address, view, active, fresh=fresh)
         steps = rt.resume(full, view.observed) if address and view is not None else full
         items += _routes(service, host, steps, len(full), candidate_name, index)
         items.append((_SWITCH_AT, Switch(host, service.name, "switched: stop the old version and keep it for a rollback",
@@ -210,7 +213,9 @@ def rollback_hosts(desired: Environment, service: Service, targets: Mapping[str,
             items.append((0, _clear_candidate(desired, service, host, candidate, view)))
         items.append((1, Revive(host, service.name, f"start the retained {target.image} "
                                 f"(rev {str(target.revision)[:12]}) beside the serving version", container=name)))
-        full = _cutover(service, host, rt.server_name(service.name, target.config_hash or target.id), "", view, active)
+        back = rt.server_name(service.name, target.config_hash or target.id)
+        fresh = view is not None and (service.name, back) not in view.observed
+        full = _cutover(service, host, back, "", view, active, fresh=fresh)
         items += _routes(service, host, full, len(full), candidate_name, 0)
         items.append((_SWITCH_AT, Switch(host, service.name, "switched back: stop the rolled-back version and keep it")))
         per_host.append(items)

@@ -100,10 +100,12 @@ class Route(Action):
     route: object = None  # a core.router.RouterStep
     batch: int = 0
     container: str = ""
-    # Write the router's config and state file after the step: after adding a
-    # server, and after the last step of a host's switch (before any container
-    # stops), so a restarted router routes as the switch left it.  Not after
-    # the switch itself: its window stays the one command.
+    # Write the router's config and state file after the step: after a Drain
+    # (the switch is then in the files while blue drains) and after the last
+    # step of a host's switch (before any container stops), so a restarted
+    # router routes as the switch left it.  Not after adding green (a router
+    # restarted before the switch only loses green: WaitUp fails, safely) nor
+    # after the switch itself: its window stays the one command.
     persist: bool = False
 
     @property

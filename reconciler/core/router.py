@@ -476,20 +476,21 @@ def rollback_steps(host: str, backend: str, *, retained: Server, current: str, c
 
 
 def cutover_steps(host: str, backend: str, *, green: Server, others: Sequence[str], check: RouterCheck,
-                  up_deadline: float, drain_deadline: float) -> tuple[RouterStep, ...]:
+                  up_deadline: float, drain_deadline: float, ready: bool = True) -> tuple[RouterStep, ...]:
     """Every new request of ``backend`` to ``green`` once the router sees it UP; each of ``others`` drained and taken out.
 
     ``switch_steps`` for a backend that may hold more than one old server
     (a leftover of an interrupted run) or a drained one to switch back to:
     ``Ready`` takes green out of drain before its weight is raised, which is
-    in effect at once for a server never drained.  One ``SetWeights`` line
-    moves every weight, so the backend never has all its servers at 0.
+    in effect at once for a server never drained (``ready=False`` leaves it
+    out for a server just added: nothing drained it).  One ``SetWeights``
+    line moves every weight, so the backend never has all its servers at 0.
     """
     others = tuple(o for o in others if o != green.name)
     steps: list[RouterStep] = [
         AddServer(host, backend, green.name, green.address, green.port, check),
         WaitUp(host, backend, green.name, up_deadline),
-        Ready(host, backend, green.name),
+        *((Ready(host, backend, green.name),) if ready else ()),
         SetWeights(host, backend, ((green.name, FULL_WEIGHT), *((o, 0) for o in others))),
     ]
     for other in others:

@@ -537,7 +537,7 @@ class Executor:
             steps = ()
         left = rt.resume(steps, router.servers())
         for step in left:
-            outcome = router.apply(step, persist=isinstance(step, rt.AddServer))
+            outcome = router.apply(step, persist=isinstance(step, rt.Drain))
             if isinstance(step, rt.WaitUp) and outcome.state != "healthy":
                 raise RouterError(f"switch back to {step.server}: {outcome.reason}; the router still "
                                   f"sends requests to this run's release", host=host)
