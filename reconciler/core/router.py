@@ -11,11 +11,18 @@ Three things live here, each tested by equality:
   (add green with weight 0 and the service's check, wait until the router
   sees it UP, move the weight, drain blue, wait until it has no session,
   take it out) and ``rollback_steps`` the same switch back to a retained
-  blue; ``commands`` gives the Runtime API lines each step sends;
+  blue; ``cutover_steps`` generalises both for the planner (any number of
+  old servers, ``Ready`` for a server switched back to after it was
+  drained); ``commands`` gives the Runtime API lines each step sends;
 - **what is already in effect**: ``in_effect`` and ``resume`` read the
   router's observed servers, so a run that crashed mid-switch continues
   from the first step the router does not show done, like containers are
-  observed.
+  observed (``RouterView``: a host's router as the planner sees it).
+
+``site_for`` builds a host's ``Site`` from the desired state (the
+environment's ``router:`` with ``{host}``/``{address}`` filled in, and the
+``expose`` of each service on the host); ``core.bluegreen`` turns the
+steps into plan actions.
 
 HAProxy facts this relies on (2.6, measured): ``add server`` creates a
 server in maintenance; ``set server .. state ready`` alone makes it UP at
