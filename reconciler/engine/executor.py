@@ -29,7 +29,6 @@ the rollback of a switched host is the switch back (``_restore_routed``).
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import threading
 import time
@@ -38,10 +37,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping, Protocol, Sequence
 
 from reconciler.core import model
-from reconciler.core import router as rt
-from reconciler.errors import DeployFailed, HostUnreachable, ReconcilerError, RollbackFailed, RouterError
+from reconciler.errors import DeployFailed, HostUnreachable, ReconcilerError, RollbackFailed
 from reconciler.core.health import CheckResult, Verdict, judge, next_check_at
 from reconciler.core.model import ContainerSpec, Environment, HealthCheck, ImageRef, ObservedContainer, ObservedHost, Service
+from reconciler.engine.routed import RoutedSteps, RouterDriver
 from reconciler.core.plan import (DATABASE_STEPS, Action, Adopt, Aside, CheckHealth, Heal, Plan, Prune, Pull, Remove, Restore,
                                   Resume, Retire, Revive, Route, Start, Switch)
 
@@ -63,15 +62,6 @@ class HostDriver(Protocol):
     def probe(self, container_id: str, check: HealthCheck) -> CheckResult: ...
     def logs_tail(self, container_id: str, lines: int = 30) -> str: ...
     def address(self, container_id: str) -> str: ...  # where the host's router reaches the container
-
-
-class RouterDriver(Protocol):
-    """One host's router (``adapters.router.Router``)."""
-
-    def servers(self) -> Mapping[tuple[str, str], rt.ServerState]: ...
-    def config_hash(self) -> str | None: ...
-    def apply(self, step: rt.RouterStep, *, persist: bool = True): ...
-    def persist(self) -> None: ...
 
 
 Reporter = Callable[..., None]
@@ -116,7 +106,7 @@ class Outcome:
     finished: float = 0.0
 
 
-class Executor:
+class Executor(RoutedSteps):
     def __init__(
         self,
         desired: Environment,
@@ -397,36 +387,6 @@ class Executor:
         driver.rename(target.id, model.container_name(self.desired.name, action.service, model.ROLE_CANDIDATE))
         driver.start(target.id)
 
-    # ----------------------------------------------------------- the router
-    def _route(self, driver: HostDriver, action: Route) -> None:
-        step = action.route
-        router = self.routers[action.host]
-        if isinstance(step, rt.AddServer) and action.container:
-            # A container has its address once started: read it now, not at planning.
-            step = dataclasses.replace(step, address=driver.address(self._named(action.host, action.container).id))
-        outcome = router.apply(step, persist=action.persist)
-        if isinstance(step, rt.WaitUp) and outcome.state != "healthy":
-            self._abandon(router, step)
-            touched = self.touched.get((action.host, action.service))
-            logs = driver.logs_tail(touched.new) if touched is not None and touched.new else ""
-            failure = DeployFailed(f"health check failed: {outcome.reason}", host=action.host)
-            failure.evidence = [r.detail for r in outcome.evidence] + ([f"logs:\n{logs}"] if logs else [])
-            raise failure
-
-    def _abandon(self, router: RouterDriver, step: rt.WaitUp) -> None:
-        """Take out a server the router never saw UP, unless it serves already
-        (a resumed run whose green went down after its switch: that is for a
-        rollback to switch away from, not for removing under load)."""
-        state = router.servers().get((step.backend, step.server))
-        if state is None or (state.weight > 0 and not state.drain and not state.maint):
-            return
-        for abandon in rt.abandon_steps(step.host, step.backend, step.server):
-            router.apply(abandon, persist=isinstance(abandon, rt.DelServer))
-
-    def _exposure(self, host: str, service: str) -> rt.Exposure | None:
-        site = rt.site_for(self.desired, host) if host in {h.name for h in self.desired.hosts} else None
-        return next((e for e in site.exposures if e.service == service), None) if site is not None else None
-
     def _retire(self, driver: HostDriver, active: ObservedContainer) -> None:
         name = model.retired_name(self.desired.name, active)
         for c in driver.observe().managed(self.desired.name):
@@ -500,61 +460,6 @@ class Executor:
                 raise failure
 
     # ----------------------------------------------------------- rollback
-    def _restore_routed(self, driver: HostDriver, touched: Touched, exposure: rt.Exposure) -> None:
-        """Put back an exposed service by switching the router back, then the containers.
-
-        The container to serve again is the one this run retired, or the
-        active one when the run never got to retire it (its green failed
-        before the switch).  It is started, switched to once the router sees
-        it UP (``resume``: whatever is in effect already is skipped, so a
-        green that never got a request costs no router command), this run's
-        container is drained out, and only then removed or retired again.
-        """
-        env, host, name = self.desired.name, touched.host, touched.service
-        router = self.routers[host]
-        service = self._service(name) if name in {s.name for s in self.desired.services} else None
-        drain = service.expose.drain if service is not None and service.expose is not None else 30.0
-        deadline = service.health.deadline if service else 60.0
-        target = touched.previous
-        if target is None:
-            active = self._find(host, name, model.ROLE_ACTIVE)
-            target = active.id if active is not None and active.id != touched.new else None
-        if target is not None:
-            seen = driver.inspect(target)
-            if not seen.running:
-                driver.start(target)
-            green = exposure.server(seen.config_hash or seen.id, driver.address(target))
-            others = [s for (b, s) in router.servers() if b == name and s != green.name]
-            steps = rt.cutover_steps(host, name, green=green, others=others, check=exposure.check,
-                                     up_deadline=deadline, drain_deadline=drain)
-        elif touched.new is not None:
-            # Nothing to go back to (a first deploy): this run's server out, like its container.
-            new = driver.inspect(touched.new)
-            out = rt.server_name(name, new.config_hash or new.id)
-            steps = (rt.Drain(host, name, out), rt.WaitDrained(host, name, out, drain), rt.Maint(host, name, out),
-                     rt.DelServer(host, name, out))
-        else:
-            steps = ()
-        left = rt.resume(steps, router.servers())
-        for step in left:
-            outcome = router.apply(step, persist=isinstance(step, rt.Drain))
-            if isinstance(step, rt.WaitUp) and outcome.state != "healthy":
-                raise RouterError(f"switch back to {step.server}: {outcome.reason}; the router still "
-                                  f"sends requests to this run's release", host=host)
-        if left:
-            router.persist()  # before this run's container stops: a restarted router keeps the switch back
-        if touched.new is not None and touched.new != target:
-            if touched.new_was is not None:
-                driver.stop(touched.new, 10)
-                driver.rename(touched.new, touched.new_was)
-            else:
-                driver.remove(touched.new)
-        if target is not None:
-            if driver.inspect(target).name != model.container_name(env, name):
-                driver.rename(target, model.container_name(env, name))
-            if service is not None:
-                self._stop_retired(driver, name)
-
     def rollback(self) -> list[str]:
         """Restore every touched (host, service) to the container it had.
 
