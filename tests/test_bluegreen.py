@@ -257,3 +257,32 @@ def test_a_failure_after_blue_was_drained_switches_back_to_it_out_of_drain(world
     assert not world.routers["h1"].servers_[("web", server(V1))].drain
     assert world.hosts["h1"].by_name("prod-web").image == V1 and world.hosts["h1"].by_name("prod-web-next") is None
     assert world.violations == []
+
+
+V3 = image("registry.test/web", "v3")
+
+
+@pytest.mark.parametrize("then", ["back to v1", "on to v3"])
+def test_a_candidate_left_serving_by_a_dead_run_is_drained_before_it_goes(world, then):
+    world.registry.publish(V3)
+    deploy(world, V1, "r1")
+    world.routers["h2"].applied.clear()
+    world.routers["h2"].kill_at = ("Drain", 1)  # h2 switched to v2, blue not drained yet: then the agent dies
+    with pytest.raises(Killed):
+        deploy(world, V2, "r2")
+    world.routers["h2"].kill_at = None
+    assert backend(world, "h2")[server(V2)] == (100, True) and world.hosts["h2"].by_name("prod-web-next")
+    target = V1 if then == "back to v1" else V3
+    plan, outcome = deploy(world, target, "r3")
+    assert outcome.result == "deployed", outcome.failure
+    h2 = steps(plan, "h2")
+    if target == V1:  # the desired release is the active one: route to it, then remove the candidate
+        assert h2 == ["SetWeights", "Drain", "WaitDrained", "Maint", "DelServer", "Remove"]
+    else:  # the new candidate needs the name: the old one is set aside, running, until it is drained
+        assert h2[:2] == ["Aside", "Start"] and h2[-1] == "Switch"
+    for h in HOSTS:
+        assert backend(world, h) == {server(target): (100, True)}, h
+        assert world.hosts[h].by_name("prod-web").image == target
+        running = [c.name for c in world.hosts[h].containers.values() if c.state == "running"]
+        assert running == ["prod-web"], (h, running)
+    assert world.violations == []

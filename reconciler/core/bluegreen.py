@@ -178,7 +178,11 @@ def settle(desired: Environment, service: Service, pairs: Pairs, observed: Mappi
         view = _view(observed, host)
         items: list[tuple[int, Action]] = []
         if candidate is not None:
-            items.append((0, _clear_candidate(desired, service, host, candidate, view)))
+            # One the router may still send requests to goes once the switch
+            # to the active container took its requests away.
+            serving = _may_serve(view, service.name, candidate)
+            items.append((_SWITCH_AT if serving else 0, Remove(host, service.name, "remove the candidate an "
+                                                               "interrupted deploy left behind", container=candidate.name)))
         if view is not None and active is not None and active.running:
             state = view.observed.get((service.name, green))
             routed = state is not None and state.weight == rt.FULL_WEIGHT and not state.maint and not state.drain

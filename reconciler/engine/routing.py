@@ -60,3 +60,14 @@ def observe(environment: Environment, observed: Mapping[str, ObservedHost], rout
     with ThreadPoolExecutor(max_workers=min(16, len(wanted))) as pool:
         views = dict(zip(wanted, pool.map(view, wanted)))
     return {name: dataclasses.replace(obs, router=views[name]) if name in views else obs for name, obs in observed.items()}
+
+
+def observe_hosts(environment: Environment, hosts: Mapping[str, Any]) -> dict[str, ObservedHost]:
+    """What a plan needs to see: every host's containers and, where exposed services run, its router
+    (for callers outside a run, e.g. ``reconciler plan``)."""
+    from reconciler.adapters import fleet
+
+    observed = fleet.observe_all(hosts)
+    if environment.router is None:
+        return observed
+    return observe(environment, observed, RouterMap(environment, hosts))
