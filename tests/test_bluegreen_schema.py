@@ -120,3 +120,9 @@ def test_two_services_claiming_one_host_and_path_on_a_host_are_refused_there():
 def test_bad_router_settings(router, expected):
     found = problems(env_with(web(), top=router))
     assert len(found) == 1 and expected in found[0], found
+
+
+def test_an_exposed_service_is_checked_on_the_port_the_router_sends_requests_to():
+    text = env_with(web().replace("{type: http, path: /health,", "{type: http, port: 9090, path: /health,"), top=ROUTER)
+    found = problems(text)
+    assert len(found) == 1 and "services.web.health.port: 9090 is not the exposed port 8080" in found[0], found

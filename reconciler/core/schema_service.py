@@ -107,6 +107,12 @@ def parse_service(name: str, name_node: Node, node: Node, problems: Problems, in
         "stop_timeout": duration(fields["stop_timeout"], problems, f"{what}.stop_timeout") if "stop_timeout" in fields else 10.0,
     }
     expose_node = fields.get("expose")
+    check = kwargs["health"]
+    if expose not in (None, BAD) and check is not BAD and check.kind in ("http", "tcp") and check.port != expose.port:
+        # The router checks the port it sends requests to; another one would be checked by the engine only.
+        problems.at(fields["health"], f"{what}.health.port: {check.port} is not the exposed port {expose.port}; "
+                                      "the router checks the port it sends requests to")
+        kwargs["health"] = BAD
     if image is None or not hosts_ok or any(v is BAD for v in kwargs.values()):
         return ParsedService(name, None, hosts, tuple(ports), tuple(depends), expose_node)
     service = model.Service(
