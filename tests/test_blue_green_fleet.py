@@ -32,27 +32,12 @@ from reconciler.adapters import gitlog
 from reconciler.cli.main import main
 from tests.bgfleet import JournalWatcher, Load, exposed_web, one_request, write_environment
 from tests.envrepo import remove_containers
+from tests.pushing import git, wait_for
 
 pytestmark = [pytest.mark.fleet, pytest.mark.slow]
 
 ENV = "bgfleet"  # every container this module creates is bgfleet-*
 HOSTNAME = "web.bgfleet.test"
-
-
-def git(cwd, *args):
-    env = {**os.environ, "GIT_AUTHOR_NAME": "Pusher", "GIT_AUTHOR_EMAIL": "p@x", "GIT_COMMITTER_NAME": "Pusher",
-           "GIT_COMMITTER_EMAIL": "p@x"}
-    return subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=True)
-
-
-def wait_for(predicate, timeout=180.0, every=0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    return predicate()
 
 
 class World:
@@ -73,12 +58,9 @@ class World:
 
     # ------------------------------------------------------------ the user's side
     def push(self, tag: str, message: str) -> str:
-        if self.proc is not None or (self.bare / "refs" / "heads" / "main").exists():
-            try:  # the agent commits too (reverts, the lever's commit): build on the branch as it is
-                git(self.work, "fetch", "-q", str(self.bare), "main")
-                git(self.work, "reset", "-q", "--hard", "FETCH_HEAD")
-            except subprocess.CalledProcessError:
-                pass  # nothing pushed yet
+        # The agent commits too (reverts, the lever's commit): build on the branch as it is.
+        if git(self.work, "fetch", "-q", str(self.bare), "main", check=False).returncode == 0:
+            git(self.work, "reset", "-q", "--hard", "FETCH_HEAD")
         commit = write_environment(self.work, ENV, self.fleet, exposed_web(self.fleet.images[tag], HOSTNAME), message=message)
         git(self.work, "push", "-q", str(self.bare), "HEAD:main")
         return commit
@@ -138,7 +120,7 @@ def world(fleet, tmp_path_factory):
     try:
         first = w.push("v1", "web v1 behind the router")
         w.start_agent()
-        assert wait_for(lambda: "deployed" in w.results(first)), w.agent_log()
+        assert wait_for(lambda: "deployed" in w.results(first), timeout=180), w.agent_log()
         assert wait_for(lambda: w.serving("v1")), w.answers()
         yield w
     finally:
@@ -176,7 +158,7 @@ def test_a_deploy_under_load_loses_no_request(world, fleet):
     watcher.start()
     with Load(world.addresses, HOSTNAME) as load:
         commit = world.push("v2", "web v2")
-        assert wait_for(lambda: "deployed" in world.results(commit)), world.agent_log()
+        assert wait_for(lambda: "deployed" in world.results(commit), timeout=180), world.agent_log()
     watcher.stop()
     expect_switch(load, switch_windows(watcher, world.addresses), "v1", "v2")
     # Blue was drained and taken out before it stopped: every host's router has green only.
@@ -190,7 +172,7 @@ def test_a_never_healthy_release_gets_no_request_and_is_reverted(world, fleet):
     watcher.start()
     with Load(world.addresses, HOSTNAME) as load:
         bad = world.push("v3-unhealthy", "web v3, never healthy")
-        assert wait_for(lambda: "rolled-back" in world.results(bad)), world.agent_log()
+        assert wait_for(lambda: "rolled-back" in world.results(bad), timeout=180), world.agent_log()
         assert wait_for(lambda: world.head() != bad), "no revert commit"
     watcher.stop()
     assert load.failures() == [], load.failures()[:3]
@@ -237,7 +219,7 @@ def test_the_agent_killed_mid_switch_continues_after_a_restart_under_load(world,
                        for r in watcher.records.values() if r["run_id"] in killed_run), "killed too late"
         time.sleep(1.0)
         world.start_agent()
-        assert wait_for(lambda: "deployed" in world.results(commit)), world.agent_log()[-3000:]
+        assert wait_for(lambda: "deployed" in world.results(commit), timeout=180), world.agent_log()[-3000:]
     watcher.stop()
     expect_switch(load, switch_windows(watcher, world.addresses), old, tag)
     # The restarted run adopted the interrupted switch's candidate instead of starting another.
