@@ -98,18 +98,29 @@ def test_image_already_on_the_host_is_not_pulled():
     assert [a for a in plan.actions if isinstance(a, Pull)] == pulls("web", V2, ("h1", "h3"))
 
 
-def test_env_change_names_the_key_and_masks_the_values():
-    before = web(env=(("LOG_LEVEL", "info"), ("TOKEN_URL", "https://a")))
-    after = web(env=(("LOG_LEVEL", "debug-s3cr3t"), ("TOKEN_URL", "https://a")))
+def test_env_change_shows_plain_values_and_masks_what_looks_secret():
+    pem = "-----BEGIN OPENSSH PRIVATE KEY-----"
+    before = web(env=(("PGHOST", "db1"), ("TOKEN_URL", "https://a"), ("API_TOKEN", "t1"), ("CERT", "x")))
+    after = web(env=(("PGHOST", "db2"), ("TOKEN_URL", "https://a"), ("API_TOKEN", "t2"), ("CERT", pem)))
     plan = running(before).plan(environment(after), "r2")
-    assert plan.changes == tuple(ServiceChange(h, "web", "update", (("env.LOG_LEVEL", "(set)", "(set)"),)) for h in HOSTS)
+    fields = (("env.API_TOKEN", "(set)", "(set)"), ("env.CERT", "x", "(set)"), ("env.PGHOST", "db1", "db2"))
+    assert plan.changes == tuple(ServiceChange(h, "web", "update", fields) for h in HOSTS)
     assert plan.actions == tuple(_per_host_batches("web", V1))  # same image: nothing to pull
-    assert "debug-s3cr3t" not in repr(plan) and "info" not in repr(plan.changes)
+    assert "t1" not in repr(plan.changes) and "t2" not in repr(plan.changes) and "PRIVATE KEY" not in repr(plan)
+
+
+def test_a_container_from_before_the_env_label_shows_its_old_value_masked():
+    world = running(web(env=(("PGHOST", "db1"),)))
+    for host in world.hosts.values():
+        for c in host.containers.values():
+            c.labels.pop("io.reconciler.env", None)
+    plan = world.plan(environment(web(env=(("PGHOST", "db2"),))), "r2")
+    assert plan.changes[0].fields == (("env.PGHOST", "(set)", "db2"),)
 
 
 def test_added_env_key_is_named_too():
     plan = running(web()).plan(environment(web(env=(("NEW", "x"),))), "r2")
-    assert plan.changes[0].fields == (("env.NEW", None, "(set)"),)
+    assert plan.changes[0].fields == (("env.NEW", None, "x"),)
 
 
 # ---------------------------------------------------------------- removal

@@ -66,6 +66,7 @@ def container_labels(service: Service, environment: str, revision: str) -> dict[
             model.LABEL_IMAGE: str(service.image),
             model.LABEL_SPEC: json.dumps(model.spec_summary(service), sort_keys=True, separators=(",", ":")),
             model.LABEL_HEALTH: model.health_to_label(service.health),
+            model.LABEL_ENV: json.dumps(model.shown_env(service), sort_keys=True, separators=(",", ":")),
         }
     )
     return labels

@@ -28,6 +28,9 @@ LABEL_SPEC = LABEL_PREFIX + "spec"  # spec_summary as JSON, for diffs
 # The health check the container was deployed with: a rollback verifies the
 # restored container with its own check, not the failed commit's.
 LABEL_HEALTH = LABEL_PREFIX + "health"
+# The env values a plan may show in clear (not the secret-looking ones: see
+# shown_env); outside spec_summary, so config hashes do not change with it.
+LABEL_ENV = LABEL_PREFIX + "env"
 
 # Labels cannot change after a container is created, so a container's role
 # lives in its name, which can: the active one is ``<env>-<service>``, a new
@@ -378,6 +381,14 @@ def _secret_entry(secret: SecretRef) -> tuple[str, str]:
     return (f"{secret.path} (${secret.env})" if secret.env else secret.path), fingerprint
 
 
+def shown_env(service: Service) -> dict[str, str]:
+    """The service's env values a plan shows in clear: all but those whose
+    name or value looks like a secret (the validator's rule)."""
+    from reconciler.core.secret_rule import looks_like_plain_secret
+
+    return {key: value for key, value in service.env if not looks_like_plain_secret(key, value)}
+
+
 def health_to_label(check: HealthCheck) -> str:
     data = {k: (list(v) if isinstance(v, tuple) else v) for k, v in check.__dict__.items()}
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
@@ -503,6 +514,17 @@ class ObservedContainer:
             return json.loads(raw) if raw else {}
         except ValueError:
             return {}
+
+    @property
+    def shown_env(self) -> dict[str, str]:
+        """The env values this container was created with that may be shown
+        (LABEL_ENV); empty for a container made before the label existed."""
+        raw = self.label(LABEL_ENV)
+        try:
+            data = json.loads(raw) if raw else {}
+        except ValueError:
+            return {}
+        return data if isinstance(data, dict) else {}
 
     @property
     def health_check(self) -> HealthCheck | None:

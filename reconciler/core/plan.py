@@ -281,11 +281,14 @@ def batches(hosts: tuple[str, ...], size: int) -> tuple[tuple[str, ...], ...]:
     return tuple(hosts[i : i + size] for i in range(0, len(hosts), size))
 
 
-def diff_spec(observed: dict, desired: dict) -> tuple[tuple[str, object, object], ...]:
+def diff_spec(observed: dict, desired: dict, *, old_env: Mapping[str, str] | None = None,
+              new_env: Mapping[str, str] | None = None) -> tuple[tuple[str, object, object], ...]:
     """Field-level differences between two ``spec_summary`` dicts.
 
-    Env and secrets are compared per key, so the plan names the key that
-    changed; the values are hashes already, never the secret itself.
+    Env and secrets are compared per key (by their hashes), so the plan names
+    the key that changed.  An env value is shown in clear when ``old_env`` /
+    ``new_env`` (``shown_env``: the values that do not look secret) hold it,
+    else as ``(set)``; secrets are never shown.
     """
     out: list[tuple[str, object, object]] = []
     for key in sorted(set(observed) | set(desired)):
@@ -298,11 +301,21 @@ def diff_spec(observed: dict, desired: dict) -> tuple[tuple[str, object, object]
         if isinstance(old, dict) and isinstance(new, dict) and key in ("env", "secrets", "labels", "resources"):
             for sub in sorted(set(old) | set(new)):
                 if old.get(sub) != new.get(sub):
-                    secret = key in ("env", "secrets")
-                    out.append((f"{key}.{sub}", _mask(old.get(sub), secret), _mask(new.get(sub), secret)))
+                    if key == "env":
+                        shown = (_shown(old.get(sub), (old_env or {}).get(sub)), _shown(new.get(sub), (new_env or {}).get(sub)))
+                    else:
+                        shown = (_mask(old.get(sub), key == "secrets"), _mask(new.get(sub), key == "secrets"))
+                    out.append((f"{key}.{sub}", *shown))
         else:
             out.append((key, old, new))
     return tuple(out)
+
+
+def _shown(hashed: object, clear: str | None) -> object:
+    """An env value for the plan: in clear when it may be shown, else masked."""
+    if hashed is None:
+        return None
+    return clear if clear is not None else "(set)"
 
 
 def _mask(value: object, masked: bool) -> object:
@@ -353,6 +366,7 @@ def plan_deploy(
     for service in order_services(desired.services):
         want_hash = model.config_hash(service)
         want_spec = model.spec_summary(service)
+        want_env = model.shown_env(service)
         to_deploy: list[str] = []
         for host in service.hosts:
             seen = by_pair.get((host, service.name), [])
@@ -365,10 +379,11 @@ def plan_deploy(
                 deploys.append(Remove(host, service.name, tail_reason, container=leftover.name))
             if active is None:
                 to_deploy.append(host)
-                changes.append(ServiceChange(host, service.name, "create", diff_spec({}, want_spec)))
+                changes.append(ServiceChange(host, service.name, "create", diff_spec({}, want_spec, new_env=want_env)))
             elif active.config_hash != want_hash:
                 to_deploy.append(host)
-                changes.append(ServiceChange(host, service.name, "update", diff_spec(active.spec, want_spec)))
+                changes.append(ServiceChange(host, service.name, "update",
+                                             diff_spec(active.spec, want_spec, old_env=active.shown_env, new_env=want_env)))
             elif not active.running or active.state == "restarting":
                 detail = f"{active.name} is {active.state}, desired running"
                 if policy.drift == "heal":
@@ -514,7 +529,9 @@ def plan_rollback(desired: Environment, observed: Mapping[str, ObservedHost], to
             target = candidates[0]
             if active is not None and active.config_hash == target.config_hash:
                 continue  # already runs that version
-            changes.append(ServiceChange(host, service.name, "update", diff_spec(active.spec if active else {}, target.spec)))
+            changes.append(ServiceChange(host, service.name, "update", diff_spec(
+                active.spec if active else {}, target.spec, old_env=active.shown_env if active else None,
+                new_env=target.shown_env)))
             if service.expose is not None:
                 switched[host] = target.name
                 continue

@@ -11,6 +11,7 @@ import base64
 import re
 
 from reconciler.core import model
+from reconciler.core.secret_rule import looks_like_plain_secret  # noqa: F401  (the validator's rule; plan masks by it too)
 from reconciler.core.schema_fields import (
     BAD,
     boolean,
@@ -30,27 +31,6 @@ ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MEMORY_RE = re.compile(r"^\d+(\.\d+)?[bkmgBKMG]?$")
 RESTART_RE = re.compile(r"^(no|always|unless-stopped|on-failure(:\d+)?)$")
 _PORT_RE = re.compile(r"^(?:(?P<ip>\[[0-9a-fA-F:.]+\]|[0-9.]+):)?(?P<host>\d+):(?P<container>\d+)(?:/(?P<proto>tcp|udp))?$")
-_SECRET_WORDS = {"PASSWORD", "PASSWD", "PASSPHRASE", "SECRET", "TOKEN", "KEY", "PRIVATE", "CREDENTIAL", "CREDENTIALS", "APIKEY"}
-_REFERENCE_SUFFIXES = {"FILE", "PATH", "DIR", "NAME", "ID", "TTL", "LENGTH", "SIZE"}
-_SECRET_VALUE_RE = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----|\bAKIA[0-9A-Z]{16}\b|\bgh[pousr]_[A-Za-z0-9]{30,}")
-
-
-def looks_like_plain_secret(key: str, value: str) -> bool:
-    """True for ``DB_PASSWORD: hunter2``-like entries (never for ``*_FILE`` paths).
-
-    A name made of words such as PASSWORD, TOKEN, KEY marks a secret unless its
-    last word says it is a reference (``_FILE``, ``_PATH``, ``_ID``...); an
-    empty value or an absolute path is a reference too.  Some values are
-    secrets whatever their name (a PEM private key, an AWS or GitHub token).
-    """
-    if _SECRET_VALUE_RE.search(value):
-        return True
-    words = [w for w in re.split(r"[_\-.]", key.upper()) if w]
-    if not words or words[-1] in _REFERENCE_SUFFIXES or not (set(words) & _SECRET_WORDS):
-        return False
-    return bool(value) and not value.startswith("/")
-
-
 def parse_image(node: Node, problems: Problems, what: str, require_digest: bool) -> model.ImageRef | None:
     text = string(node, problems, what)
     if text is BAD:
