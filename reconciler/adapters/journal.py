@@ -82,12 +82,13 @@ def read_json(path: Path) -> Any | None:
 
 @dataclass(frozen=True)
 class TouchedRecord:
-    """A journaled ``apply.Touched``: enough to put a host back as it was."""
+    """A journaled ``executor.Touched``: enough to put a host back as it was."""
 
     host: str
     service: str
     previous: str | None = None
     new: str | None = None
+    new_was: str | None = None  # a restored (revived) container's retired name: undoing retires it again
 
 
 @dataclass(frozen=True)

@@ -138,7 +138,7 @@ class Executor(RoutedSteps):
         self._touched_lock = threading.RLock()
         self.touched: dict[tuple[str, str], Touched] = {}
         for seed in seeds:  # what an interrupted run changed: still ours to roll back
-            self.touched[(seed.host, seed.service)] = Touched(seed.host, seed.service, seed.previous, seed.new)
+            self.touched[(seed.host, seed.service)] = Touched(seed.host, seed.service, seed.previous, seed.new, seed.new_was)
         self.health_failure: tuple[str, str, str] | None = None  # host, service, check
         self.workers = ThreadPoolExecutor(max_workers=max(1, desired.policy.parallel_hosts))
 
@@ -276,7 +276,8 @@ class Executor(RoutedSteps):
         with self._touched_lock:
             for name, value in changes.items():
                 setattr(touched, name, value)
-            records = [dict(host=t.host, service=t.service, previous=t.previous, new=t.new) for t in self.touched.values()]
+            records = [dict(host=t.host, service=t.service, previous=t.previous, new=t.new, new_was=t.new_was)
+                       for t in self.touched.values()]
         self.report("touched", records=records)
 
     def _run(self, action: Action) -> None:
@@ -485,7 +486,8 @@ class Executor(RoutedSteps):
                 return
             if touched.new is not None and touched.new_was is not None:
                 driver.stop(touched.new, 10)
-                driver.rename(touched.new, touched.new_was)
+                if driver.inspect(touched.new).name != touched.new_was:  # a run that died before renaming it
+                    driver.rename(touched.new, touched.new_was)
             elif touched.new is not None:
                 driver.remove(touched.new)
             if touched.previous is None:

@@ -155,7 +155,7 @@ def carried_seeds(interrupted: JournalState | None, observed: Mapping[str, Obser
         previous = next((c.id for c in containers if _same(t.previous, c.id)), None)
         new = next((c.id for c in containers if _same(t.new, c.id)), None)
         if previous or new:
-            out.append(Touched(t.host, t.service, previous, new))
+            out.append(Touched(t.host, t.service, previous, new, t.new_was if new else None))
     return tuple(out)
 
 
@@ -164,7 +164,8 @@ def with_resumes(plan: Plan, environment: Environment, observed: Mapping[str, Ob
     if interrupted is None:
         return plan
     started = interrupted.steps_begun("Start") | {(t.host, t.service) for t in interrupted.touched}
-    checked = interrupted.steps_done("CheckHealth") | interrupted.steps_done("Resume")
+    # A switch through the router counts as checked: the router saw it UP before moving the weights.
+    checked = interrupted.steps_done("CheckHealth") | interrupted.steps_done("Resume") | interrupted.steps_done("SetWeights")
     resumes: list[Resume] = []
     for service in environment.services:
         want = model.config_hash(service)

@@ -106,7 +106,8 @@ class RoutedSteps:
         if touched.new is not None and touched.new != target:
             if touched.new_was is not None:
                 driver.stop(touched.new, 10)
-                driver.rename(touched.new, touched.new_was)
+                if driver.inspect(touched.new).name != touched.new_was:  # a run that died before renaming it
+                    driver.rename(touched.new, touched.new_was)
             else:
                 driver.remove(touched.new)
         if target is not None:

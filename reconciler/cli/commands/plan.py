@@ -12,14 +12,14 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from reconciler.adapters import fleet
     from reconciler.core import report
     from reconciler.core.plan import plan_deploy
+    from reconciler.engine import routing
 
     target = load_target(args)
     env = target.environment
     with target.connect(args.timeout) as hosts:
-        observed = fleet.observe_all(hosts)
+        observed = routing.observe_hosts(env, hosts)  # the containers, and the routers where services are exposed
     plan = plan_deploy(env, observed, target.revision)
     print(report.plan_json(plan) if args.json else report.plan_text(plan))
     return exitcodes.OK if plan.in_sync else exitcodes.CHANGES
