@@ -30,7 +30,8 @@ class EnvRepo:
         """Write environment.yaml with these services (and policy lines), commit, return the id."""
         env_dir = self.path / "environments" / self.env
         hosts = "\n".join(
-            f"  {h.name}: {{address: {h.address}, port: {h.port}, user: {h.user}, docker_socket: {h.docker_socket}}}" for h in self.sandbox.hosts
+            f"  {h.name}: {{address: {h.address}, port: {h.port}, user: {h.user}"
+            + (f", docker_socket: {h.docker_socket}" if getattr(h, "docker_socket", None) else "") + "}" for h in self.sandbox.hosts
         )
         policy_block = "policy:\n" + textwrap.indent(textwrap.dedent(policy).strip(), "  ") + "\n" if policy.strip() else ""
         (env_dir / "environment.yaml").write_text(

@@ -329,7 +329,14 @@ def heal(fleet, tmp_path, request):
     made: dict = {"agents": [], "forwarders": []}
     remove_containers(fleet, f"{name}-")  # a run killed half-way may have left some
 
-    def setup(hosts=None):
+    def setup(hosts=None, *, dial_stdio: bool = False):
+        if dial_stdio:
+            # No docker_socket in the host entries: the engine is reached the
+            # fallback way, through a `docker system dial-stdio` process per
+            # connection (what these tests watch on the hosts).  The hosts
+            # have no /var/run/docker.sock, so the direct channel is refused.
+            hosts = [SimpleNamespace(name=h.name, address=h.address, port=h.port, user=h.user, docker_socket=None)
+                     for h in (hosts or fleet.hosts)]
         sandbox = fleet if hosts is None else SimpleNamespace(hosts=hosts, identity_file=fleet.identity_file,
                                                               known_hosts_file=fleet.known_hosts_file)
         work = make_env_repo(tmp_path / "work", sandbox, name)
@@ -431,8 +438,8 @@ def test_a_host_down_and_back_the_agent_converges_without_a_restart(fleet, heal)
     real_h2 = next(h for h in fleet.hosts if h.name == "h2")
     forwarder = Forwarder((real_h2.address, real_h2.port))
     heal.made["forwarders"].append(forwarder)
-    hosts = [SimpleNamespace(name=h.name, address="127.0.0.1", port=forwarder.port, user=h.user) if h.name == "h2" else h
-             for h in fleet.hosts]
+    hosts = [SimpleNamespace(name=h.name, address="127.0.0.1", port=forwarder.port, user=h.user, docker_socket=h.docker_socket)
+             if h.name == "h2" else h for h in fleet.hosts]
     work, bare = heal.setup(hosts)
     v1 = heal.push(work, service(fleet.images["v1"], port, marker="1"), "web v1")
     agent = heal.agent(bare)
@@ -467,7 +474,7 @@ def test_a_host_down_and_back_the_agent_converges_without_a_restart(fleet, heal)
 
 def test_engine_connections_closed_while_idle_do_not_fail_the_next_drift_check(fleet, heal):
     port = 18603
-    work, bare = heal.setup()
+    work, bare = heal.setup(dial_stdio=True)
     v1 = heal.push(work, service(fleet.images["v1"], port, marker="1"), "web v1", policy="drift_interval: 4s")
     agent = heal.agent(bare)
     assert_first_attempt_deployed(agent, v1)
@@ -492,7 +499,7 @@ def test_engine_connections_closed_while_idle_do_not_fail_the_next_drift_check(f
 def test_a_drift_check_after_more_than_the_engines_idle_timeout_finds_its_connections_working(fleet, heal):
     """The real thing, once: dockerd's 300 s, waited for (about 6 minutes)."""
     port = 18604
-    work, bare = heal.setup()
+    work, bare = heal.setup(dial_stdio=True)
     v1 = heal.push(work, service(fleet.images["v1"], port, marker="1"), "web v1", policy="drift_interval: 330s")
     agent = heal.agent(bare)
     assert_first_attempt_deployed(agent, v1)

@@ -274,3 +274,23 @@ def test_a_postmaster_pid_left_by_a_crash_is_cleared_only_when_stale(tmp_path):
     finally:
         server.kill()
         server.wait()
+
+
+def test_a_socket_lock_left_by_a_crash_is_cleared_only_when_its_postmaster_is_gone(tmp_path):
+    """The crash case the down/up test met: `.s.PGSQL.5433.lock` naming a pid
+    that is now another process made every later start fail."""
+    data, run = tmp_path / "data", tmp_path / "run"
+    data.mkdir()
+    run.mkdir()
+    lock, sock = run / ".s.PGSQL.5433.lock", run / ".s.PGSQL.5433"
+    lock.write_text(f"{os.getpid()}\n{data}\n")  # a pid alive, but not a postgres of this data directory
+    sock.write_text("")
+    assert postgres.clear_stale_socket_locks(run, data) == [".s.PGSQL.5433.lock"]
+    assert not lock.exists() and not sock.exists()
+    server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], cwd=data)
+    try:
+        lock.write_text(f"{server.pid}\n{data}\n")
+        assert postgres.clear_stale_socket_locks(run, data) == [] and lock.exists()
+    finally:
+        server.kill()
+        server.wait()

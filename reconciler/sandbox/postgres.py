@@ -69,6 +69,7 @@ def ensure_cluster(state_dir: pathlib.Path, *, port: int = DEFAULT_PORT) -> str:
             conf.write(f"\ninclude_if_exists '{_CONF_NAME}'\n")
     changed = _write_config(layout, port)
     clear_stale_pidfile(layout.data)
+    clear_stale_socket_locks(layout.run, layout.data)
     running = _is_running(bindir, layout)
     if running and changed:
         _pg_ctl(bindir, layout, "restart")
@@ -208,6 +209,28 @@ def clear_stale_pidfile(data: pathlib.Path) -> bool:
     return True
 
 
+def clear_stale_socket_locks(run: pathlib.Path, data: pathlib.Path) -> list[str]:
+    """Remove ``.s.PGSQL.<port>.lock`` files whose postmaster is gone.
+
+    After a crash the lock's pid may belong to another process by now, and a
+    new postmaster refuses to start over it ("Is another postmaster (PID N)
+    using socket file"); a live postgres of this data directory keeps its lock."""
+    removed = []
+    for lock in sorted(run.glob(".s.PGSQL.*.lock")):
+        try:
+            first = lock.read_text().splitlines()[:1]
+        except FileNotFoundError:
+            continue
+        pid = int(first[0]) if first and first[0].strip().isdigit() else None
+        if pid is not None and procs.alive(pid) and _works_in(pid, data):
+            continue
+        lock.unlink(missing_ok=True)
+        socket = run / lock.name[: -len(".lock")]
+        socket.unlink(missing_ok=True)  # the socket of the dead server goes with its lock
+        removed.append(lock.name)
+    return removed
+
+
 def _works_in(pid: int, data: pathlib.Path) -> bool:
     # The postmaster chdirs to its data directory: a test that no symlink or
     # relative -D in its command line can fool.
@@ -222,6 +245,7 @@ def _start_again(bindir: pathlib.Path, layout: _Layout) -> None:
     _as_postgres([str(bindir / "pg_ctl"), "stop", "-D", str(layout.data), "-m", "immediate", "-w", "-t", "30"],
                  what="pg_ctl stop", check=False)
     clear_stale_pidfile(layout.data)
+    clear_stale_socket_locks(layout.run, layout.data)
     _pg_ctl(bindir, layout, "start")
 
 
