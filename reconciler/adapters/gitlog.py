@@ -107,8 +107,13 @@ def latest(repo: pygit2.Repository, commit: str, env: str) -> Attempt | None:
     return found[-1] if found else None
 
 
-def append_attempt(repo: pygit2.Repository, attempt: Attempt, signature: pygit2.Signature | None = None) -> None:
+def append_attempt(repo: pygit2.Repository, attempt: Attempt, signature: pygit2.Signature | None = None,
+                   signing_key: str | None = None) -> None:
     """Add ``attempt`` to its commit's note; every earlier attempt stays as it was.
+
+    With ``signing_key`` the notes commit is signed like the agent's revert
+    commits (``gitsign``), so ``history --verify-notes`` can tell the
+    agent's record from a note anyone else wrote.
 
     One engine run per environment at a time (the lock), so the only race is
     two environments noting the same commit at once: each appends to what it
@@ -117,17 +122,21 @@ def append_attempt(repo: pygit2.Repository, attempt: Attempt, signature: pygit2.
     note = record.render(record.append(attempts(repo, attempt.commit), attempt))
     sig = signature or agent_signature()
     repo.create_note(note, sig, sig, attempt.commit, NOTES_REF, True)
+    if signing_key:
+        from reconciler.adapters import gitsign
+
+        gitsign.sign_tip(repo, NOTES_REF, signing_key)
 
 
 def mark_superseded(repo: pygit2.Repository, env: str, commits: Iterable[str], by: str, at: float,
-                    actor: str = "") -> list[str]:
+                    actor: str = "", signature: pygit2.Signature | None = None, signing_key: str | None = None) -> list[str]:
     """Record ``commits`` (skipped by coalescing) as superseded, unless they have an attempt already."""
     marked = []
     for commit in commits:
         if attempts(repo, commit, env):
             continue
         append_attempt(repo, Attempt(env, commit, "superseded", superseded_by=by, started=at, finished=at, actor=actor,
-                                     reason="Superseded", trigger="coalesced"))
+                                     reason="Superseded", trigger="coalesced"), signature, signing_key)
         marked.append(commit)
     return marked
 
@@ -224,25 +233,21 @@ def set_environment_to(repo: pygit2.Repository, *, env: str, branch_ref: str, he
 
 def _signed_commit(repo: pygit2.Repository, branch_ref: str, sig: pygit2.Signature, message: str, tree,
                    parent: pygit2.Oid, signing_key: str) -> str | None:
-    """The commit, signed with the agent's SSH key as `git commit -S` with
-    gpg.format=ssh signs (``ssh-keygen -Y sign -n git``), so that
+    """The commit, signed with the agent's SSH key (``gitsign``), so that
     policy.require_signed trusts the agent's own reverts once its key is in
     allowed_signers."""
-    import subprocess
+    from reconciler.adapters import gitsign
 
-    content = repo.create_commit_string(sig, sig, message, tree, [parent])
-    signed = subprocess.run(["ssh-keygen", "-q", "-Y", "sign", "-n", "git", "-f", signing_key],
-                            input=content.encode(), capture_output=True, timeout=30)
-    if signed.returncode != 0:
-        raise StalledError(f"signing the agent's commit with {signing_key} failed: "
-                           f"{signed.stderr.decode(errors='replace').strip() or 'ssh-keygen exit ' + str(signed.returncode)}")
-    new = repo.create_commit_with_signature(content, signed.stdout.decode(), "gpgsig")
+    new = gitsign.signed_commit(repo, sig, sig, message, tree, [parent], signing_key)
     # The branch moves only if it still points at the parent (a push wins);
-    # the check and the move are not one operation, but the window is the
-    # length of two reference reads.
-    if branch_head(repo, branch_ref) != str(parent):
+    # libgit2's set_target fails if the ref moved since it was read.
+    reference = repo.references.get(branch_ref)
+    if reference is None or reference.target != parent:
         return None
-    repo.references[branch_ref].set_target(new, f"reconciler: {message.splitlines()[0]}")
+    try:
+        reference.set_target(new, f"reconciler: {message.splitlines()[0]}")
+    except pygit2.GitError:
+        return None
     return str(new)
 
 

@@ -109,7 +109,8 @@ def attempt(run: RunState, result: str, reason: str, message: str = "", *, commi
 
 
 def write(run: RunState, item: Attempt) -> None:
-    gitlog.append_attempt(run.repo, item, gitlog.agent_signature(run.ctx.agent_name, run.ctx.agent_email))
+    gitlog.append_attempt(run.repo, item, gitlog.agent_signature(run.ctx.agent_name, run.ctx.agent_email),
+                          signing_key=run.ctx.signing_key)
     run.log("outcome", commit=item.commit, result=item.result, operation=item.operation, reason=item.reason,
             failure=item.message.splitlines()[0] if item.message else None)
 
@@ -148,7 +149,9 @@ def supersede(run: RunState) -> tuple[str, ...]:
     paths = gitlog.environment_paths(run.env)
     skipped = [c for c in gitlog.commits_between(run.repo, since, run.commit)
                if any(gitlog._under(p, paths) for p in gitlog.changed_paths(run.repo, run.repo[c]))]
-    marked = gitlog.mark_superseded(run.repo, run.env, skipped, run.commit, run.ctx.clock(), actor=run.actor)
+    marked = gitlog.mark_superseded(run.repo, run.env, skipped, run.commit, run.ctx.clock(), actor=run.actor,
+                                    signature=gitlog.agent_signature(run.ctx.agent_name, run.ctx.agent_email),
+                                    signing_key=run.ctx.signing_key)
     for c in marked:
         run.log("superseded", commit=c, by=run.commit)
     return tuple(marked)

@@ -16,6 +16,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--at", metavar="TIMESTAMP", help="what each host ran at this moment (ISO 8601 or epoch seconds), in one environment")
     parser.add_argument("--limit", type=int, default=50)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--verify-notes", action="store_true",
+                        help="check that each attempt was written by a notes commit the agent signed (--signing-key), "
+                             "against the trusted keys; exit 1 when one was not")
+    parser.add_argument("--agent-principal", help="with --verify-notes: the agent's principal in allowed_signers "
+                                                  "(a note signed by another trusted key is then not the agent's)")
+    parser.add_argument("--allowed-signers", help="with --verify-notes: trusted SSH keys (default: $RECONCILER_ALLOWED_SIGNERS, "
+                                                  "git config reconciler.allowedSigners)")
 
 
 def run(args) -> int:
@@ -41,10 +48,32 @@ def run(args) -> int:
             print(f"  {host}/{service}: {what}{rev}{container} {since}")
         return 0
     entries = gitlog.history(repo, env=args.env, service=args.service, limit=args.limit)
+    writers = None
+    if args.verify_notes:
+        from reconciler.adapters import notes_trust, signatures
+
+        trust = signatures.Trust.from_environment(repo, allowed_signers=args.allowed_signers)
+        writers = notes_trust.writers(repo, trust, agent=args.agent_principal)
+
+    def written_by(e, a):
+        from reconciler.adapters import notes_trust
+
+        return writers.get(notes_trust.attempt_key(e.commit, a)) if writers is not None else None
+
+    untrusted = [w for e in entries for a in e.attempts for w in [written_by(e, a)] if writers is not None and (w is None or not w.trusted)]
+    code = 1 if untrusted else 0
     if args.json:
+        def note(e, a) -> dict:
+            if writers is None:
+                return {}
+            w = written_by(e, a)
+            return {"note": {"notes_commit": w.notes_commit if w else None, "signer": str(w.signer) if w and w.signer else None,
+                             "trusted": bool(w and w.trusted), "problem": w.problem if w else "not found in the notes history"}}
+
         print(json.dumps([{**{k: v for k, v in asdict(e).items() if k != "attempts"},
-                           "attempts": [record.to_json(a) for a in e.attempts]} for e in entries], indent=2, sort_keys=True))
-        return 0
+                           "attempts": [{**record.to_json(a), **note(e, a)} for a in e.attempts]} for e in entries],
+                         indent=2, sort_keys=True))
+        return code
     for e in entries:
         merged = "" if e.committer == e.author else f", merged by {e.committer} {gitlog.iso(e.committed)}"
         print(f"{gitlog.iso(e.committed)} {e.commit[:12]} {e.subject}")
@@ -65,6 +94,11 @@ def run(args) -> int:
                 print(f"        reverted by {a.revert_commit[:12]}")
             if a.superseded_by:
                 print(f"        superseded by {a.superseded_by[:12]}")
+            if writers is not None:
+                w = written_by(e, a)
+                print(f"        {w.describe() if w else 'note NOT signed by the agent: not found in the notes history'}")
     if not entries:
         print("no history")
-    return 0
+    if untrusted:
+        print(f"{len(untrusted)} attempt(s) in the notes were not written by the agent (see 'note NOT signed' above)")
+    return code

@@ -38,7 +38,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--age-key", default=None,
                         help="the agent's age identity file for encrypted secrets (default: $RECONCILER_AGE_KEY)")
     parser.add_argument("--signing-key", default=os.environ.get("RECONCILER_SIGNING_KEY"),
-                        help="SSH private key the agent signs its revert commits with (put its public key in allowed_signers)")
+                        help="SSH private key the agent signs its revert commits and notes commits with "
+                             "(put its public key in allowed_signers)")
 
 
 def run(args) -> int:
@@ -56,6 +57,12 @@ def run(args) -> int:
     secret_values.use_identity_file(args.age_key)
     # Read before anything starts: a bad secret file fails the agent at once.
     secret = read_secret(args.webhook_secret_file) if args.webhook_secret_file else None
+    if args.signing_key:
+        # So is a signing key ssh-keygen cannot use (missing, or with a
+        # passphrase): the agent would otherwise find out at its first note.
+        from reconciler.adapters import gitsign
+
+        gitsign.sign("reconciler: signing key check\n", args.signing_key)
     from reconciler.adapters.liblog import route_library_logs
 
     log = make_logger(args.log_format)
