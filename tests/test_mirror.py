@@ -101,3 +101,27 @@ def test_a_poked_tracker_syncs_and_the_ref_watcher_wakes_the_agent(repos):
     finally:
         tracker.stop()
         watcher.stop()
+
+
+def test_without_a_ref_watcher_the_tracker_itself_wakes_the_agent_when_a_fetch_moved_a_branch(repos):
+    """``run --remote --no-watch``: the webhook's fetch is the only news; a
+    sync that moved nothing wakes nobody."""
+    from reconciler.agent.triggers import RemoteTracker
+
+    hosted, local = repos
+    reasons: list[str] = []
+    woken = threading.Event()
+    tracker = RemoteTracker(local.path, "origin", interval=3600, log=lambda *a, **k: None,
+                            on_trigger=lambda reason: (reasons.append(reason), woken.set())).start()
+    try:
+        woken.wait(5)  # the first round at start may bring the hosted branch
+        woken.clear()
+        reasons.clear()
+        tracker.poke()  # nothing new: no trigger
+        merged = commit(hosted, "v2 merged on the hosting service")
+        tracker.poke()
+        assert woken.wait(10), "the fetch moved the branch but the agent was not woken"
+        assert head(local) == merged
+        assert reasons == ["fetch:origin"]
+    finally:
+        tracker.stop()

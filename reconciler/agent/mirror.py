@@ -26,6 +26,7 @@ import pygit2
 
 NOTES_REF = "refs/notes/reconciler"
 GIT_IDENTITY_ENV = "RECONCILER_GIT_IDENTITY"
+MOVED = ("new", "fast-forward", "reset-to-remote")  # the sync actions that move a local branch
 
 
 @dataclass(frozen=True)

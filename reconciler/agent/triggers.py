@@ -159,15 +159,20 @@ class RemoteTracker:
     """Sync with ``remote`` every ``interval`` seconds (+-20% jitter) and on ``poke``.
 
     ``reconciler.agent.mirror.sync`` fetches, fast-forwards local branches and
-    pushes the agent's own commits and notes; a moved branch is then seen by
-    the RefWatcher, so this class never triggers a reconcile itself.
+    pushes the agent's own commits and notes.  A branch the sync moved is a
+    trigger (``on_trigger("fetch:<remote>")``): the RefWatcher sees it too,
+    but an agent run with ``--no-watch`` (a long poll, or a webhook as the
+    only news) must still deploy what the fetch brought; the agent
+    coalesces the two.
     """
 
-    def __init__(self, repo_path: str | os.PathLike[str], remote: str, interval: float, log: Callable[..., None]) -> None:
+    def __init__(self, repo_path: str | os.PathLike[str], remote: str, interval: float, log: Callable[..., None],
+                 on_trigger: OnTrigger | None = None) -> None:
         self.repo_path = str(repo_path)
         self.remote = remote
         self.interval = interval
         self.log = log
+        self.on_trigger = on_trigger
         self._poked = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="remote-tracker", daemon=True)
@@ -189,9 +194,12 @@ class RemoteTracker:
 
         while not self._stop.is_set():
             try:
-                mirror.sync(self.repo_path, self.remote, self.log)
+                moved = [r for r in mirror.sync(self.repo_path, self.remote, self.log) if r.action in mirror.MOVED]
             except Exception as exc:  # the next round tries again; a bad network is normal
                 self.log("fetch-failed", remote=self.remote, error=str(exc))
+                moved = []
+            if moved and self.on_trigger is not None:
+                self.on_trigger(f"fetch:{self.remote}")
             self._poked.wait(self.interval * random.uniform(0.8, 1.2))
             self._poked.clear()
 

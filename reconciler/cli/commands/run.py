@@ -106,7 +106,7 @@ def run(args) -> int:
     agent.refresh()
     sock = NudgeSocket(args.socket or default_socket_path(gdir), agent.trigger, repo_dir=gdir).start()
     watcher = None if args.no_watch else RefWatcher(gdir, agent.trigger).start()
-    tracker = RemoteTracker(gdir, args.remote, args.fetch_interval, log).start() if args.remote else None
+    tracker = RemoteTracker(gdir, args.remote, args.fetch_interval, log, agent.trigger).start() if args.remote else None
     webhook = (Webhook(args.webhook_port, tracker.poke, args.webhook_address, secret=secret, log=log).start()
                if tracker and args.webhook_port else None)
     log("agent-started", repo=str(gdir), state=str(state), state_source=location.source, socket=str(sock.path), pid=os.getpid())
