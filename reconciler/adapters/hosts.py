@@ -150,6 +150,12 @@ class DockerHost:
 
     # ------------------------------------------------------------ the connection
     @property
+    def identity_file(self) -> str | None:
+        """The SSH identity this host is reached with (it keys host-file secrets' digests)."""
+        files = (self.conn.connect_kwargs or {}).get("key_filename") or []
+        return files[0] if files else None
+
+    @property
     def transport(self) -> paramiko.Transport | None:
         return self.conn.transport
 

@@ -117,7 +117,12 @@ def gate(run: RunState) -> Result | None:
 
 
 def connect(run: RunState) -> Result | None:
+    from reconciler.adapters import secret_files
+
     run.hosts = run.ctx.open_hosts(run.environment, run.pins)
+    # Host-file secrets get their keyed digest from the hosts' files: a
+    # rotated file changes the config hash, and the service redeploys.
+    run.environment = secret_files.resolve(run.environment, run.hosts)
     return None
 
 

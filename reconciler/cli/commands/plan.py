@@ -18,7 +18,10 @@ def run(args) -> int:
 
     target = load_target(args)
     env = target.environment
+    from reconciler.adapters import secret_files
+
     with target.connect(args.timeout) as hosts:
+        env = secret_files.resolve(env, hosts)  # host-file secrets hashed as the agent hashes them
         observed = routing.observe_hosts(env, hosts)  # the containers, and the routers where services are exposed
     plan = plan_deploy(env, observed, target.revision)
     print(report.plan_json(plan) if args.json else report.plan_text(plan))

@@ -134,7 +134,10 @@ def run(args) -> int:
     target = load_target(args)
     env = target.environment
     view = agent_view(git_dir(args.repo), state_location(args), env.name)
+    from reconciler.adapters import secret_files
+
     with target.connect(args.timeout) as hosts:
+        env = secret_files.resolve(env, hosts)  # host-file secrets hashed as the agent hashes them
         rows = report.running_rows(env, fleet.observe_all(hosts))
     if args.json:
         print(json.dumps({"environment": env.name, "desired": target.revision, "agent": agent_view_json(view), "hosts": rows},
