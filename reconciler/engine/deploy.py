@@ -53,7 +53,7 @@ def deploy_target(
                   close_hosts=fleet.close_hosts, observers=(report_progress,), confirm=ask)
     result = run(ctx, Request(target.environment.name, "deploy", commit=target.revision, trigger="cli",
                               actor=actor or cli_actor(), force=True))
-    running = report.running_rows(target.environment, result.observed) if result.observed is not None else []
+    running = report.running_rows(result.desired or target.environment, result.observed) if result.observed is not None else []
     return DeployResult(result.plan, result.outcome, running, list(result.unreachable), result)
 
 

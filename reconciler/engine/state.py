@@ -75,6 +75,7 @@ class Result:
     observed: Mapping[str, Any] | None = None  # the hosts after the run
     unreachable: tuple[str, ...] = ()  # hosts not observed after the run
     new_commit: str | None = None  # the commit a rollback made so that git says what runs
+    desired: Environment | None = None  # the desired state the run acted on (host-file secrets' digests filled in)
 
 
 class RunState:
@@ -107,7 +108,7 @@ class RunState:
 
     def result(self, result: str, kind: str | None, reason: str, message: str = "", **more: Any) -> Result:
         return Result(self.env, self.commit, result, kind, reason, message, superseded=self.superseded,
-                      plan=self.plan, **more)
+                      plan=self.plan, desired=self.environment, **more)
 
 
 

@@ -55,7 +55,7 @@ def print_result(target, result) -> None:
             print(f"reverted by {result.revert_commit[:12]}")
     if result.observed is not None:
         print("now running:")
-        print(report.running_text(report.running_rows(target.environment, result.observed)))
+        print(report.running_text(report.running_rows(result.desired or target.environment, result.observed)))
     for host in result.unreachable:
         print(f"  {host:<8} UNREACHABLE: not observed after the run; the next reconcile converges it")
     if result.result != "in-sync":

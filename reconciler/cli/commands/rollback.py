@@ -40,7 +40,7 @@ def run(args) -> int:
         print(f"failure: {result.message}")
     if result.observed is not None:
         print("now running:")
-        print(report.running_text(report.running_rows(target.environment, result.observed)))
+        print(report.running_text(report.running_rows(result.desired or target.environment, result.observed)))
     for host in result.unreachable:
         print(f"  {host:<8} UNREACHABLE: not observed after the rollback")
     if result.new_commit and result.new_commit != result.commit:
