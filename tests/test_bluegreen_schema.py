@@ -57,7 +57,7 @@ def test_an_exposed_service_and_the_router_load_into_the_model():
                                           rt.RouterCheck("http", "/health", 200, None, 1.0, 2.0, 3, 2)),)
     assert rt.access_fields(env.router, env.host("h1")) == {
         "config_file": "/srv/h1/haproxy.cfg", "reload_command": "kill -USR2 $(cat /srv/h1/haproxy.pid)",
-        "check_command": "haproxy -c -q -f"}
+        "check_command": "/usr/sbin/haproxy -c -q -f"}
 
 
 def test_router_defaults():

@@ -54,7 +54,7 @@ class RouterAccess:
     host: str  # the host's name, used in every error
     config_file: str
     reload_command: str  # a shell line on the host, run after a checked config is in place
-    check_command: str = "haproxy -c -q -f"  # followed by a candidate file's path
+    check_command: str = "/usr/sbin/haproxy -c -q -f"  # followed by a candidate file's path
     timeout: float = 10.0
 
 

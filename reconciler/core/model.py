@@ -308,7 +308,7 @@ class RouterConfig:
     admin: str = "127.0.0.1:9901"  # its Runtime API on the host's loopback, reached through SSH
     config_file: str = "/etc/haproxy/haproxy.cfg"  # written by reconciler
     reload: str = "systemctl reload haproxy"  # a shell line on the host, after a checked config is in place
-    check: str = "haproxy -c -q -f"  # followed by a candidate config's path
+    check: str = "/usr/sbin/haproxy -c -q -f"  # + a candidate config; full path: not on a non-root PATH
     socket: str | None = None  # a root-only unix admin socket (seamless reloads)
     state_file: str | None = None  # server-state file: check states survive a reload
     log: str | None = "/dev/log"

@@ -7,7 +7,7 @@
       admin: 127.0.0.1:9901          # its Runtime API, on the host's loopback (reached through SSH)
       config_file: /etc/haproxy/haproxy.cfg
       reload: systemctl reload haproxy
-      check: haproxy -c -q -f        # followed by a candidate config's path
+      check: /usr/sbin/haproxy -c -q -f   # followed by a candidate config's path
       socket: /run/haproxy/admin.sock
       state_file: /var/lib/haproxy/server-state
       log: /dev/log

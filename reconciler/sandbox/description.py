@@ -24,7 +24,7 @@ class SandboxRouter:
     admin: str  # 127.0.0.1:PORT in the host's namespace: reach it through the host's SSH connection
     config_file: str
     state_file: str
-    socket: str  # the root-only unix admin socket (for local debugging and reloads)
+    socket: str  # the unix admin socket, the deploy user's (for local debugging and reloads)
     pidfile: str
     log: str
     reload_command: str  # run on the host: the master process re-reads the config

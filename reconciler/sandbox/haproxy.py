@@ -8,6 +8,17 @@ foreground (``-W -db``): the pidfile names the master, ``SIGUSR2`` to it
 reloads the config with the listeners handed over, which is the reload
 command the description gives the product.
 
+It runs as the deploy user (``setpriv --reuid``), not root, so that the
+product, which reaches hosts as that user, can write its config and state
+file (the directory and files are the deploy user's) and signal its master
+to reload.  Binding port 80 takes ``net.ipv4.ip_unprivileged_port_start``
+lowered to the router's port inside the host's network namespace (the
+sysctl is per namespace: the machine's own is left alone).  While clients
+of the old code still reach hosts as root, the files they write are
+root's with mode 0600; ``CAP_DAC_READ_SEARCH`` (read any file, write
+none) lets the router read those too.  ``READ_ROOT_FILES`` drops it once
+nothing writes as root (see the README's "Hosts: the deploy user").
+
 The config file belongs to the product once it exists: ``ensure`` writes
 the empty routing only when there is no config, or one HAProxy rejects, and
 otherwise starts HAProxy on what is there, which is how a restart restores
@@ -16,6 +27,8 @@ the live routing.
 
 from __future__ import annotations
 
+import os
+import pwd
 import shutil
 import socket
 
@@ -23,9 +36,13 @@ from reconciler.core import router
 from reconciler.errors import SandboxError
 from reconciler.sandbox import procs
 from reconciler.sandbox.description import SandboxRouter
-from reconciler.sandbox.layout import ROUTER_ADMIN, ROUTER_PORT, HostLayout
+from reconciler.sandbox.layout import DEPLOY_USER, ROUTER_ADMIN, ROUTER_PORT, HostLayout
 
 START_TIMEOUT = 15.0
+# Transitional: the router may read files root wrote (mode 0600) while
+# sessions of older code still write them as root.  Write access stays the
+# deploy user's alone.
+READ_ROOT_FILES = True
 
 
 def binary() -> str:
@@ -40,9 +57,39 @@ def description(host: HostLayout) -> SandboxRouter:
         reload_command=f"kill -USR2 $(cat {host.haproxy_pidfile})")
 
 
+def run_as() -> list[str]:
+    """``setpriv`` to the deploy user: its uid, its group, its supplementary groups."""
+    caps = ["--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"] if READ_ROOT_FILES else []
+    return ["setpriv", f"--reuid={DEPLOY_USER}", f"--regid={DEPLOY_USER}", "--init-groups", *caps]
+
+
 def argv(host: HostLayout) -> list[str]:
-    return ["nsenter", f"--net={host.netns_path}", binary(), "-W", "-db",
+    return ["nsenter", f"--net={host.netns_path}", *run_as(), binary(), "-W", "-db",
             "-f", str(host.haproxy_config), "-p", str(host.haproxy_pidfile)]
+
+
+def _owner_uid(pid: int) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None
+
+
+def _deploy_ids() -> tuple[int, int]:
+    entry = pwd.getpwnam(DEPLOY_USER)
+    return entry.pw_uid, entry.pw_gid
+
+
+def _hand_to_deploy_user(host: HostLayout) -> None:
+    """The router's directory and files belong to the deploy user; port 80 is bindable by it in the host's netns."""
+    uid, gid = _deploy_ids()
+    host.haproxy_dir.mkdir(parents=True, exist_ok=True)
+    for path in (host.haproxy_dir, *host.haproxy_dir.iterdir()):
+        if not path.is_socket():
+            os.chown(path, uid, gid)
+    procs.run(["nsenter", f"--net={host.netns_path}", "sysctl", "-q", "-w",
+               f"net.ipv4.ip_unprivileged_port_start={min(ROUTER_PORT, 1024)}"],
+              what=f"let {DEPLOY_USER} bind port {ROUTER_PORT} on {host.name}")
 
 
 def answers(host: HostLayout) -> bool:
@@ -61,8 +108,10 @@ def answers(host: HostLayout) -> bool:
 
 
 def healthy(host: HostLayout) -> bool:
+    """Ours, answering, and run by the deploy user (a root one, left by older code, is replaced)."""
     pid = procs.live_pid(host.haproxy_pidfile)
-    return pid is not None and str(host.haproxy_config) in procs.cmdline(pid) and answers(host)
+    return (pid is not None and str(host.haproxy_config) in procs.cmdline(pid)
+            and _owner_uid(pid) == _deploy_ids()[0] and answers(host))
 
 
 def stop(host: HostLayout) -> None:
@@ -88,6 +137,7 @@ def ensure(host: HostLayout) -> SandboxRouter:
     host.haproxy_dir.mkdir(parents=True, exist_ok=True)
     if not host.haproxy_config.exists() or not _valid(host):
         host.haproxy_config.write_text(router.render_config(router.Site(described.settings()), {}))
+    _hand_to_deploy_user(host)
     pid = procs.spawn_detached(argv(host), host.haproxy_log)
     if not procs.wait_until(lambda: answers(host) or not procs.alive(pid), timeout=START_TIMEOUT, interval=0.2) \
             or not answers(host):

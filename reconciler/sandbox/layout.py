@@ -29,10 +29,10 @@ SSH_PORT = 22
 # sandbox host: they share the machine's /etc/passwd.
 DEPLOY_USER = "rcl-deploy"
 DOCKER_GROUP = "docker"
-# Root until the sandbox's HAProxy takes its config and its reload from the
-# deploy user (the router writes hN/haproxy/ and signals a root master):
-# the deploy and rollback path passes as DEPLOY_USER, the router's does not yet.
-SSH_USER = "root"
+# How the product reaches the sandbox hosts: as the deploy user, the
+# router's path included (the hosts' HAProxy runs as that user, its files
+# are that user's: sandbox/haproxy.py).
+SSH_USER = DEPLOY_USER
 ROUTER_PORT = 80  # each host's HAProxy frontend, on the host's address
 ROUTER_ADMIN = "127.0.0.1:9901"  # its Runtime API, on the host's own loopback (reached through SSH)
 MAX_HOSTS = 50  # 10.213.0.{10+i} and 172.31.{10+i}.0/24 must stay valid
