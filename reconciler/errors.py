@@ -22,6 +22,7 @@ Flux's controllers carry as data)::
     |   +-- RollbackFailed        rolling back failed too: a human must look now
     |   +-- SandboxError          the local fleet could not be set up
     |   +-- RouterConfigRejected  a host's HAProxy refused the config we rendered
+    |   +-- RouterOwned           another environment owns the router on that host and port
     |   +-- SecretUnreadable      a secret file on a host is missing or cannot be read
     |   +-- UnsignedCommit        policy.require_signed and the commit carries no signature
     |   +-- BadSignature          the signature does not verify against the trusted keys
@@ -155,6 +156,11 @@ class SandboxError(StalledError):
 
 class RouterConfigRejected(StalledError):
     """``haproxy -c`` on the host rejected the rendered config; the running one is unchanged."""
+
+
+class RouterOwned(StalledError):
+    """Another environment's router already serves that host and port: one environment owns a
+    host's router (its config file, or its container); the message names both."""
 
 
 class SecretUnreadable(StalledError):

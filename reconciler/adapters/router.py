@@ -56,6 +56,11 @@ class RouterAccess:
     reload_command: str  # a shell line on the host, run after a checked config is in place
     check_command: str = "/usr/sbin/haproxy -c -q -f"  # followed by a candidate file's path
     timeout: float = 10.0
+    # A router run from an image (adapters.router_container) is checked and
+    # reloaded through the engine instead of the two shell lines above:
+    # ``checker(path)`` gives the check's exit code and output, ``reloader()`` signals its master.
+    checker: Callable[[str], tuple[int, str]] | None = None
+    reloader: Callable[[], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -224,11 +229,28 @@ class Router:
                 raise RouterError(f"router write {state_file}: exit {code}: {out}", host=self.name)
         cfg = self.access.config_file
         tmp = shlex.quote(cfg + ".tmp")
+        if self.access.checker is not None:
+            self._checked_write(cfg, text)
+            return
         code, out = self._exec(f"umask 077; cat > {tmp} && {{ {self.access.check_command} {tmp} || exit 3; }} "
                                f"&& mv -f {tmp} {shlex.quote(cfg)}", text.encode(), "write config")
         if code == 3:
             raise RouterConfigRejected(f"router: `{self.access.check_command}` rejected the config for "
                                        f"{cfg}; the running one is unchanged: {out[-800:]}", host=self.name)
+        if code != 0:
+            raise RouterError(f"router write {cfg}: exit {code}: {out}", host=self.name)
+
+    def _checked_write(self, cfg: str, text: str) -> None:
+        """The config written beside ``cfg``, checked by ``access.checker``, then moved in place."""
+        tmp = cfg + ".tmp"
+        code, out = self._exec(f"umask 077; cat > {shlex.quote(tmp)}", text.encode(), "write config")
+        if code != 0:
+            raise RouterError(f"router write {tmp}: exit {code}: {out}", host=self.name)
+        code, out = self.access.checker(tmp)
+        if code != 0:
+            raise RouterConfigRejected(f"router: haproxy -c rejected the config for {cfg}; the running one is "
+                                       f"unchanged: {out[-800:]}", host=self.name)
+        code, out = self._exec(f"mv -f {shlex.quote(tmp)} {shlex.quote(cfg)}", b"", "write config")
         if code != 0:
             raise RouterError(f"router write {cfg}: exit {code}: {out}", host=self.name)
 
@@ -248,9 +270,12 @@ class Router:
         """
         self.persist()
         old = self._worker()
-        code, out = self._exec(self.access.reload_command, b"", "reload")
-        if code != 0:
-            raise RouterError(f"router reload `{self.access.reload_command}`: exit {code}: {out}", host=self.name)
+        if self.access.reloader is not None:
+            self.access.reloader()
+        else:
+            code, out = self._exec(self.access.reload_command, b"", "reload")
+            if code != 0:
+                raise RouterError(f"router reload `{self.access.reload_command}`: exit {code}: {out}", host=self.name)
         wanted = {e.service for e in self.site.exposures} | {core.UNROUTED_BACKEND}
         if not _poll(lambda: self._worker() != old and self.observe().backends == wanted, deadline):
             raise RouterError(f"router reload: no new worker serving backends {sorted(wanted)} {deadline:.0f}s "

@@ -19,6 +19,9 @@ if TYPE_CHECKING:  # a router's observed state lives with the router's model (co
 # Labels reconciler sets on every container it owns.  A container without
 # LABEL_ENVIRONMENT is unmanaged and is never touched.
 LABEL_PREFIX = "io.reconciler."
+# An environment's router container (core.router_image): the environment that
+# owns it; never LABEL_ENVIRONMENT, so service reconciliation never sees it.
+LABEL_ROUTER = LABEL_PREFIX + "router"
 LABEL_ENVIRONMENT = LABEL_PREFIX + "environment"
 LABEL_SERVICE = LABEL_PREFIX + "service"
 LABEL_REVISION = LABEL_PREFIX + "revision"
@@ -312,6 +315,9 @@ class RouterConfig:
     socket: str | None = None  # a root-only unix admin socket (seamless reloads)
     state_file: str | None = None  # server-state file: check states survive a reload
     log: str | None = "/dev/log"
+    # Run HAProxy as a container of this pinned image on each host that needs
+    # a router, instead of the host's package (core.router_image).
+    image: ImageRef | None = None
 
 
 @dataclass(frozen=True)
@@ -553,4 +559,5 @@ class ObservedHost:
         return tuple(c for c in self.containers if c.environment == environment)
 
     def unmanaged(self) -> tuple[ObservedContainer, ...]:
-        return tuple(c for c in self.containers if not c.managed)
+        """Containers no environment manages (an environment's router container is managed, apart)."""
+        return tuple(c for c in self.containers if not c.managed and c.label(LABEL_ROUTER) is None)

@@ -351,7 +351,7 @@ def plan_deploy(
     revision: str,
 ) -> Plan:
     """The ordered actions that make ``observed`` match ``desired``."""
-    from reconciler.core import bluegreen  # it builds this module's actions
+    from reconciler.core import bluegreen, router_image  # they build this module's actions
 
     env = desired.name
     policy = desired.policy
@@ -457,7 +457,12 @@ def plan_deploy(
                     Finding(host_name, container.service, "prune-disabled", f"{container.name} is no longer desired; policy prune is off")
                 )
 
-    deploys = bluegreen.configures(desired, observed) + deploys
+    # A router run from an image is started (or replaced) before any routing on its host.
+    router_steps = router_image.steps(desired, observed)
+    pulls += [a for a in router_steps if isinstance(a, Pull)]
+    tail += [a for a in router_steps if isinstance(a, router_image.RemoveRouter)]
+    deploys = ([a for a in router_steps if isinstance(a, router_image.StartRouter)]
+               + bluegreen.configures(desired, observed) + deploys)
     return Plan(
         environment=env,
         revision=revision,

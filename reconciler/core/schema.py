@@ -121,7 +121,7 @@ def _load(snapshot: Snapshot, name: str) -> tuple[model.Environment | None, Prob
         problems.at(fields["hosts"], f"hosts: group {group!r} has the same name as a host; rename one")
     policy = _policy(defaults.get("policy"), fields.get("policy"), problems)
     database = _database(fields["database"], problems, index.hosts) if "database" in fields else None
-    router = parse_router(fields["router"], problems) if "router" in fields else None
+    router = parse_router(fields["router"], problems, policy.require_digest) if "router" in fields else None
     known_hosts = _known_hosts(snapshot, base, fields.get("known_hosts"), env_file, problems)
     services = _services(snapshot, base, fields.get("services"), defaults.get("service"), problems, index, policy.require_digest)
     _check_ports(services, problems)

@@ -12,6 +12,13 @@
       state_file: /var/lib/haproxy/server-state
       log: /dev/log
 
+    router:                          # or: HAProxy as a container of a pinned image (core.router_image)
+      image: registry.example.com/haproxy:2.6@sha256:...
+      bind: ":80"
+      admin: 127.0.0.1:9901
+      config_file: /srv/router/haproxy.cfg   # its directory is mounted into the container
+      state_file: /srv/router/server-state   # (in that directory; socket too, by default admin.sock)
+
     services:
       web:
         expose: {hosts: [shop.example.com], path: /api, port: 8080, drain: 30s}
@@ -24,26 +31,33 @@ same host name and path on one host are refused at their ``expose``.
 
 from __future__ import annotations
 
+import posixpath
 import re
 
 from reconciler.core import model
 from reconciler.core import router as rt
 from reconciler.core.schema_fields import BAD, duration, integer, mapping, string, string_list
+from reconciler.core.schema_values import parse_image
 from reconciler.core.schema_yaml import Node, Problems
 
-ROUTER_KEYS = ("bind", "admin", "config_file", "reload", "check", "socket", "state_file", "log")
+ROUTER_KEYS = ("image", "bind", "admin", "config_file", "reload", "check", "socket", "state_file", "log")
 EXPOSE_KEYS = ("hosts", "path", "port", "drain")
 _ADDRESS_RE = re.compile(r"^(\{address\}|[0-9A-Za-z.:\[\]-]*):\d{1,5}$")
 
 
-def parse_router(node: Node, problems: Problems) -> model.RouterConfig:
+def parse_router(node: Node, problems: Problems, require_digest: bool = True) -> model.RouterConfig:
     fields = mapping(node, ROUTER_KEYS, problems, "router")
     if fields is BAD:
         return BAD
     values = {}
     for key in ROUTER_KEYS:
-        if key in fields:
+        if key in fields and key != "image":
             values[key] = string(fields[key], problems, f"router.{key}")
+    if "image" in fields:
+        image = parse_image(fields["image"], problems, "router.image", require_digest)
+        values["image"] = BAD if image is None else image
+        if image is not None:
+            _image_files(fields, values, problems)
     for key in ("bind", "admin"):
         value = values.get(key)
         if value not in (None, BAD) and not _ADDRESS_RE.match(value):
@@ -52,6 +66,32 @@ def parse_router(node: Node, problems: Problems) -> model.RouterConfig:
     if BAD in values.values():
         return BAD
     return model.RouterConfig(**values)
+
+
+def _image_files(fields: dict, values: dict, problems: Problems) -> None:
+    """A router run from an image: the engine reloads and checks it, and its files share one mounted directory."""
+    done_by = {"reload": "reloaded by a signal to its master, through the engine",
+               "check": "checked by its image's own haproxy -c, in the container"}
+    for key, how in done_by.items():
+        if key in fields:
+            problems.at(fields[key], f"router.{key}: a router run from 'image' is {how}; drop '{key}'")
+            values[key] = BAD
+    config_file = values.get("config_file", model.RouterConfig.config_file)
+    if config_file is BAD:
+        return
+    folder = posixpath.dirname(config_file)
+    if not posixpath.isabs(config_file) or folder in ("", "/"):
+        problems.at(fields.get("config_file", fields["image"]), "router.config_file: with 'image', an absolute path "
+                    f"in a directory of its own (that directory is mounted into the container), got {config_file!r}")
+        values["config_file"] = BAD
+        return
+    values.setdefault("socket", f"{folder}/admin.sock")
+    for key in ("socket", "state_file"):
+        value = values.get(key)
+        if value not in (None, BAD) and posixpath.dirname(value) != folder:
+            problems.at(fields[key], f"router.{key}: with 'image', it must be in {folder}/ (the config file's "
+                                     f"directory, the one mounted into the container), got {value!r}")
+            values[key] = BAD
 
 
 def parse_expose(node: Node, problems: Problems, what: str) -> model.Expose:

@@ -36,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Protocol, Sequence
 
-from reconciler.core import model
+from reconciler.core import model, router_image
 from reconciler.errors import DeployFailed, HostUnreachable, ReconcilerError, RollbackFailed
 from reconciler.core.health import CheckResult, Verdict, judge, next_check_at
 from reconciler.core.model import ContainerSpec, Environment, HealthCheck, ImageRef, ObservedContainer, ObservedHost, Service
@@ -314,7 +314,14 @@ class Executor(RoutedSteps):
 
     def _run_host_step(self, action: Action) -> None:
         driver = self.hosts[action.host]
-        if isinstance(action, Route):
+        if isinstance(action, (router_image.StartRouter, router_image.RemoveRouter)):
+            from reconciler.engine import router_container
+
+            if isinstance(action, router_image.StartRouter):
+                router_container.start(driver, self.desired, action, self.routers[action.host])
+            else:
+                router_container.remove(driver, action)
+        elif isinstance(action, Route):
             self._route(driver, action)
         elif isinstance(action, Adopt):
             container = self._named(action.host, action.container)

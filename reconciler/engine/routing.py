@@ -6,7 +6,9 @@ host, an ``adapters.router.Router`` speaking its Runtime API over the
 host's own pinned SSH connection (the host driver's, so a connection the
 driver reopened is the one used).  ``observe`` adds each router's servers
 and config skeleton to the hosts' observation, so that the planner sees
-the router's state like the containers'.
+the router's state like the containers'.  A router run from an image
+(``core.router_image``) is checked and reloaded through the host's engine,
+and is observed with no servers while its container is yet to start.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator
 
 from reconciler.core import router as rt
+from reconciler.core import router_image
 from reconciler.core.model import Environment, ObservedHost
 
 
@@ -36,6 +39,12 @@ class RouterMap(Mapping):
             from reconciler.adapters.router import Router, RouterAccess
 
             fields = rt.access_fields(self.environment.router, self.environment.host(host))
+            spec = router_image.spec_for(self.environment, host)
+            if spec is not None:  # a router container: checked and reloaded through the engine
+                from reconciler.adapters.router_container import RouterEngine
+
+                engine = RouterEngine(self.hosts[host], spec)
+                fields = dict(fields, reload_command="", check_command="", checker=engine.check, reloader=engine.reload)
             self._built[host] = Router(self.hosts[host], RouterAccess(host=host, **fields), self._sites[host])
         return self._built[host]
 
@@ -54,6 +63,9 @@ def observe(environment: Environment, observed: Mapping[str, ObservedHost], rout
 
     def view(host: str) -> rt.RouterView:
         router = routers[host]
+        if router_image.spec_for(environment, host) is not None \
+                and router_image.running_router(environment, observed[host]) is None:
+            return rt.RouterView((), router.config_hash())  # its container is yet to start: no servers
         servers = router.servers()
         return rt.RouterView(tuple(servers[k] for k in sorted(servers)), router.config_hash())
 

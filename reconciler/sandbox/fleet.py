@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.errors import SandboxError
-from reconciler.sandbox import description, engines, haproxy, images, netns, procs, registry, sshd
+from reconciler.sandbox import description, engines, haproxy, images, netns, procs, registry, router_image, sshd
 from reconciler.sandbox.layout import (DEPLOY_USER, DOCKER_GROUP, IMAGE_REPOSITORY, MAX_HOSTS, NETNS_PREFIX, REGISTRY,
                                        SSH_PORT, SSH_USER, HostLayout, Layout, layout)
 
@@ -102,8 +102,9 @@ def _up(lay: Layout, hosts: int, started: float) -> description.Sandbox:
     with ThreadPoolExecutor(max_workers=4) as pool:
         # PostgreSQL listens on the bridge address too, so it starts after the bridge.
         database = pool.submit(_postgres().ensure_cluster, lay.root)
-        pushed = pool.submit(lambda: (registry.wait_ready(lay),
-                                      images.push_demo_images(REGISTRY, IMAGE_REPOSITORY))[1])
+        # The router image too (sandbox/router_image.py): environments may run HAProxy from it.
+        pushed = pool.submit(lambda: (registry.wait_ready(lay), router_image.push(REGISTRY),
+                                      images.push_demo_images(REGISTRY, IMAGE_REPOSITORY))[2])
         pinned = [sshd.ensure(host, lay) for host in wanted]
         for host in wanted:
             engines.wait_ready(host, started_engines.get(host.name))
