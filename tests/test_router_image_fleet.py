@@ -267,3 +267,38 @@ def test_a_second_environment_cannot_take_over_the_router_of_a_host_and_port(wor
     said = plan.stdout + plan.stderr
     assert f"environment '{ENV}'" in said and f"environment '{OTHER}'" in said and f"port {PORT}" in said, said
     assert not [c for cs in world.routers().values() for c in cs if c["Labels"][ri.LABEL_ROUTER] == OTHER]
+
+
+def test_the_agent_killed_while_it_replaces_the_router_finishes_after_a_restart_under_load(world, fleet):
+    import signal
+
+    watcher = JournalWatcher(world.state, ENV)
+    watcher.start()
+    with Load(world.addresses, HOSTNAME, port=PORT) as load:
+        commit = world.push("router: back to the first HAProxy image, the agent dies on the way", router="2.6-a")
+        assert wait_for(lambda: watcher.seen("begin", "StartRouter", "h2"), timeout=120, every=0.02), world.agent_log()
+        time.sleep(0.3)  # somewhere inside the replacement
+        os.kill(world.proc.pid, signal.SIGKILL)
+        world.proc.wait(30)
+        world.proc = None
+        watcher.poll()
+        assert not watcher.seen("done", "StartRouter", "h2"), "killed too late"
+        world.start_agent()
+        assert wait_for(lambda: "deployed" in world.results(commit), timeout=180), world.agent_log()
+    watcher.stop()
+    failures = load.failures()
+    assert failures == [], f"{len(failures)} failed of {len(load.answers)}: {failures[:3]}"
+    assert {a.body for a in load.answers} == {"demo-web v1"}
+    reference = sandbox_router_image.reference(fleet.registry, "2.6-a")
+    for host, containers in world.routers().items():
+        assert [(c["Names"], c["State"], c["Labels"][ri.LABEL_ROUTER_IMAGE]) for c in containers] == [
+            ([f"/{ri.container_name(ENV)}"], "running", reference)], host
+    first_at = {}
+    for r in watcher.records.values():
+        first_at[r["run_id"]] = min(r["at"], first_at.get(r["run_id"], r["at"]))
+    runs = sorted(first_at, key=first_at.get)  # the killed run first
+    assert len(runs) >= 2
+    resumed = [(r["event"], r.get("step")) for r in sorted(watcher.records.values(), key=lambda r: r["at"])
+               if r.get("host") == "h2" and r["run_id"] != runs[0]]
+    print("h2 after the restart:", resumed)
+    assert ("done", "StartRouter") in resumed
