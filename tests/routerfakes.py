@@ -88,6 +88,9 @@ class FakeRouter:
     def config_hash(self) -> str | None:
         return self.skeleton
 
+    def header(self) -> tuple[str | None, str | None]:
+        return self.skeleton, getattr(self, "owner", None)
+
     def persist(self) -> None:
         self.persisted += 1
 

@@ -141,3 +141,42 @@ def test_a_router_no_longer_needed_is_removed_after_the_deploy():
                                                      top=ROUTER)), "test")
     actions = steps([router_container("reconciler-router-test", IMAGE)], env=without)
     assert [(a.step, a.host, a.container) for a in actions] == [("RemoveRouter", "h1", "reconciler-router-test")]
+
+
+# ---------------------------------------------------------------- a package router's owner, in its config
+
+
+def test_the_config_names_its_owner_and_another_environment_is_refused_while_the_owner_serves():
+    from reconciler.core import router as rt
+    from reconciler.core import router_owner
+
+    text = router_owner.stamp(rt.render_config(rt.Site(rt.RouterSettings(bind=":80")), {}), "shop")
+    assert router_owner.owner_in(text) == "shop" and rt.hash_in(text) is not None  # both in the first lines
+    assert text.splitlines()[2] == "# owner: shop" and text.splitlines()[3] == "global"
+    up = rt.ServerState("web", "web-abc", "172.31.11.2", 8080, 100, 0, True)
+    said = router_owner.refusal("test", "shop", [up], "h1", "/etc/haproxy/haproxy.cfg")
+    assert "environment 'shop'" in said and "environment 'test'" in said and "web/web-abc" in said
+    assert router_owner.refusal("shop", "shop", [up], "h1", "/c") is None  # its own
+    assert router_owner.refusal("test", None, [up], "h1", "/c") is None  # a file nobody claims
+    # Taken over once the owner routes nothing live: its servers down, drained or at weight 0.
+    down = rt.ServerState("web", "web-abc", "172.31.11.2", 8080, 100, 0, False)
+    idle = rt.ServerState("web", "web-abc", "172.31.11.2", 8080, 0, 0, True)
+    assert router_owner.refusal("test", "shop", [down, idle], "h1", "/c") is None
+
+
+def test_observing_a_router_another_environment_owns_stops_the_plan():
+    from reconciler.core import router as rt
+    from reconciler.engine import routing
+
+    env = load(ROUTER.replace(f"  image: {IMAGE}\n", ""))
+
+    class Owned:
+        def servers(self):
+            return {("web", "web-abc"): rt.ServerState("web", "web-abc", "172.31.11.2", 8080, 100, 0, True)}
+
+        def header(self):
+            return "sha256:0", "shop"
+
+    observed = {"h1": ObservedHost("h1", (), None), "h2": ObservedHost("h2", (), None)}
+    with pytest.raises(RouterOwned, match="h1: the router's config /srv/router/haproxy.cfg belongs to environment 'shop'"):
+        routing.observe(env, observed, {"h1": Owned()})

@@ -40,6 +40,7 @@ from fabric import Connection
 
 from reconciler.adapters.ssh import _ack_at_once
 from reconciler.core import router as core
+from reconciler.core import router_owner
 from reconciler.core.health import CheckResult, Verdict
 from reconciler.errors import HostUnreachable, RouterConfigRejected, RouterError
 
@@ -61,6 +62,7 @@ class RouterAccess:
     # ``checker(path)`` gives the check's exit code and output, ``reloader()`` signals its master.
     checker: Callable[[str], tuple[int, str]] | None = None
     reloader: Callable[[], None] | None = None
+    owner: str | None = None  # the environment whose config this is: stamped in its header (core.router_owner)
 
 
 @dataclass(frozen=True)
@@ -206,10 +208,14 @@ class Router:
     def servers(self) -> core.Observed:
         return self.observe().servers
 
+    def header(self) -> tuple[str | None, str | None]:
+        """The skeleton hash and the owner the config file on the host names (None, None: not ours)."""
+        code, out = self._exec(f"head -n 5 {shlex.quote(self.access.config_file)}", b"", "read config")
+        return (core.hash_in(out), router_owner.owner_in(out)) if code == 0 else (None, None)
+
     def config_hash(self) -> str | None:
         """The skeleton hash of the config file on the host; None for a file we did not write."""
-        code, out = self._exec(f"head -n 5 {shlex.quote(self.access.config_file)}", b"", "read config")
-        return core.hash_in(out) if code == 0 else None
+        return self.header()[0]
 
     def needs_configure(self) -> bool:
         """Whether the site's frontend or backends differ from the host's config (a reload is due)."""
@@ -219,7 +225,8 @@ class Router:
     def persist(self, observation: Observation | None = None) -> None:
         """Write what the router runs now into its config and state file, so a restart restores it."""
         observation = observation or self.observe()
-        text = core.render_config(self.site, core.servers_by_backend(observation.servers))
+        text = router_owner.stamp(core.render_config(self.site, core.servers_by_backend(observation.servers)),
+                                  self.access.owner)
         state_file = self.site.settings.state_file
         if state_file:
             tmp = shlex.quote(state_file + ".tmp")

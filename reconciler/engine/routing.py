@@ -9,6 +9,8 @@ and config skeleton to the hosts' observation, so that the planner sees
 the router's state like the containers'.  A router run from an image
 (``core.router_image``) is checked and reloaded through the host's engine,
 and is observed with no servers while its container is yet to start.
+A router whose config file names another environment as its owner, with
+live servers, stops the observation (``core.router_owner``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator
 
 from reconciler.core import router as rt
-from reconciler.core import router_image
+from reconciler.core import router_image, router_owner
+from reconciler.errors import RouterOwned
 from reconciler.core.model import Environment, ObservedHost
 
 
@@ -45,7 +48,8 @@ class RouterMap(Mapping):
 
                 engine = RouterEngine(self.hosts[host], spec)
                 fields = dict(fields, reload_command="", check_command="", checker=engine.check, reloader=engine.reload)
-            self._built[host] = Router(self.hosts[host], RouterAccess(host=host, **fields), self._sites[host])
+            self._built[host] = Router(self.hosts[host], RouterAccess(host=host, owner=self.environment.name, **fields),
+                                       self._sites[host])
         return self._built[host]
 
     def __iter__(self) -> Iterator[str]:
@@ -67,7 +71,12 @@ def observe(environment: Environment, observed: Mapping[str, ObservedHost], rout
                 and router_image.running_router(environment, observed[host]) is None:
             return rt.RouterView((), router.config_hash())  # its container is yet to start: no servers
         servers = router.servers()
-        return rt.RouterView(tuple(servers[k] for k in sorted(servers)), router.config_hash())
+        skeleton, owner = router.header()
+        config_file = rt.access_fields(environment.router, environment.host(host))["config_file"]
+        refused = router_owner.refusal(environment.name, owner, servers.values(), host, config_file)
+        if refused:
+            raise RouterOwned(refused, host=host)
+        return rt.RouterView(tuple(servers[k] for k in sorted(servers)), skeleton)
 
     with ThreadPoolExecutor(max_workers=min(16, len(wanted))) as pool:
         views = dict(zip(wanted, pool.map(view, wanted)))
