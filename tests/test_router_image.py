@@ -180,3 +180,16 @@ def test_observing_a_router_another_environment_owns_stops_the_plan():
     observed = {"h1": ObservedHost("h1", (), None), "h2": ObservedHost("h2", (), None)}
     with pytest.raises(RouterOwned, match="h1: the router's config /srv/router/haproxy.cfg belongs to environment 'shop'"):
         routing.observe(env, observed, {"h1": Owned()})
+
+
+def test_status_shows_the_router_containers_with_their_drift():
+    from reconciler.core import report
+
+    env = load()
+    observed = {"h1": ObservedHost("h1", (router_container("reconciler-router-test", IMAGE),), None),
+                "h2": ObservedHost("h2", (router_container("reconciler-router-test", NEXT, bind="10.0.0.2:8091"),), None)}
+    rows = [r for r in report.running_rows(env, observed) if r["service"] == "(router)"]
+    assert [(r["host"], r["container"], r["image"], r["drift"]) for r in rows] == [
+        ("h1", "reconciler-router-test", IMAGE, []),
+        ("h2", "reconciler-router-test", NEXT, ["image or bind differs from desired"])]
+    assert "(router)" in report.running_text(report.running_rows(env, observed))

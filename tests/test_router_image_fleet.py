@@ -188,6 +188,12 @@ def test_the_router_runs_as_a_container_of_the_pinned_image_on_every_host(world,
         assert c["Labels"][ri.LABEL_ROUTER_IMAGE] == reference
         assert c["Labels"][ri.LABEL_ROUTER_BIND] == f"{fleet.host(host).address}:{PORT}"
         assert "io.reconciler.environment" not in c["Labels"]  # no service's: reconciliation leaves it alone
+    # Observed like the containers: `status` shows it on every host, in place.
+    status = subprocess.run([sys.executable, "-m", "reconciler", "status", "--repo", str(world.bare), "--env", ENV,
+                             "--identity", fleet.identity_file, "--state", str(world.state)], capture_output=True, text=True)
+    assert status.returncode == 0, status.stdout + status.stderr
+    lines = [line for line in status.stdout.splitlines() if "(router)" in line]
+    assert len(lines) == 3 and all(reference in line and "DRIFT" not in line for line in lines), status.stdout
     # The package HAProxy on port 80 is not this router: it knows nothing of this environment.
     assert one_request(fleet.hosts[0].address, HOSTNAME, 80)[0] == 404
 

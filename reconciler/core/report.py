@@ -97,7 +97,9 @@ def running_rows(desired: Environment, observed: Mapping[str, ObservedHost]) -> 
                     "drift": drift,
                 }
             )
-    return rows
+    from reconciler.core import router_image  # its router containers: no service's, shown apart
+
+    return rows + router_image.status_rows(desired, observed)
 
 
 def running_text(rows: list[dict], *, include_retired: bool = False) -> str:

@@ -179,3 +179,22 @@ def running_router(desired: Environment, host: ObservedHost) -> ObservedContaine
         if name in ours and ours[name].running:
             return ours[name]
     return None
+
+
+def status_rows(desired: Environment, observed: Mapping[str, ObservedHost]) -> list[dict]:
+    """``reconciler status`` rows (``core.report.running_rows``' keys) for the environment's router containers."""
+    rows = []
+    for name in sorted(observed):
+        spec = spec_for(desired, name) if name in {h.name for h in desired.hosts} else None
+        for c in sorted(_ours(observed[name], desired.name).values(), key=lambda c: c.name):
+            drift = [] if c.running else [f"state {c.state}"]
+            if spec is None:
+                drift.append("not desired here")
+            elif c.name != spec.name:
+                drift.append("a replacement left unfinished")
+            elif not in_place(spec, c) and c.running:
+                drift.append("image or bind differs from desired")
+            rows.append({"host": name, "service": "(router)", "role": "active", "container": c.name,
+                         "state": c.state, "health": c.health, "image": c.label(LABEL_ROUTER_IMAGE),
+                         "revision": None, "drift": drift})
+    return rows
