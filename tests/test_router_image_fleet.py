@@ -53,13 +53,13 @@ def router_dir(fleet, host: str) -> Path:
     return Path(fleet.state_dir) / host / "imagert-router"
 
 
-def environment_yaml(fleet, web_image: str, router_tag: str) -> str:
+def environment_yaml(fleet, web_image: str, router_tag: str, router_image: str | None = None) -> str:
     hosts = "\n".join(f"  {h.name}: {{address: {h.address}, port: {h.port}, user: {h.user}}}" for h in fleet.hosts)
     folder = f"{fleet.state_dir}/{{host}}/imagert-router"
     return f"""hosts:
 {hosts}
 router:
-  image: {sandbox_router_image.reference(fleet.registry, router_tag)}
+  image: {router_image or sandbox_router_image.reference(fleet.registry, router_tag)}
   bind: "{{address}}:{PORT}"
   admin: {ADMIN}
   config_file: {folder}/haproxy.cfg
@@ -94,12 +94,14 @@ class World:
         self.addresses = {h.name: h.address for h in fleet.hosts}
         self.web, self.router = "v1", "2.6-a"
 
-    def push(self, message: str, *, web: str | None = None, router: str | None = None) -> str:
+    def push(self, message: str, *, web: str | None = None, router: str | None = None,
+             router_image: str | None = None) -> str:
+        """``router_image``: another image for the router, this push only."""
         self.web, self.router = web or self.web, router or self.router
         if git(self.work, "fetch", "-q", str(self.bare), "main", check=False).returncode == 0:
             git(self.work, "reset", "-q", "--hard", "FETCH_HEAD")
         path = self.work / "environments" / ENV / "environment.yaml"
-        path.write_text(environment_yaml(self.fleet, self.fleet.images[self.web], self.router))
+        path.write_text(environment_yaml(self.fleet, self.fleet.images[self.web], self.router, router_image))
         repo = pygit2.Repository(str(self.work))
         repo.index.add_all()
         repo.index.write()
@@ -308,3 +310,31 @@ def test_the_agent_killed_while_it_replaces_the_router_finishes_after_a_restart_
                if r.get("host") == "h2" and r["run_id"] != runs[0]]
     print("h2 after the restart:", resumed)
     assert ("done", "StartRouter") in resumed
+
+
+def test_a_router_image_that_cannot_serve_fails_its_step_and_the_old_router_keeps_serving(world, fleet):
+    """The demo web image as the router's: it has no haproxy, so the new container never starts."""
+    good = world.router
+    watcher = JournalWatcher(world.state, ENV)
+    watcher.start()
+    with Load(world.addresses, HOSTNAME, port=PORT) as load:
+        world.push("router: an image without haproxy", router_image=fleet.images["v2"])
+        assert wait_for(lambda: all(watcher.seen("failed", "StartRouter", h) for h in world.addresses), timeout=180), \
+            world.agent_log()
+        world.stop_agent()
+    watcher.stop()
+    failures = load.failures()
+    assert failures == [], f"{len(failures)} failed of {len(load.answers)}: {failures[:3]}"
+    assert {a.body for a in load.answers} == {"demo-web v1"}
+    error = watcher.seen("failed", "StartRouter", "h1")[0].get("error", "")
+    assert "router" in error, error
+    reference = sandbox_router_image.reference(fleet.registry, good)
+    for host, containers in world.routers().items():  # the old router, under its own name again, alone
+        assert [(c["Names"], c["State"], c["Labels"][ri.LABEL_ROUTER_IMAGE]) for c in containers] == [
+            ([f"/{ri.container_name(ENV)}"], "running", reference)], host
+    # Back to the good image: in sync at once, nothing to replace.
+    world.push("router: the good image again")
+    plan = subprocess.run([sys.executable, "-m", "reconciler", "plan", "--repo", str(world.bare), "--env", ENV,
+                           "--identity", fleet.identity_file], capture_output=True, text=True)
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    world.start_agent()

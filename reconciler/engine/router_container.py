@@ -32,7 +32,7 @@ from reconciler.adapters.router import Observation
 from reconciler.adapters.router_container import RouterEngine
 from reconciler.core import router_image as ri
 from reconciler.core.model import Environment
-from reconciler.errors import RouterError
+from reconciler.errors import ReconcilerError, RouterError
 
 LOAD_DEADLINE = 30.0  # the new router's workers must have loaded the config by then
 SOFT_STOP = 30.0  # the old router may finish its requests for this long
@@ -68,7 +68,7 @@ def start(driver, desired: Environment, action: ri.StartRouter, router) -> None:
     try:
         engine.start(new)
         engine.wait_loaded(new, LOAD_DEADLINE)
-    except RouterError:
+    except ReconcilerError:  # it did not start (EngineError) or did not load its config (RouterError)
         engine.remove(new)
         if old is not None:
             engine.rename(old.id, spec.name)  # it never stopped serving
