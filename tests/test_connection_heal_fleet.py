@@ -379,11 +379,24 @@ def container_env(fleet, host_name: str, container: str) -> dict[str, str]:
     return dict(item.split("=", 1) for item in env)
 
 
+def host_file(fleet, name: str) -> Path:
+    """A file on the hosts (they share this machine's file system), in a directory of the deploy user's:
+    the product reads it as that user (a pytest tmp_path is root's, mode 0700)."""
+    import pwd
+
+    user = pwd.getpwnam(fleet.hosts[0].user)
+    folder = Path(fleet.state_dir) / "heal-secrets"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    os.chown(folder, user.pw_uid, user.pw_gid)
+    (folder / name).unlink(missing_ok=True)
+    return folder / name
+
+
 # ---------------------------------------------------------------- (a) sshd restarted
 
 def test_after_a_hosts_sshd_restarts_the_next_reconcile_converges_on_its_first_attempt(fleet, heal):
     port = 18601
-    secret = heal.tmp / "token"  # the hosts share this machine's file system
+    secret = host_file(fleet, f"{heal.name}-token")
     secret.write_text("heal-secret-1\n")
     work, bare = heal.setup()
     v1 = heal.push(work, service(fleet.images["v1"], port, secret=secret, marker="1"), "web v1")

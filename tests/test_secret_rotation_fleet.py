@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import json
 import os
+import pwd
 import signal
 import subprocess
 import sys
@@ -43,6 +44,8 @@ def world(fleet, tmp_path):
     # The host's files: the sandbox hosts share this machine's filesystem.
     files = Path(tempfile.mkdtemp(prefix="rcl-trust-hostsecrets-"))
     files.chmod(0o700)
+    deploy = pwd.getpwnam(fleet.hosts[0].user)  # the user the product reaches hosts as reads them (README)
+    os.chown(files, deploy.pw_uid, deploy.pw_gid)
     work = make_env_repo(tmp_path / "work", fleet, ENV)
     bare = tmp_path / "env.git"
     git(tmp_path, "init", "-q", "--bare", "-b", "main", str(bare))
@@ -58,6 +61,8 @@ def rotate(path: Path, value: str) -> None:
     tmp = path.with_suffix(".new")
     tmp.write_text(value + "\n")
     tmp.chmod(0o600)
+    owner = path.parent.stat()  # the deploy user's, like the directory
+    os.chown(tmp, owner.st_uid, owner.st_gid)
     os.replace(tmp, path)
 
 
