@@ -193,3 +193,14 @@ def test_status_shows_the_router_containers_with_their_drift():
         ("h1", "reconciler-router-test", IMAGE, []),
         ("h2", "reconciler-router-test", NEXT, ["image or bind differs from desired"])]
     assert "(router)" in report.running_text(report.running_rows(env, observed))
+
+
+def test_render_of_an_image_router_validates_back_to_the_same(tmp_path, capsys):
+    from test_render import load as load_repo
+    from test_render import rendered, repository
+
+    text = env_with(WEB, top=ROUTER)
+    original = load_repo(repository(tmp_path / "written", "prod", text), "prod")
+    out = rendered(tmp_path / "written", "prod", capsys=capsys)
+    assert f"image: {IMAGE}" in out and "reload:" not in out
+    assert load_repo(repository(tmp_path / "pasted", "prod", out), "prod") == original

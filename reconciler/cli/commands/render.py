@@ -53,6 +53,9 @@ def environment_document(environment) -> dict:
     doc["known_hosts"] = posixpath.relpath(environment.known_hosts, base)
     if environment.router is not None:
         doc["router"] = {k: v for k, v in _fields(environment.router).items() if v is not None}
+        if environment.router.image is not None:  # the engine reloads and checks it: no reload, no check
+            doc["router"].update(image=str(environment.router.image))
+            del doc["router"]["reload"], doc["router"]["check"]
     doc["services"] = {s.name: service_document(s) for s in environment.services}
     return doc
 
