@@ -12,7 +12,7 @@ and an exec channel running ``socat`` per command starts a process each
 time (the docs measure 135 ms and more per exec) and needs socat on every
 host.  What it costs: any local process on the host can reach the loopback
 port, as it could a unix socket it has the rights to; the rendered config
-also keeps a root-only unix socket for operators and for reloads.
+also keeps a unix admin socket for operators and for reloads.
 
 Files on the host (the config, the server-state file) are written through
 an exec channel fed on stdin, because a host may offer no SFTP.  After every

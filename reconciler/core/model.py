@@ -312,7 +312,7 @@ class RouterConfig:
     config_file: str = "/etc/haproxy/haproxy.cfg"  # written by reconciler
     reload: str = "systemctl reload haproxy"  # a shell line on the host, after a checked config is in place
     check: str = "/usr/sbin/haproxy -c -q -f"  # + a candidate config; full path: not on a non-root PATH
-    socket: str | None = None  # a root-only unix admin socket (seamless reloads)
+    socket: str | None = None  # a unix admin socket (seamless reloads; an image router's successor's listeners)
     state_file: str | None = None  # server-state file: check states survive a reload
     log: str | None = "/dev/log"
     # Run HAProxy as a container of this pinned image on each host that needs
