@@ -46,6 +46,10 @@ ENV_SSH_REVOKED = "RECONCILER_SSH_REVOKED"
 CONFIG_ALLOWED_SIGNERS = ("reconciler.allowedSigners", "gpg.ssh.allowedSignersFile")
 CONFIG_GPG_KEYRING = ("reconciler.gpgKeyring",)
 CONFIG_SSH_REVOKED = ("reconciler.sshRevoked", "gpg.ssh.revocationFile")
+# The agent's own principal in allowed_signers (the key behind its
+# --signing-key): whose signature makes a notes commit the agent's record.
+ENV_AGENT_PRINCIPAL = "RECONCILER_AGENT_PRINCIPAL"
+CONFIG_AGENT_PRINCIPAL = ("reconciler.agentPrincipal",)
 
 _SSH_ARMOR = b"-----BEGIN SSH SIGNATURE-----"
 _PGP_ARMOR = b"-----BEGIN PGP SIGNATURE-----"
@@ -61,31 +65,37 @@ class Trust:
     allowed_signers: Path | None = None  # OpenSSH allowed_signers (ssh-keygen(1) ALLOWED SIGNERS)
     gpg_keyring: Path | None = None  # an OpenPGP keyring: `gpg --export` output, binary or armored
     ssh_revoked: Path | None = None  # revoked SSH keys (ssh-keygen -Y verify -r), as gpg.ssh.revocationFile
+    agent_principal: str | None = None  # the agent's principal in allowed_signers (its notes commits' signer)
 
     @classmethod
     def from_environment(cls, repo: pygit2.Repository | None = None, environ: Mapping[str, str] = os.environ,
                          allowed_signers: str | None = None, gpg_keyring: str | None = None,
-                         ssh_revoked: str | None = None) -> "Trust":
+                         ssh_revoked: str | None = None, agent_principal: str | None = None) -> "Trust":
         """Explicit paths (an agent option), else the environment variables,
         else the repository's git config."""
 
-        def pick(explicit: str | None, variable: str, keys: tuple[str, ...]) -> Path | None:
+        def value(explicit: str | None, variable: str, keys: tuple[str, ...]) -> str | None:
             if explicit:
-                return Path(explicit)
+                return explicit
             if environ.get(variable):
-                return Path(environ[variable])
+                return environ[variable]
             for key in keys:
                 try:
-                    value = repo.config[key] if repo is not None else None
+                    found = repo.config[key] if repo is not None else None
                 except KeyError:
-                    value = None
-                if value:
-                    return Path(value).expanduser()
+                    found = None
+                if found:
+                    return found
             return None
+
+        def pick(explicit: str | None, variable: str, keys: tuple[str, ...]) -> Path | None:
+            found = value(explicit, variable, keys)
+            return Path(found).expanduser() if found else None
 
         return cls(pick(allowed_signers, ENV_ALLOWED_SIGNERS, CONFIG_ALLOWED_SIGNERS),
                    pick(gpg_keyring, ENV_GPG_KEYRING, CONFIG_GPG_KEYRING),
-                   pick(ssh_revoked, ENV_SSH_REVOKED, CONFIG_SSH_REVOKED))
+                   pick(ssh_revoked, ENV_SSH_REVOKED, CONFIG_SSH_REVOKED),
+                   value(agent_principal, ENV_AGENT_PRINCIPAL, CONFIG_AGENT_PRINCIPAL))
 
 
 @dataclass(frozen=True)

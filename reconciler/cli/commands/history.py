@@ -20,7 +20,8 @@ def add_arguments(parser) -> None:
                         help="check that each attempt was written by a notes commit the agent signed (--signing-key), "
                              "against the trusted keys; exit 1 when one was not")
     parser.add_argument("--agent-principal", help="with --verify-notes: the agent's principal in allowed_signers "
-                                                  "(a note signed by another trusted key is then not the agent's)")
+                                                  "(a note signed by another trusted key is then not the agent's; default: $RECONCILER_AGENT_PRINCIPAL, "
+                                                  "git config reconciler.agentPrincipal)")
     parser.add_argument("--allowed-signers", help="with --verify-notes: trusted SSH keys (default: $RECONCILER_ALLOWED_SIGNERS, "
                                                   "git config reconciler.allowedSigners)")
 
@@ -52,8 +53,8 @@ def run(args) -> int:
     if args.verify_notes:
         from reconciler.adapters import notes_trust, signatures
 
-        trust = signatures.Trust.from_environment(repo, allowed_signers=args.allowed_signers)
-        writers = notes_trust.writers(repo, trust, agent=args.agent_principal)
+        trust = signatures.Trust.from_environment(repo, allowed_signers=args.allowed_signers, agent_principal=args.agent_principal)
+        writers = notes_trust.writers(repo, trust, agent=trust.agent_principal)
 
     def written_by(e, a):
         from reconciler.adapters import notes_trust

@@ -27,12 +27,22 @@ def add_arguments(parser) -> None:
     parser.add_argument("--force", action="store_true", help="replace hooks that are not ours")
 
 
-def render(text: str, *, reconciler: str, python: str, socket: str, branches: str) -> str:
+def package_dir() -> Path:
+    """The ``reconciler`` package directory of this installation: the
+    pre-receive hook's checks import exactly it (a wheel's site-packages, an
+    editable checkout, or the tree that ran install-hooks)."""
+    import reconciler
+
+    return Path(reconciler.__file__).resolve().parent
+
+
+def render(text: str, *, reconciler: str, python: str, socket: str, branches: str, package: str | None = None) -> str:
     """The hook with the paths of this installation filled in, so it works
     for a pusher whose PATH does not have reconciler on it.  ``reconciler``
     is already shell-quoted."""
     return (
-        text.replace("@RECONCILER@", reconciler)
+        text.replace("@PACKAGE@", shlex.quote(package or str(package_dir())))
+        .replace("@RECONCILER@", reconciler)
         .replace("@PYTHON@", python)
         .replace("@SOCKET@", socket)
         .replace("@BRANCHES@", branches)
