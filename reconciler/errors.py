@@ -26,6 +26,7 @@ Flux's controllers carry as data)::
     |   +-- SecretUnreadable      a secret file on a host is missing or cannot be read
     |   +-- UnsignedCommit        policy.require_signed and the commit carries no signature
     |   +-- BadSignature          the signature does not verify against the trusted keys
+    |   +-- SigningKeyRequired    require_signed, and the lever cannot sign the commit it must make
     +-- WaitingError          retry later, the world may change (a lock, a freeze)
     |   +-- LockHeld
     +-- TransientError        retry with backoff and jitter
@@ -179,6 +180,12 @@ class BadSignature(StalledError):
     """The commit's signature does not verify against the trusted keys on the
     agent's machine (unknown key, wrong signature, expired or revoked key, or
     no trust root configured); the message says which."""
+
+
+class SigningKeyRequired(StalledError):
+    """policy.require_signed, and the rollback lever has no signing key the
+    agent trusts for the commit that makes the branch say what runs: without
+    it the agent would refuse that commit.  Raised before any host changes."""
 
 
 class LockHeld(WaitingError):

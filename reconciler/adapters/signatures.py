@@ -147,6 +147,12 @@ def verify_commit(repo: pygit2.Repository, commit: str, policy: Policy, trust: T
         return None
 
 
+def verify_signature(signature: bytes, payload: bytes, when: int, trust: Trust, what: str) -> Signer:
+    """The verified signer of ``payload`` (a detached SSH or OpenPGP
+    signature in git's namespace), or BadSignature."""
+    return _verify(signature, payload, when, trust, what)
+
+
 def _verify(signature: bytes, payload: bytes, when: int, trust: Trust, what: str) -> Signer:
     head = signature.lstrip()
     if head.startswith(_SSH_ARMOR):

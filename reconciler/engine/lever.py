@@ -11,13 +11,41 @@ environment is frozen instead, with a reason that says why and what to do.
 
 from __future__ import annotations
 
-
 import pygit2
 
 from reconciler.adapters import gitlog
 from reconciler.adapters.locks import Locks
 from reconciler.core.plan import Restore
 from reconciler.engine.state import RunState
+
+
+def check_signing_key(run: RunState) -> None:
+    """Under policy.require_signed the agent checks the lever's commit like
+    any other: without a key it trusts, it would refuse that commit.  So the
+    lever refuses first, before any host changes (SigningKeyRequired): with
+    no signing key, or one the trust root on this machine does not have."""
+    from reconciler.adapters import gitsign, signatures
+    from reconciler.errors import BadSignature, SigningKeyRequired
+
+    if not run.environment.policy.require_signed:
+        return
+    key = run.ctx.signing_key
+    if not key:
+        raise SigningKeyRequired(
+            f"{run.env}: policy.require_signed, so the rollback lever needs a signing key: it ends with a commit that "
+            "makes the branch say what runs, and the agent refuses an unsigned one; pass --signing-key (an SSH key "
+            "whose public key is in the agent's allowed_signers) or set $RECONCILER_SIGNING_KEY")
+    trust = run.ctx.trust or signatures.Trust.from_environment(run.repo)
+    if trust.allowed_signers is None:
+        return  # no trust root here to check the key against; the agent checks the commit
+    payload = f"reconciler: rollback signing key check for {run.env}\n"
+    signature = gitsign.sign(payload, key)
+    try:
+        signatures.verify_signature(signature.encode(), payload.encode(), int(run.ctx.clock()), trust,
+                                    f"{run.env}: the rollback signing key {key}")
+    except BadSignature as exc:
+        raise SigningKeyRequired(f"{exc}; policy.require_signed, so the agent would refuse the lever's commit signed "
+                                 "with it: use a key whose public key is in allowed_signers") from None
 
 
 def restored_revisions(run: RunState) -> set[str]:

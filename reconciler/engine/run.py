@@ -30,7 +30,7 @@ from reconciler.adapters import gitlog
 from reconciler.adapters.journal import read_status
 from reconciler.adapters.locks import Locks
 from reconciler.core.model import Environment
-from reconciler.engine import contracts_run, operations, recording, recovery
+from reconciler.engine import contracts_run, lever, operations, recording, recovery
 from reconciler.engine.executor import Executor, Outcome
 from reconciler.engine.state import Context, OpenHosts, Request, Result, RunState
 from reconciler.errors import InvalidDesiredState, LockHeld, ReconcilerError, RollbackFailed
@@ -107,6 +107,9 @@ def gate(run: RunState) -> Result | None:
         # A commit whose signature policy.require_signed wants and does not
         # verify is refused, whoever asks (UnsignedCommit, BadSignature).
         run.signer = recovery.verified_signer(run)
+    if run.operation == "rollback":
+        # Its commit must be signed by a key the agent trusts (SigningKeyRequired).
+        lever.check_signing_key(run)
     if (run.operation == "deploy" and run.commit == run.status.stalled_commit and not run.carried
             and not run.request.force):
         return run.result("skipped", "stalled", run.status.reason or "HealthCheckFailed",

@@ -23,7 +23,7 @@ def state_dir_for(args: argparse.Namespace) -> Path:
     return Path(_agent.state_dir(argparse.Namespace(repo=args.repo, state=getattr(args, "state", None))))
 
 
-def context(args, target, *, observers=(), confirm: Callable | None = None):
+def context(args, target, *, observers=(), confirm: Callable | None = None, signing_key: str | None = None):
     from reconciler.adapters import fleet
     from reconciler.cli.commands._agent import git_dir
     from reconciler.engine.run import Context
@@ -33,7 +33,7 @@ def context(args, target, *, observers=(), confirm: Callable | None = None):
                                 known_hosts_file=known_hosts_file, timeout=args.timeout)
 
     return Context(repo=git_dir(args.repo), state_dir=state_dir_for(args), open_hosts=open_hosts,
-                   close_hosts=fleet.close_hosts, observers=tuple(observers), confirm=confirm)
+                   close_hosts=fleet.close_hosts, observers=tuple(observers), confirm=confirm, signing_key=signing_key)
 
 
 def asker(args, command: str, question: str, show: Callable | None = None) -> Callable:

@@ -7,6 +7,8 @@ went back to, so the branch says what runs and the agent does not undo it.
 
 from __future__ import annotations
 
+import os
+
 from reconciler.cli.commands._common import add_target_arguments, finish, load_target
 
 
@@ -14,6 +16,9 @@ def add_arguments(parser) -> None:
     add_target_arguments(parser)
     parser.add_argument("--to", dest="to_revision", help="the commit to go back to (default: the version before the running one)")
     parser.add_argument("--yes", action="store_true", help="roll back without asking")
+    parser.add_argument("--signing-key", default=os.environ.get("RECONCILER_SIGNING_KEY"),
+                        help="SSH private key to sign the lever's commit (and its notes) with; needed under "
+                             "policy.require_signed, its public key in the agent's allowed_signers (default: $RECONCILER_SIGNING_KEY)")
 
 
 def run(args) -> int:
@@ -24,7 +29,7 @@ def run(args) -> int:
     from reconciler.engine.run import Request, run as run_engine
 
     target = load_target(args)
-    ctx = _engine.context(args, target, observers=(progress_printer(),),
+    ctx = _engine.context(args, target, observers=(progress_printer(),), signing_key=args.signing_key,
                           confirm=_engine.asker(args, "rollback", "roll back these hosts?", lambda plan: print(report.plan_text(plan))))
     result = run_engine(ctx, Request(target.environment.name, "rollback", commit=target.revision, trigger="cli",
                                      actor=cli_actor(), to_revision=args.to_revision))
