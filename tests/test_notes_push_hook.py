@@ -175,3 +175,25 @@ def test_branches_are_checked_as_before_in_the_same_push(tmp_path, keys):
     result = git(work, "push", "--atomic", "origin", "main", f"{NOTES}:{NOTES}", check=False)
     refused(result, "it is not signed")
     assert git(bare, "rev-parse", "main").stdout.strip() == first
+
+
+@pytest.mark.parametrize("edit", ["result", "summary", "foreign"])
+def test_a_fast_forward_that_rewrites_the_record_is_refused_even_without_a_trust_root(tmp_path, keys, edit):
+    """The agent only ever appends attempts, rendered by core.record: a notes
+    commit that changes a recorded attempt, edits the summary line `git log
+    --notes` shows, or writes a note of its own is no append."""
+    bare, work, first = make(tmp_path, keys, required=False, principal=None)
+    git(bare, "config", "--unset", "reconciler.allowedSigners")
+    before = notes_tip(bare)
+    note = git(work, "notes", "--ref", "reconciler", "show", first).stdout
+    forged = {"result": note.replace('"result": "deployed"', '"result": "failed"'),
+              "summary": note.replace("staging deployed", "staging failed", 1),
+              "foreign": "deployed by hand, all fine\n"}[edit]
+    assert forged != note
+    (tmp_path / "forged").write_text(forged)
+    git(work, "notes", "--ref", "reconciler", "add", "-f", "-F", str(tmp_path / "forged"), first)
+    reason = {"result": "changes or drops attempts already recorded", "summary": "is not the agent's record",
+              "foreign": "changes or drops attempts already recorded"}[edit]
+    refused(push_notes(work), f"for {first[:12]}" if edit == "result" else f"on {first[:12]}" if edit == "summary" else first[:12],
+            reason)
+    assert notes_tip(bare) == before

@@ -10,7 +10,11 @@ repository), and is refused:
 
 - always when it deletes the ref or is not a fast-forward (the record is
   append-only; git's own ``receive.denyNonFastForwards`` covers branches
-  only when configured, and never deletions);
+  only when configured, and never deletions), or when a notes commit it
+  adds changes or drops an attempt already recorded, or writes a note that
+  is not exactly the agent's rendering of its attempts (the summary lines
+  are what ``git log --notes`` shows: they cannot be edited apart from the
+  attempts);
 - when the repository has an agent to answer for the notes (git config
   ``reconciler.agentPrincipal``, or an environment whose
   ``policy.require_signed`` is on at the head of the branch it follows),
@@ -29,8 +33,9 @@ import os
 import pygit2
 
 from reconciler.adapters import gitlog, source
+from reconciler.adapters.notes_trust import notes_of
 from reconciler.adapters.signatures import Trust, verify_commit
-from reconciler.core import schema
+from reconciler.core import record, schema
 from reconciler.core.model import Policy
 from reconciler.errors import BadSignature, ReconcilerError, UnsignedCommit
 
@@ -75,6 +80,31 @@ def _added(repo: pygit2.Repository, old: str | None, new: str) -> list[pygit2.Co
     return out
 
 
+def rewrites(repo: pygit2.Repository, notes_commit: pygit2.Commit, ref: str = gitlog.NOTES_REF) -> list[str]:
+    """What ``notes_commit`` changes in the record other than by appending
+    attempts, against its first parent (one line each)."""
+    parent = notes_commit.parents[0] if notes_commit.parents else None
+    mine, theirs = notes_of(repo, notes_commit.tree), notes_of(repo, parent.tree if parent else None)
+    short = str(notes_commit.id)[:12]
+    found = []
+    for commit in sorted(set(mine) | set(theirs)):
+        if mine.get(commit) == theirs.get(commit):
+            continue
+        if commit not in mine:
+            found.append(f"{ref}: notes commit {short} drops the note of {commit[:12]}: the record is append-only")
+            continue
+        text = repo[mine[commit]].data.decode("utf-8", "replace")
+        new = record.parse(text, commit)
+        old = record.parse(repo[theirs[commit]].data.decode("utf-8", "replace"), commit) if commit in theirs else ()
+        if [record.to_json(a) for a in new[:len(old)]] != [record.to_json(a) for a in old]:
+            found.append(f"{ref}: notes commit {short} changes or drops attempts already recorded for {commit[:12]}: "
+                         "the record is append-only")
+        elif not new or text != record.render(new):
+            found.append(f"{ref}: notes commit {short} writes a note on {commit[:12]} that is not the agent's record "
+                         "(its text is not the rendering of its attempts)")
+    return found
+
+
 def check(repo_path: str | os.PathLike[str], ref: str, old: str, new: str, trust: Trust | None = None) -> list[str]:
     """Why the update of the agent's ``ref`` from ``old`` to ``new`` is
     refused (one line each), or an empty list."""
@@ -91,6 +121,12 @@ def check(repo_path: str | os.PathLike[str], ref: str, old: str, new: str, trust
     if previous is not None and not repo.descendant_of(tip.id, pygit2.Oid(hex=previous)):
         return [f"{ref}: non-fast-forward update ({previous[:12]} is not an ancestor of {new[:12]}): "
                 "the record is append-only; nothing may rewrite or drop what it says"]
+    commits = _added(repo, previous, new)
+    if len(commits) > MAX_COMMITS:
+        return [f"{ref}: the push adds more than {MAX_COMMITS} notes commits; push it in parts"]
+    changed = [line for commit in commits for line in rewrites(repo, commit, ref)]
+    if changed:
+        return changed
     trust = trust or Trust.from_environment(repo)
     envs = [] if trust.agent_principal else signing_environments(repo, repo_path)
     if not trust.agent_principal and not envs:
@@ -99,9 +135,6 @@ def check(repo_path: str | os.PathLike[str], ref: str, old: str, new: str, trust
         return [f"{ref}: {', '.join(envs)} require(s) signed commits (policy.require_signed), so the notes must be "
                 "signed by the agent's key, and no agent principal is configured to tell it from a committer's: "
                 "set git config reconciler.agentPrincipal (the agent's principal in allowed_signers) in this repository"]
-    commits = _added(repo, previous, new)
-    if len(commits) > MAX_COMMITS:
-        return [f"{ref}: the push adds more than {MAX_COMMITS} notes commits; push it in parts"]
     refusals = []
     for commit in commits:
         short = str(commit.id)[:12]

@@ -50,14 +50,14 @@ def attempt_key(commit: str, attempt: record.Attempt) -> tuple[str, str]:
     return commit, json.dumps(record.to_json(attempt), sort_keys=True, default=str)
 
 
-def _notes(repo: pygit2.Repository, tree: pygit2.Tree | None, prefix: str = "") -> dict[str, pygit2.Oid]:
+def notes_of(repo: pygit2.Repository, tree: pygit2.Tree | None, prefix: str = "") -> dict[str, pygit2.Oid]:
     """annotated commit -> note blob, through any fanout (``ab/cdef...``)."""
     found: dict[str, pygit2.Oid] = {}
     if tree is None:
         return found
     for entry in tree:
         if entry.type_str == "tree":
-            found.update(_notes(repo, repo[entry.id], prefix + entry.name))
+            found.update(notes_of(repo, repo[entry.id], prefix + entry.name))
         else:
             found[prefix + entry.name] = entry.id
     return found
@@ -91,7 +91,7 @@ def writers(repo: pygit2.Repository, trust: Trust, *, agent: str | None = None,
     current = repo[reference.target].peel(pygit2.Commit)
     for _ in range(limit):
         parent = current.parents[0] if current.parents else None
-        mine, theirs = _notes(repo, current.tree), _notes(repo, parent.tree if parent else None)
+        mine, theirs = notes_of(repo, current.tree), notes_of(repo, parent.tree if parent else None)
         changed = [c for c, blob in mine.items() if theirs.get(c) != blob]
         added = []
         for commit in changed:
