@@ -98,3 +98,28 @@ def test_without_require_signed_the_lever_needs_no_key(tmp_path, world, work, ke
     result = lever(tmp_path, world, keys, None)
     assert result.result == "rolled-back" and serving(world) == (str(V1), "running")
     assert reconcile(agent_ctx(tmp_path, world, keys), "staging").result == "in-sync"
+
+
+def test_an_agent_without_a_signing_key_does_not_revert_into_a_commit_it_would_refuse(tmp_path, world, work, keys):
+    """Reproduced first: the unsigned revert was refused by the agent's own
+    gate (UnsignedCommit) at its next look.  Now no revert is made, and the
+    record says why; the failed commit stays stalled, the hosts keep v1."""
+    from agentrepo import DIGEST3
+
+    write(work, required=True)
+    signed_commit(work, keys, "alice", "web v1")
+    ctx = dataclasses.replace(agent_ctx(tmp_path, world, keys), signing_key=None)
+    assert reconcile(ctx, "staging").result == "deployed"
+    env = work / "environments" / "staging" / "environment.yaml"
+    env.write_text(env.read_text().replace("web:v1@sha256:" + "1" * 64, "web:v3@" + DIGEST3))
+    git(work, "add", "-A")
+    bad = signed_commit(work, keys, "alice", "web v3, never healthy")
+    result = reconcile(ctx, "staging")
+    assert result.result == "rolled-back" and result.revert_commit is None
+    repo = gitlog.open_repo(work)
+    assert gitlog.branch_head(repo, "refs/heads/main") == bad
+    attempt = gitlog.latest(repo, bad, "staging")
+    assert "not reverted: policy.require_signed, and the agent has no --signing-key" in attempt.message, attempt.message
+    assert attempt.message.splitlines()[0].startswith("h1: health check failed")
+    again = reconcile(ctx, "staging")
+    assert (again.result, again.kind) == ("skipped", "stalled") and serving(world) == (str(V1), "running")

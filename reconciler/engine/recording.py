@@ -94,7 +94,7 @@ def attempt(run: RunState, result: str, reason: str, message: str = "", *, commi
     steps = [Serving(**s) for s in (run.serving if serving is None else serving)]
     return Attempt(
         environment=run.env, commit=commit or run.commit, result=result, operation=operation or run.operation,
-        reason=reason, message=message or "", trigger=run.request.trigger if trigger is None else trigger,
+        reason=reason, message="\n".join(filter(None, (message, "" if revert else run.not_reverted))), trigger=run.request.trigger if trigger is None else trigger,
         actor=run.actor if actor is None else actor, run_id=run.journal.load().run_id if run.journal.load() else "",
         started=run.started if started is None else started, finished=now,
         hosts=tuple(sorted(h.name for h in environment.hosts)) if environment else (),
@@ -132,6 +132,12 @@ def status(run: RunState, *, commit: str | None = None, result: str, applied: bo
 def _revert(run: RunState, commit: str, why: str, environment=None) -> str | None:
     environment = environment or run.environment
     if environment is None or environment.policy.on_failure != "revert":
+        return None
+    if environment.policy.require_signed and not run.ctx.signing_key:
+        # An unsigned revert would be refused by the agent's own gate.
+        run.not_reverted = ("not reverted: policy.require_signed, and the agent has no --signing-key to sign its revert "
+                            "commit with; push a signed revert, or give the agent a key in allowed_signers")
+        run.log("revert-skipped", reason=run.not_reverted)
         return None
     revert = gitlog.revert_failed(run.repo, env=run.env, branch_ref=run.branch, failed=commit, base=run.status.last_applied,
                                   why=why, signature=gitlog.agent_signature(run.ctx.agent_name, run.ctx.agent_email),

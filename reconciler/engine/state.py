@@ -101,6 +101,7 @@ class RunState:
         self.serving: list[dict] = []
         self.actor = request.actor or agent_actor()
         self.signer: str = ""
+        self.not_reverted: str = ""  # why on_failure: revert made no commit (recorded in the attempt)
         self.requeue_after: float | None = None  # a contract waits for its soak
 
     def log(self, event: str, **fields: Any) -> None:
