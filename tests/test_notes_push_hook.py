@@ -197,3 +197,17 @@ def test_a_fast_forward_that_rewrites_the_record_is_refused_even_without_a_trust
     refused(push_notes(work), f"for {first[:12]}" if edit == "result" else f"on {first[:12]}" if edit == "summary" else first[:12],
             reason)
     assert notes_tip(bare) == before
+
+
+def test_install_hooks_writes_the_trust_root_the_hook_reads(tmp_path, keys, capsys):
+    bare, work, first = make(tmp_path, keys, principal=None)
+    git(bare, "config", "--unset", "reconciler.allowedSigners")
+    assert main(["install-hooks", str(bare), "--allowed-signers", str(keys.allowed_signers),
+                 "--agent-principal", "nobody@example.com"]) != 0
+    assert "--agent-principal nobody@example.com: no such principal" in capsys.readouterr().err
+    assert "reconciler.allowedSigners" not in pygit2.Repository(str(bare)).config  # nothing half-written
+    assert main(["install-hooks", str(bare), "--allowed-signers", str(keys.allowed_signers), "--agent-principal", AGENT]) == 0
+    config = pygit2.Repository(str(bare)).config
+    assert (config["reconciler.allowedSigners"], config["reconciler.agentPrincipal"]) == (str(keys.allowed_signers.resolve()), AGENT)
+    forged = note_as(work, first, "rolled-back", "alice", keys)
+    refused(push_notes(work), f"notes commit {forged[:12]} is not the agent's ({AGENT})")

@@ -25,6 +25,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--socket", help="the agent's nudge socket (default: <git dir>/reconciler.sock)")
     parser.add_argument("--branches", default="*", help="glob of the environment branches to protect (default: every branch)")
     parser.add_argument("--force", action="store_true", help="replace hooks that are not ours")
+    parser.add_argument("--allowed-signers", help="the trusted SSH keys file (outside the repository) the hook checks signatures "
+                                                  "against: written to git config reconciler.allowedSigners")
+    parser.add_argument("--agent-principal", help="the agent's principal in that file, the only signer the hook accepts for "
+                                                  "its notes: written to git config reconciler.agentPrincipal")
 
 
 def package_dir() -> Path:
@@ -71,4 +75,35 @@ def run(args) -> int:
         tmp.chmod(0o755)
         os.replace(tmp, dest)
         print(f"installed {dest}")
+    trust_root(gdir, args.allowed_signers, args.agent_principal)
     return 0
+
+
+def trust_root(gdir: Path, allowed_signers: str | None, agent_principal: str | None) -> None:
+    """The hook's trust root in the repository's git config (which no push
+    can change): the allowed_signers file, and the agent's principal in it."""
+    import pygit2
+
+    from reconciler.errors import StalledError
+
+    if not allowed_signers and not agent_principal:
+        return
+    repo = pygit2.Repository(str(gdir))
+    path = Path(allowed_signers).resolve() if allowed_signers else None
+    if path is not None and not path.is_file():
+        raise StalledError(f"--allowed-signers {allowed_signers}: no such file")
+    if agent_principal:
+        try:
+            signers = path or Path(repo.config["reconciler.allowedSigners"])
+        except KeyError:
+            raise StalledError("--agent-principal needs --allowed-signers (the file that gives the agent's key that principal)") from None
+        principals = {p for line in signers.read_text().splitlines() if line.strip() and not line.lstrip().startswith("#")
+                      for p in line.split()[0].split(",")}
+        if agent_principal not in principals:
+            raise StalledError(f"--agent-principal {agent_principal}: no such principal in {signers}")
+    if path is not None:
+        repo.config["reconciler.allowedSigners"] = str(path)
+        print(f"git config reconciler.allowedSigners {path}")
+    if agent_principal:
+        repo.config["reconciler.agentPrincipal"] = agent_principal
+        print(f"git config reconciler.agentPrincipal {agent_principal}")
