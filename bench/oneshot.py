@@ -5,22 +5,17 @@
    entry's ``docker_socket``) against ``docker system dial-stdio`` on the
    host (what every connection ran before), interleaved.  The connect is
    not timed; the ping (``GET /version``) on the fresh connection is.
-2. A one-shot ``reconciler plan`` of 3 hosts (its own process, from start to
-   exit) against a hand-typed parallel loop of OpenSSH ``ssh host docker ps
-   -a`` on the same hosts with the same pinned keys, interleaved:
-   - "docker_socket wired": the host entries carry ``docker_socket``, and a
-     stand-in makes ``fleet.open_hosts`` pass it to ``DockerHost`` (the one
-     keyword the lead wires into ``adapters/fleet.py``);
-   - "as wired today": the installed ``reconciler`` entry point unchanged.
-     Until that keyword is wired, the sandbox's default socket is absent and
-     every connection falls back to dial-stdio: this row shows the gap.
+2. A one-shot ``reconciler plan`` of 3 hosts (the installed entry point
+   beside this interpreter, its own process, from start to exit; the host
+   entries carry ``docker_socket``) against a hand-typed parallel loop of
+   OpenSSH ``ssh host docker ps -a`` on the same hosts with the same pinned
+   keys, interleaved.
 
 Run alone: ``.venv/bin/python bench/oneshot.py [--reps N]``.
 """
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import textwrap
@@ -29,22 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import REPO, Row, cleanup, env_repo, log, median, ms, ratio_row, table  # noqa: E402
+from bench.common import Row, cleanup, env_repo, log, median, ms, ratio_row, table  # noqa: E402
 
 ENV = "bench-oneshot"
-
-# The wiring the lead adds to fleet.open_hosts, as a stand-in: DockerHost
-# gets the host entry's docker_socket.  Then the CLI as a user calls it.
-WIRED = textwrap.dedent("""\
-    import json, sys
-    from reconciler.adapters import fleet, hosts
-    sockets = json.loads(sys.argv[1])
-    real = hosts.DockerHost
-    fleet.DockerHost = lambda name, conn, **kw: real(name, conn, docker_socket=sockets.get(name), **kw)
-    from reconciler.cli.main import main
-    sys.exit(main(sys.argv[2:]))
-    """)
-
 
 def services_yaml(image: str) -> str:
     return textwrap.dedent(f"""\
@@ -129,20 +111,18 @@ def ssh_loop(sb) -> list[str]:
     return ["sh", "-c", f"for h in {loop}; do {one} $h docker ps -a >/dev/null & done; wait"]
 
 
-def one_shot(sb, repo, reps: int) -> tuple[list[float], list[float], list[float]]:
-    plan = ["plan", "--repo", str(repo.path), "--env", ENV, "--identity", sb.identity_file]
-    sockets = json.dumps({h.name: h.docker_socket for h in sb.hosts})
-    wired_argv = [sys.executable, "-c", WIRED, sockets, *plan]
-    today_argv = [str(REPO / ".venv" / "bin" / "reconciler"), *plan]
+def one_shot(sb, repo, reps: int) -> tuple[list[float], list[float]]:
+    from bench.cli_startup import entry_point
+
+    plan_argv = [entry_point(), "plan", "--repo", str(repo.path), "--env", ENV, "--identity", sb.identity_file]
     loop_argv = ssh_loop(sb)
-    for argv in (wired_argv, today_argv, loop_argv):  # warm-up: page cache, sshd's first sessions
+    for argv in (plan_argv, loop_argv):  # warm-up: page cache, .pyc files, sshd's first sessions
         timed(argv)
-    wired, today, base = [], [], []
+    ours, base = [], []
     for _ in range(reps):
-        wired.append(timed(wired_argv))
-        today.append(timed(today_argv))
+        ours.append(timed(plan_argv))
         base.append(timed(loop_argv))
-    return wired, today, base
+    return ours, base
 
 
 def run(reps: int = 10) -> list[Row]:
@@ -157,7 +137,7 @@ def run(reps: int = 10) -> list[Row]:
         if result.outcome is None or result.outcome.result != "deployed":
             raise RuntimeError(f"setup deploy failed: {result.outcome and result.outcome.failure}")
         first = first_request(sb, reps * 2)
-        wired, today, base = one_shot(sb, repo, reps)
+        ours, base = one_shot(sb, repo, reps)
     finally:
         cleanup(sb, f"{ENV}-")
     b = median(base)
@@ -177,13 +157,10 @@ def run(reps: int = 10) -> list[Row]:
         ratio_row("SSH connect, one host: now / before (Nagle on in the handshake)",
                   median(first["connect"]), median(first["connect-before"]), 1.0, target="< 1x (report)",
                   note=f"now {spread(first['connect'])}, before {spread(first['connect-before'])}"),
-        ratio_row("one-shot plan 3 hosts, docker_socket wired / ssh loop", median(wired), b, 1.0,
-                  note=f"median of {reps}, whole processes, interleaved; baseline: parallel "
-                       "`ssh host docker ps -a` (OpenSSH, same pinned keys); "
-                       f"ours {ms(min(wired))}-{ms(max(wired))}, ssh loop {ms(min(base))}-{ms(max(base))}"),
-        ratio_row("one-shot plan 3 hosts, as wired today / ssh loop", median(today), b, 1.0,
-                  note="the installed entry point; fleet.open_hosts does not pass docker_socket yet, so on "
-                       "the sandbox (no /var/run/docker.sock) every connection falls back to dial-stdio"),
+        ratio_row("one-shot plan 3 hosts / ssh loop", median(ours), b, 1.0,
+                  note=f"median of {reps}, whole processes, interleaved; the installed entry point; baseline: "
+                       "parallel `ssh host docker ps -a` (OpenSSH, same pinned keys); "
+                       f"ours {ms(min(ours))}-{ms(max(ours))}, ssh loop {ms(min(base))}-{ms(max(base))}"),
     ]
 
 

@@ -38,7 +38,7 @@ import urllib3.connection
 import urllib3.connectionpool
 import urllib3.exceptions
 from docker.transport.basehttpadapter import BaseHTTPAdapter
-from fabric import Connection
+from reconciler.adapters.ssh import SSHConnection
 
 from reconciler.adapters import ssh
 from reconciler.errors import HostUnreachable
@@ -222,7 +222,7 @@ class EngineChannels:
         return channel
 
 
-def engine_client(conn: Connection, *, host: str | None = None, timeout: float = 60.0,
+def engine_client(conn: SSHConnection, *, host: str | None = None, timeout: float = 60.0,
                   docker_socket: str | None = None) -> docker.DockerClient:
     """A docker-py client whose every request travels over ``conn`` (for a
     quick look from Python; ``DockerHost`` also heals its connection)."""

@@ -5,6 +5,10 @@ host cannot be reached the others are closed again and the error names every
 host that failed, so a run either has all its hosts or touches none.  Each
 ``DockerHost`` can reopen its own connection (same pinned access) when it is
 lost mid-run.
+
+``start_opening`` connects in the background, and each host goes on with
+its own first requests (a one-shot ``plan``: its observation) as soon as its
+connection is up, while the caller does the rest of its work.
 """
 
 from __future__ import annotations
@@ -53,38 +57,94 @@ def open_hosts(
     log: Log | None = None,
 ) -> dict[str, DockerHost]:
     """Connect to every host and check its engine answers, or raise naming each failure."""
-    hosts = list(hosts)
+    drivers, _ = start_opening(hosts, identity_file=identity_file, known_hosts_file=known_hosts_file,
+                               timeout=timeout, log=log, then=DockerHost.ping).result()
+    return drivers
+
+
+def start_opening(
+    hosts: Iterable[Host],
+    *,
+    identity_file: str,
+    known_hosts_file: str,
+    timeout: float = 10.0,
+    log: Log | None = None,
+    then: Callable[[DockerHost], object] | None = None,
+) -> "Opening":
+    """Start connecting to every host in the background (threads), each host
+    going on with ``then(driver)`` on its own connection as soon as that is
+    up: the caller goes on meanwhile, and ``Opening.result()`` waits."""
 
     def open_one(host: Host) -> DockerHost:
         access = access_for(host, identity_file=identity_file, known_hosts_file=known_hosts_file, timeout=timeout)
-        driver = DockerHost(host.name, connect(access), reconnect=lambda: connect(access), log=log,
-                            docker_socket=host.docker_socket)
+        return DockerHost(host.name, connect(access), reconnect=lambda: connect(access), log=log,
+                          docker_socket=host.docker_socket)
+
+    return Opening(hosts, open_one, then)
+
+
+class Opening:
+    """The hosts of a run being opened in the background, all or none.
+
+    ``result()`` gives every host's driver and what ``then`` returned for it,
+    or, if any host failed (to connect, or in ``then``), closes the others and
+    raises an error naming every host that failed.  ``close()`` closes every
+    connection it opened, waiting for those still opening.
+    """
+
+    def __init__(self, hosts: Iterable[Host], open_one: Callable[[Host], DockerHost],
+                 then: Callable[[DockerHost], object] | None) -> None:
+        self.hosts = list(hosts)
+        pool = ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_CONNECTS, max(1, len(self.hosts))),
+                                  thread_name_prefix="open-host")
+        self._futures = {h.name: pool.submit(self._open, open_one, then, h) for h in self.hosts}
+        pool.shutdown(wait=False)  # the threads end with their host
+        self._closed: set[str] = set()
+
+    @staticmethod
+    def _open(open_one, then, host: Host) -> tuple[DockerHost, object]:
+        driver = open_one(host)
         try:
-            driver.ping()
+            return driver, (then(driver) if then is not None else None)
         except BaseException:
             driver.close()
             raise
-        return driver
 
-    opened: dict[str, DockerHost] = {}
-    failures: list[ReconcilerError] = []
-    with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_CONNECTS, max(1, len(hosts)))) as pool:
-        futures = [(h, pool.submit(open_one, h)) for h in hosts]
-        for host, future in futures:
-            try:
-                opened[host.name] = future.result()
-            except ReconcilerError as exc:
-                failures.append(exc)
-    if failures:
-        close_hosts(opened)
-        # A key problem is the most serious finding: report it as such.
-        failures.sort(key=lambda e: not isinstance(e, (HostKeyMismatch, UnknownHostKey)))
-        first = failures[0]
-        if len(failures) == 1:
-            raise first
-        summary = "\n".join(str(f) for f in failures)
-        raise type(first)(f"{len(failures)} hosts failed:\n{summary}", host=None)
-    return opened
+    def result(self) -> tuple[dict[str, DockerHost], dict[str, object]]:
+        drivers: dict[str, DockerHost] = {}
+        outcomes: dict[str, object] = {}
+        failures: list[ReconcilerError] = []
+        complete = False
+        try:
+            for name, future in self._futures.items():
+                try:
+                    drivers[name], outcomes[name] = future.result()
+                except ReconcilerError as exc:
+                    failures.append(exc)
+            complete = not failures
+        finally:
+            if not complete:  # a failed host, or a bug: the run has none of its hosts
+                self.close()
+        if failures:
+            raise _all_failures(failures)
+        return drivers, outcomes
+
+    def close(self) -> None:
+        for name, future in self._futures.items():
+            if name in self._closed or future.exception() is not None:
+                continue  # a host that failed closed its own connection
+            self._closed.add(name)
+            close_hosts({name: future.result()[0]})
+
+
+def _all_failures(failures: list[ReconcilerError]) -> ReconcilerError:
+    # A key problem is the most serious finding: report it as such.
+    failures = sorted(failures, key=lambda e: not isinstance(e, (HostKeyMismatch, UnknownHostKey)))
+    first = failures[0]
+    if len(failures) == 1:
+        return first
+    summary = "\n".join(str(f) for f in failures)
+    return type(first)(f"{len(failures)} hosts failed:\n{summary}", host=None)
 
 
 def close_hosts(hosts: Mapping[str, DockerHost]) -> None:

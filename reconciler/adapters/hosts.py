@@ -27,7 +27,7 @@ from typing import Callable
 import docker.errors
 import paramiko
 import requests.exceptions
-from fabric import Connection
+from reconciler.adapters.ssh import SSHConnection
 
 from reconciler.adapters import secrets, ssh
 from reconciler.adapters.dialstdio import (  # noqa: F401 (engine_client: for users of this module)
@@ -127,8 +127,8 @@ class DockerHost:
     ``docker_socket`` is the host entry's: where the engine listens.
     """
 
-    def __init__(self, name: str, conn: Connection, *, timeout: float = 60.0,
-                 reconnect: Callable[[], Connection] | None = None, log: Callable[..., None] | None = None,
+    def __init__(self, name: str, conn: SSHConnection, *, timeout: float = 60.0,
+                 reconnect: Callable[[], SSHConnection] | None = None, log: Callable[..., None] | None = None,
                  docker_socket: str | None = None) -> None:
         self.name = name
         self.timeout = timeout
@@ -143,7 +143,7 @@ class DockerHost:
         self.engine_channels = EngineChannels(name, lambda: self.transport, docker_socket=docker_socket, timeout=timeout)
         self.engine = engine_client_over(self.engine_channels, timeout=timeout)
 
-    def _bind(self, conn: Connection) -> None:
+    def _bind(self, conn: SSHConnection) -> None:
         self.conn = conn
         if conn.transport is not None:
             logging.getLogger(conn.transport.get_log_channel()).addFilter(_PROBE_NOISE)
@@ -152,8 +152,7 @@ class DockerHost:
     @property
     def identity_file(self) -> str | None:
         """The SSH identity this host is reached with (it keys host-file secrets' digests)."""
-        files = (self.conn.connect_kwargs or {}).get("key_filename") or []
-        return files[0] if files else None
+        return getattr(self.conn, "identity_file", None)
 
     @property
     def transport(self) -> paramiko.Transport | None:
@@ -315,7 +314,7 @@ class DockerHost:
 
         Over SFTP when the host's sshd offers it, else through an exec
         channel running ``cat``.  Each read has its own channel: a cached
-        SFTP session (fabric's ``Connection.sftp()``) outlives its channel
+        SFTP session kept on the connection outlives its channel
         and fails every later read with ``Channel closed.``
         """
         what = f"read secret file {path}"

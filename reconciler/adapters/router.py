@@ -36,9 +36,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 import paramiko
-from fabric import Connection
 
-from reconciler.adapters.ssh import _ack_at_once
+from reconciler.adapters.ssh import SSHConnection, _ack_at_once
 from reconciler.core import router as core
 from reconciler.core import router_owner
 from reconciler.core.health import CheckResult, Verdict
@@ -111,8 +110,8 @@ def _parse(text: str) -> tuple[dict, str, frozenset[str]]:
 class Router:
     """One host's HAProxy, serving ``site``.  Channels are opened on ``conn``'s transport."""
 
-    def __init__(self, conn: Connection, access: RouterAccess, site: core.Site) -> None:
-        """``conn``: anything with the host's SSH ``transport`` (a fabric Connection, or the
+    def __init__(self, conn: SSHConnection, access: RouterAccess, site: core.Site) -> None:
+        """``conn``: anything with the host's SSH ``transport`` (an ``ssh.SSHConnection``, or the
         host driver, whose connection may have been reopened since)."""
         self.conn = conn
         self.access = access

@@ -59,36 +59,48 @@ class RouterMap(Mapping):
         return len(self._sites)
 
 
+def _view(environment: Environment, host: str, router: Any, observed: ObservedHost, asked=None) -> rt.RouterView:
+    """One host's router as the planner sees it: its servers and config skeleton.
+    ``asked``: the servers and the config's header, already asked (futures)."""
+    if router_image.spec_for(environment, host) is not None \
+            and router_image.running_router(environment, observed) is None:
+        return rt.RouterView((), router.config_hash())  # its container is yet to start: no servers
+    if asked is not None:
+        servers, (skeleton, owner) = asked[0].result(), asked[1].result()
+    else:
+        servers, (skeleton, owner) = router.servers(), router.header()
+    config_file = rt.access_fields(environment.router, environment.host(host))["config_file"]
+    refused = router_owner.refusal(environment.name, owner, servers.values(), host, config_file)
+    if refused:
+        raise RouterOwned(refused, host=host)
+    return rt.RouterView(tuple(servers[k] for k in sorted(servers)), skeleton)
+
+
 def observe(environment: Environment, observed: Mapping[str, ObservedHost], routers: Mapping[str, Any]) -> dict[str, ObservedHost]:
     """``observed`` with each exposed host's router: its servers and config skeleton (hosts in parallel)."""
     wanted = [h for h in observed if rt.site_for(environment, h) is not None and h in routers]
     if not wanted:
         return dict(observed)
-
-    def view(host: str) -> rt.RouterView:
-        router = routers[host]
-        if router_image.spec_for(environment, host) is not None \
-                and router_image.running_router(environment, observed[host]) is None:
-            return rt.RouterView((), router.config_hash())  # its container is yet to start: no servers
-        servers = router.servers()
-        skeleton, owner = router.header()
-        config_file = rt.access_fields(environment.router, environment.host(host))["config_file"]
-        refused = router_owner.refusal(environment.name, owner, servers.values(), host, config_file)
-        if refused:
-            raise RouterOwned(refused, host=host)
-        return rt.RouterView(tuple(servers[k] for k in sorted(servers)), skeleton)
-
     with ThreadPoolExecutor(max_workers=min(16, len(wanted))) as pool:
-        views = dict(zip(wanted, pool.map(view, wanted)))
+        views = dict(zip(wanted, pool.map(lambda host: _view(environment, host, routers[host], observed[host]), wanted)))
     return {name: dataclasses.replace(obs, router=views[name]) if name in views else obs for name, obs in observed.items()}
 
 
-def observe_hosts(environment: Environment, hosts: Mapping[str, Any]) -> dict[str, ObservedHost]:
-    """What a plan needs to see: every host's containers and, where exposed services run, its router
-    (for callers outside a run, e.g. ``reconciler plan``)."""
-    from reconciler.adapters import fleet
-
-    observed = fleet.observe_all(hosts)
-    if environment.router is None:
-        return observed
-    return observe(environment, observed, RouterMap(environment, hosts))
+def observe_host(environment: Environment, driver: Any) -> ObservedHost:
+    """What a plan needs to see of one host: its containers and, where exposed
+    services run, its router.  For a router of the host's package, the three
+    requests (the container list, the router's servers, its config file's
+    head) go at once, each on its own channel of the host's one connection;
+    a router run from an image is asked once its container is seen running.
+    For callers outside a run (``reconciler plan``)."""
+    routers = RouterMap(environment, {driver.name: driver}) if environment.router is not None else {}
+    if driver.name not in routers:
+        return driver.observe()
+    router = routers[driver.name]
+    if router_image.spec_for(environment, driver.name) is not None:
+        containers = driver.observe()
+        return dataclasses.replace(containers, router=_view(environment, driver.name, router, containers))
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        asked = (pool.submit(router.servers), pool.submit(router.header))
+        containers = driver.observe()
+        return dataclasses.replace(containers, router=_view(environment, driver.name, router, containers, asked))

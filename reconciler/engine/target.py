@@ -34,6 +34,35 @@ class Target:
         finally:
             fleet.close_hosts(hosts)
 
+    @contextlib.contextmanager
+    def observing(self, observe, timeout: float = 10.0):
+        """Every host being opened with the commit's pins and observed,
+        ``observe(driver)`` on each host's connection as soon as it is up, in
+        the background: the body goes on meanwhile, and ``.result()`` of what
+        it is given waits for every host's observation (or raises naming each
+        host that failed).  Closed after."""
+        from reconciler.adapters import fleet
+
+        opening = fleet.start_opening(self.environment.hosts, identity_file=self.identity_file,
+                                      known_hosts_file=self.known_hosts_file, timeout=timeout, then=observe)
+        try:
+            yield _Observations(opening)
+        finally:
+            opening.close()
+
+
+@dataclass(frozen=True)
+class _Observations:
+    opening: object
+
+    def result(self) -> dict:
+        """host name -> what ``observe`` returned for it."""
+        return self.opening.result()[1]
+
+    def hosts(self) -> dict:
+        """host name -> its driver, open until the block ends (waits, as ``result``)."""
+        return self.opening.result()[0]
+
 
 def load_target(args) -> Target:
     """The environment desired at the chosen commit, with its pinned keys on disk."""

@@ -12,17 +12,20 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from reconciler.core import report
-    from reconciler.core.plan import plan_deploy
     from reconciler.engine import routing
 
     target = load_target(args)
     env = target.environment
-    from reconciler.adapters import secret_files
+    # Each host is observed (its containers, and its router where services are
+    # exposed) on its own connection as soon as that is up, while the planner loads.
+    observe = target.environment
+    with target.observing(lambda driver: routing.observe_host(observe, driver), args.timeout) as observations:
+        from reconciler.adapters import secret_files
+        from reconciler.core import report
+        from reconciler.core.plan import plan_deploy
 
-    with target.connect(args.timeout) as hosts:
-        env = secret_files.resolve(env, hosts)  # host-file secrets hashed as the agent hashes them
-        observed = routing.observe_hosts(env, hosts)  # the containers, and the routers where services are exposed
+        observed = observations.result()
+        env = secret_files.resolve(env, observations.hosts())  # host-file secrets hashed as the agent hashes them
     plan = plan_deploy(env, observed, target.revision)
     print(report.plan_json(plan) if args.json else report.plan_text(plan))
     return exitcodes.OK if plan.in_sync else exitcodes.CHANGES

@@ -128,17 +128,17 @@ def agent_view_json(view: AgentView) -> dict:
 
 
 def run(args) -> int:
-    from reconciler.adapters import fleet
-    from reconciler.core import report
-
     target = load_target(args)
     env = target.environment
-    view = agent_view(git_dir(args.repo), state_location(args), env.name)
-    from reconciler.adapters import secret_files
+    # The hosts are opened and observed in the background while the agent's view is read.
+    with target.observing(lambda driver: driver.observe(), args.timeout) as observations:
+        from reconciler.adapters import secret_files
+        from reconciler.core import report
 
-    with target.connect(args.timeout) as hosts:
-        env = secret_files.resolve(env, hosts)  # host-file secrets hashed as the agent hashes them
-        rows = report.running_rows(env, fleet.observe_all(hosts))
+        view = agent_view(git_dir(args.repo), state_location(args), env.name)
+        observed = observations.result()
+        env = secret_files.resolve(env, observations.hosts())  # host-file secrets hashed as the agent hashes them
+        rows = report.running_rows(env, observed)
     if args.json:
         print(json.dumps({"environment": env.name, "desired": target.revision, "agent": agent_view_json(view), "hosts": rows},
                          indent=2, sort_keys=True))
