@@ -18,12 +18,16 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping
 
 from reconciler.errors import EngineError, HostKeyMismatch, HostUnreachable, ReconcilerError, UnknownHostKey
-from reconciler.adapters.hosts import DockerHost
 from reconciler.core.model import Host, ObservedHost
 from reconciler.adapters.ssh import SSHAccess, connect
+
+if TYPE_CHECKING:
+    # Imported where a driver is made: docker-py's import (~50 ms beyond
+    # paramiko's) then runs while the SSH handshakes wait on their hosts.
+    from reconciler.adapters.hosts import DockerHost
 
 # Bounded so that a fleet of many hosts does not open hundreds of handshakes
 # at once; SSH connects are mostly waiting on the network, so threads suffice.
@@ -58,7 +62,7 @@ def open_hosts(
 ) -> dict[str, DockerHost]:
     """Connect to every host and check its engine answers, or raise naming each failure."""
     drivers, _ = start_opening(hosts, identity_file=identity_file, known_hosts_file=known_hosts_file,
-                               timeout=timeout, log=log, then=DockerHost.ping).result()
+                               timeout=timeout, log=log, then=lambda driver: driver.ping()).result()
     return drivers
 
 
@@ -77,8 +81,15 @@ def start_opening(
 
     def open_one(host: Host) -> DockerHost:
         access = access_for(host, identity_file=identity_file, known_hosts_file=known_hosts_file, timeout=timeout)
-        return DockerHost(host.name, connect(access), reconnect=lambda: connect(access), log=log,
-                          docker_socket=host.docker_socket)
+        conn = connect(access)
+        try:
+            from reconciler.adapters.hosts import DockerHost
+
+            return DockerHost(host.name, conn, reconnect=lambda: connect(access), log=log,
+                              docker_socket=host.docker_socket)
+        except BaseException:
+            conn.close()
+            raise
 
     return Opening(hosts, open_one, then)
 

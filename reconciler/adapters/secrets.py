@@ -29,7 +29,6 @@ import hmac
 import os
 import shlex
 import stat
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable
@@ -282,7 +281,7 @@ def write_files(host: "DockerHost", files: dict[str, bytes]) -> str:
     any user of the container reads them; the host's other users cannot
     enter the 0700 directory above); its path."""
     base = _base(host)
-    directory = f"{base}/{uuid.uuid4().hex}"
+    directory = f"{base}/{os.urandom(16).hex()}"  # a fresh name, as uuid4's
     b, d = shlex.quote(base), shlex.quote(directory)
     # /dev/shm is writable by everyone: a directory someone else made there
     # first, or one others can enter, is refused rather than used.

@@ -22,7 +22,6 @@ error naming the file: a setting that is silently ignored is worse than none.
 
 from __future__ import annotations
 
-import difflib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,6 +108,8 @@ def parse(path: Path, data: bytes) -> Settings:
 def _known(path: Path, table: dict, allowed: tuple[str, ...], prefix: str) -> None:
     for key in table:
         if key not in allowed:
+            import difflib  # only for the message: every command reads this file
+
             close = difflib.get_close_matches(key, allowed, n=1)
             hint = f" (did you mean {prefix}{close[0]}?)" if close else f" (known: {', '.join(prefix + a for a in allowed)})"
             raise StalledError(f"{path}: unknown setting {prefix}{key}{hint}")
