@@ -73,16 +73,17 @@ def serving(sandbox, port: int) -> dict[str, str]:
 def containers(sandbox, prefix: str) -> dict[str, list[tuple[str, str, str]]]:
     """Per host, (name, id, status) of containers whose name starts with
     ``prefix``, read through the engine's local socket: an observer
-    independent of the product's SSH path."""
+    independent of the product's SSH path.  One list request per host (no
+    inspect of each: another test's container removed between the list and
+    its inspect would fail this one with a 404)."""
     import docker
 
     seen = {}
     for host in sandbox.hosts:
         client = docker.DockerClient(base_url=f"unix://{host.docker_socket}", version="1.41")
         try:
-            seen[host.name] = sorted(
-                (c.name, c.id, c.status) for c in client.containers.list(all=True) if c.name.startswith(prefix)
-            )
+            listed = ((s["Names"][0].lstrip("/"), s["Id"], s["State"]) for s in client.api.containers(all=True))
+            seen[host.name] = sorted(c for c in listed if c[0].startswith(prefix))
         finally:
             client.close()
     return seen

@@ -1,17 +1,23 @@
-"""Contract migrations on the real fleet: not before the soak time, not
-without the flag, then run; afterwards a release older than the contract is
-refused before any container or the schema changes."""
+"""Contract migrations on the real fleet, through the engine as the agent
+runs them (a reconcile that finds the release in sync gives its contracts
+their turn), with the engine's clock set ahead instead of waiting: not
+before the soak time, not without the flag, then run and recorded;
+afterwards a release older than the contract is refused before any container
+or the schema changes."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
+import pygit2
 import pytest
 
 from reconciler.adapters import fleet as fleet_hosts
-from reconciler.engine.contract import run_contracts
+from reconciler.adapters import gitlog
 from reconciler.adapters.db import list_backups
-from reconciler.engine.deploy import deploy_target
+from reconciler.engine.deploy import deploy_target, fleet_git_dir
+from reconciler.engine.run import Context, fleet_opener, reconcile
 from tests.dbfleet import columns, create_database, drop_database, fingerprint, make_db_env_repo, migrating_image, sql, web
 from tests.envrepo import containers, remove_containers, serving
 from tests.test_dbphase_fleet import refused as refused_deploy
@@ -41,15 +47,17 @@ def deploy(repo):
     return deploy_target(repo.target(), report_progress=lambda *a, **k: None)
 
 
-def contracts(repo, healthy_since: float, now: float):
+def reconcile_at(repo, now: float):
+    """The agent's run of the repository's head with the engine's clock at ``now``."""
     target = repo.target()
-    hosts = fleet_hosts.open_hosts(target.environment.hosts, identity_file=target.identity_file,
-                                   known_hosts_file=target.known_hosts_file)
-    try:
-        (result,) = run_contracts(target.environment, hosts, target.revision, healthy_since=healthy_since, now=now)
-        return result
-    finally:
-        fleet_hosts.close_hosts(hosts)
+    gitdir = Path(fleet_git_dir(target.repo))
+    ctx = Context(repo=gitdir, state_dir=gitdir / "reconciler", open_hosts=fleet_opener(target.identity_file),
+                  close_hosts=fleet_hosts.close_hosts, clock=lambda: now)
+    return reconcile(ctx, repo.env, commit=target.revision, reason="test")
+
+
+def last_attempt(repo, result):
+    return gitlog.attempts(pygit2.Repository(fleet_git_dir(repo.path)), result.commit, repo.env)[-1]
 
 
 def test_contract_waits_for_flag_and_soak_then_runs_and_blocks_older_releases(fleet, db_env):
@@ -62,24 +70,26 @@ def test_contract_waits_for_flag_and_soak_then_runs_and_blocks_older_releases(fl
     assert "legacy" in columns(db_env.dsn, "notes")  # a deploy never runs a contract
     deployed_at = time.time()
 
-    # Without the flag: not even after a day.
-    refused = contracts(db_env, deployed_at, deployed_at + 86400)
-    assert (refused.state, refused.applied) == ("not-allowed", ())
+    # Without the flag: not even after a day, and nothing to come back for.
+    refused = reconcile_at(db_env, deployed_at + 86400)
+    assert (refused.result, refused.requeue_after) == ("in-sync", None)
     assert "legacy" in columns(db_env.dsn, "notes")
 
     db_env.commit(web(v2, PORT, migrations="{path: /migrations, allow_contract: true, soak: 1h}"), message="allow contract")
     # The flag is not part of the container's shape: the same release keeps running, its soak goes on.
     assert deploy(db_env).plan.in_sync
-    healthy_since = deployed_at
-    early = contracts(db_env, healthy_since, healthy_since + 600)
-    assert early.state == "waiting" and 2990 <= early.wait_seconds <= 3000, early
+    early = reconcile_at(db_env, deployed_at + 600)
+    assert early.result == "in-sync" and 2990 <= early.requeue_after <= 3000, early  # back when the soak ends
     assert "legacy" in columns(db_env.dsn, "notes")
 
-    ran = contracts(db_env, healthy_since, healthy_since + 3601)
-    assert (ran.state, ran.applied) == ("ran", ("0002_drop_legacy.contract.sql",))
+    ran = reconcile_at(db_env, deployed_at + 3601)
+    assert (ran.result, ran.plan.in_sync) == ("contracted", False), ran
+    database = last_attempt(db_env, ran).details["database"]
+    assert database["migrations"] == ["0002_drop_legacy.contract.sql"]
     assert "legacy" not in columns(db_env.dsn, "notes")
-    assert ran.backup and any(str(b.path) == ran.backup for b in list_backups(db_env.store))
-    assert contracts(db_env, healthy_since, healthy_since + 7200).state == "nothing-pending"
+    assert any(str(b.path) == database["backup"] for b in list_backups(db_env.store))
+    after = reconcile_at(db_env, deployed_at + 7200)
+    assert (after.result, after.requeue_after) == ("in-sync", None)  # nothing pending, nothing to wait for
 
     # A release older than the contract: refused before anything changes.
     before = (containers(fleet, db_env.env), columns(db_env.dsn, "notes"), fingerprint(db_env.dsn))

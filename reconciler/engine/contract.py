@@ -4,12 +4,13 @@ A contract (``NNNN_slug.contract.sql``, or a service's ``migrations.command``
 told ``RECONCILER_MIGRATION_PHASE=contract``) removes what the previous
 release still used, so it waits until the release that no longer uses it has
 been healthy in the environment for ``migrations.soak`` seconds AND the
-desired state says ``migrations.allow_contract: true``.  It is a run of its
-own, never part of a deploy:
+desired state says ``migrations.allow_contract: true``.  It is an engine
+run of its own (``engine.contracts_run``: a reconcile that finds the release
+in sync), never part of a deploy:
 
     view = observe_contracts(environment, hosts, healthy_since, now)   # I/O
     plan = core.contracts.plan_contract(environment, view, commit)     # pure
-    ... the engine runs plan's steps with dbphase.DatabaseSteps ...
+    ... the engine executes plan's steps (dbphase.DatabaseSteps), journaled, recorded ...
     core.contracts.next_contract_in(environment, view)                 # when to look again
 
 Once a contract has run, a release older than it may use what was dropped:
@@ -26,8 +27,7 @@ Errors: ``ContractRollbackRefused`` (stalled); the database adapter's
 
 from __future__ import annotations
 
-import pathlib
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Mapping
 
 from reconciler.adapters.db import pending
@@ -38,22 +38,18 @@ from reconciler.core.contracts import (
     ContractRollbackRefused,
     ContractsView,
     ServiceContract,
-    plan_contract,
     soak_remaining,
 )
 from reconciler.core.migrations import parse_files
 from reconciler.core.model import Environment, ImageRef, Service
 from reconciler.core.plan import Restore, order_services
 from reconciler.engine.dbphase import (
-    DatabaseSteps,
-    _quiet,
     database_connection,
     refuse_older_command_release,
     refuse_older_release,
 )
 
-__all__ = ["ContractResult", "ContractRollbackRefused", "observe_contracts", "refuse_older_release",
-           "refuse_rollback_past_contracts", "run_contracts"]
+__all__ = ["ContractRollbackRefused", "observe_contracts", "refuse_older_release", "refuse_rollback_past_contracts"]
 
 
 def observe_contracts(environment: Environment, hosts: Mapping[str, Any], healthy_since: Mapping[str, float],
@@ -134,58 +130,3 @@ def refuse_rollback_past_contracts(environment: Environment, hosts: Mapping[str,
                 refuse_older_release(dsn, older, parse_files(driver.read_image_files(older.image, service.migrations.path)))
             if service.migrations.command:
                 refuse_older_command_release(dsn, older, driver.image_facts(older.image))
-
-
-# ------------------------------------------------------------ one call, for tests and tools
-
-
-@dataclass(frozen=True)
-class ContractResult:
-    """What one service's contract step decided; ``state`` is one of
-    ran, waiting (soak not over: retry after ``wait_seconds``), not-allowed,
-    nothing-pending, unhealthy, no-database."""
-
-    service: str
-    state: str
-    reason: str = ""
-    applied: tuple[str, ...] = ()
-    wait_seconds: float | None = None
-    backup: str | None = None
-    backup_reused: bool = False
-
-
-def run_contracts(environment: Environment, hosts: Mapping[str, Any], commit: str, *,
-                  healthy_since: float, now: float, store_dir: pathlib.Path | None = None,
-                  report=_quiet) -> tuple[ContractResult, ...]:
-    """Observe, plan and run the contracts whose turn it is, in one call,
-    with one ``healthy_since`` for every service (outside the engine: no
-    lock, no journal, no note; the engine runs the same three parts)."""
-    migrating = [s for s in order_services(environment.services) if s.migrations]
-    if environment.database is None:
-        return tuple(ContractResult(s.name, "no-database") for s in migrating)
-    view = observe_contracts(environment, hosts, {s.name: healthy_since for s in migrating}, now)
-    plan = plan_contract(environment, view, commit)
-    done = None
-    if plan.actions:
-        with DatabaseSteps(environment, hosts, commit, store_dir=store_dir, report=report) as steps:
-            for action in plan.actions:
-                steps.run(action)
-            done = steps.result
-    ran = {a.service for a in plan.actions if a.step == "Migrate"}
-    results = []
-    for service in migrating:
-        seen = view.service(service.name)
-        if not service.migrations.allow_contract:
-            results.append(ContractResult(service.name, "not-allowed", "migrations.allow_contract is false"))
-        elif seen is None or seen.not_running:
-            results.append(ContractResult(service.name, "unhealthy", f"not running: {', '.join(seen.not_running if seen else ())}"))
-        elif not seen.due:
-            results.append(ContractResult(service.name, "nothing-pending"))
-        elif service.name not in ran:
-            results.append(ContractResult(service.name, "waiting", f"{seen.soak_remaining:.0f}s of the "
-                                          f"{service.migrations.soak:.0f}s soak left", wait_seconds=seen.soak_remaining))
-        else:
-            mine = set(seen.pending) | {f"command:{service.name}"}
-            results.append(ContractResult(service.name, "ran", applied=tuple(a for a in done.applied if a in mine),
-                                          backup=done.backup, backup_reused=done.backup_reused))
-    return tuple(results)
