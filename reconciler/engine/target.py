@@ -23,25 +23,13 @@ class Target:
     identity_file: str
 
     @contextlib.contextmanager
-    def connect(self, timeout: float = 10.0):
-        """Every host of the environment, opened with the commit's pins, closed after."""
-        from reconciler.adapters import fleet  # the adapter; this module stays free of SSH
-
-        hosts = fleet.open_hosts(self.environment.hosts, identity_file=self.identity_file,
-                                 known_hosts_file=self.known_hosts_file, timeout=timeout)
-        try:
-            yield hosts
-        finally:
-            fleet.close_hosts(hosts)
-
-    @contextlib.contextmanager
     def observing(self, observe, timeout: float = 10.0):
         """Every host being opened with the commit's pins and observed,
         ``observe(driver)`` on each host's connection as soon as it is up, in
         the background: the body goes on meanwhile, and ``.result()`` of what
         it is given waits for every host's observation (or raises naming each
         host that failed).  Closed after."""
-        from reconciler.adapters import fleet
+        from reconciler.adapters import fleet  # the adapter; this module stays free of SSH
 
         opening = fleet.start_opening(self.environment.hosts, identity_file=self.identity_file,
                                       known_hosts_file=self.known_hosts_file, timeout=timeout, then=observe)
