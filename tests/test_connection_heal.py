@@ -16,6 +16,7 @@ What the trial with the agent showed, each reproduced here first:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import subprocess
@@ -30,18 +31,14 @@ from reconciler.adapters.hosts import DockerHost
 from reconciler.adapters.ssh import SSHAccess, connect
 from reconciler.core.model import Environment, Host, ImageRef
 from reconciler.errors import EngineError, HostUnreachable, SecretUnreadable
+from tests.pushing import wait_for
 from tests.sshfake import ENGINE_VERSION, FakeSSHHost
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def wait_until(predicate, timeout=20.0, every=0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(every)
-    return predicate()
+# In-process hosts answer at once: look often.
+wait_until = functools.partial(wait_for, timeout=20.0, every=0.02)
 
 
 @pytest.fixture

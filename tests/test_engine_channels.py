@@ -10,8 +10,8 @@ CLI for dial-stdio.
 
 from __future__ import annotations
 
+import functools
 import logging
-import time
 
 import paramiko
 import pytest
@@ -21,15 +21,11 @@ from reconciler.adapters.hosts import DockerHost
 from reconciler.adapters.ssh import connect
 from reconciler.errors import HostUnreachable
 from tests.loopsshd import VERSION, LoopbackSSHD
+from tests.pushing import wait_for
 
 
-def wait_until(predicate, timeout=30.0, every=0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(every)
-    return predicate()
+# In-process hosts answer at once: look often.
+wait_until = functools.partial(wait_for, timeout=30.0, every=0.02)
 
 
 @pytest.fixture(scope="module")
