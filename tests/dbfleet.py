@@ -10,9 +10,9 @@ same time never overwrite each other's images.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,10 +22,9 @@ from psycopg import sql as pgsql
 
 from reconciler.adapters.db.connection import with_database
 from reconciler.sandbox import images
-from tests.envrepo import EnvRepo
+from tests.envrepo import EnvRepo, remove_containers
 
 REPOSITORY = "demo/web-migrating"
-_SIG = pygit2.Signature("test author", "author@reconciler.invalid")
 
 
 def migrating_image(fleet, files: dict[str, str], *, version: str = "v2", mode: str = "healthy") -> str:
@@ -89,21 +88,8 @@ class DbEnvRepo(EnvRepo):
     dsn_file: Path = None  # type: ignore[assignment]
     backup: str = "always"
 
-    def commit(self, services_yaml: str, *, policy: str = "", message: str = "change") -> str:
-        env_dir = self.path / "environments" / self.env
-        hosts = "\n".join(f"  {h.name}: {{address: {h.address}, port: {h.port}, user: {h.user}, docker_socket: {h.docker_socket}}}"
-                          for h in self.sandbox.hosts)
-        policy_block = ("policy:\n" + textwrap.indent(textwrap.dedent(policy).strip(), "  ") + "\n") if policy.strip() else ""
-        database = f"database:\n  dsn_file: {self.dsn_file}\n  backup: {self.backup}\n"
-        (env_dir / "environment.yaml").write_text(
-            f"hosts:\n{hosts}\n{policy_block}{database}services:\n"
-            + textwrap.indent(textwrap.dedent(services_yaml).strip(), "  ") + "\n")
-        repo = pygit2.Repository(str(self.path))
-        repo.index.add_all()
-        repo.index.write()
-        tree = repo.index.write_tree()
-        parents = [] if repo.head_is_unborn else [repo.head.target]
-        return str(repo.create_commit("HEAD", _SIG, _SIG, message, tree, parents))
+    def blocks(self) -> str:
+        return f"database:\n  dsn_file: {self.dsn_file}\n  backup: {self.backup}\n"
 
 
 def make_db_env_repo(root: Path, sandbox, env: str, dsn: str) -> DbEnvRepo:
@@ -115,6 +101,49 @@ def make_db_env_repo(root: Path, sandbox, env: str, dsn: str) -> DbEnvRepo:
     dsn_file.write_text(dsn + "\n")
     dsn_file.chmod(0o600)
     return DbEnvRepo(root, env, sandbox, dsn_file=dsn_file)
+
+
+@contextlib.contextmanager
+def database_env(fleet, tmp_path: Path, monkeypatch, name: str, *statements: str):
+    """An environment ``name`` whose database is a fresh ``rdb_<name>`` on
+    the sandbox's server, set up with ``statements``, backups under
+    ``tmp_path/backups``; its containers and database removed after."""
+    dsn = create_database(fleet, f"rdb_{name}")
+    try:
+        for statement in statements:
+            sql(dsn, statement)
+        store = tmp_path / "backups"
+        store.mkdir(exist_ok=True)
+        monkeypatch.setenv("RECONCILER_BACKUP_DIR", str(store))
+        repo = make_db_env_repo(tmp_path / "envrepo", fleet, name, dsn)
+        repo.dsn, repo.store = dsn, store
+        yield repo
+    finally:
+        remove_containers(fleet, f"{name}-")
+        drop_database(fleet, f"rdb_{name}")
+
+
+def reconcile_at(repo: EnvRepo, now: float):
+    """The agent's run of the repository's head with the engine's clock at
+    ``now``: a release in sync gives its contracts their turn, as when the
+    agent comes back at the end of a soak."""
+    from reconciler.adapters import fleet as hosts
+    from reconciler.engine.deploy import fleet_git_dir
+    from reconciler.engine.run import Context, fleet_opener, reconcile
+
+    target = repo.target()
+    gitdir = Path(fleet_git_dir(target.repo))
+    ctx = Context(repo=gitdir, state_dir=gitdir / "reconciler", open_hosts=fleet_opener(target.identity_file),
+                  close_hosts=hosts.close_hosts, clock=lambda: now)
+    return reconcile(ctx, repo.env, commit=target.revision, reason="test")
+
+
+def last_attempt(repo: EnvRepo, commit: str):
+    """The newest attempt the note on ``commit`` records."""
+    from reconciler.adapters import gitlog
+    from reconciler.engine.deploy import fleet_git_dir
+
+    return gitlog.attempts(pygit2.Repository(fleet_git_dir(repo.path)), commit, repo.env)[-1]
 
 
 def web(image: str, port: int, *, migrations: str = "{path: /migrations}", hosts: str = "all") -> str:

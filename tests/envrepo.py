@@ -35,7 +35,8 @@ class EnvRepo:
         )
         policy_block = "policy:\n" + textwrap.indent(textwrap.dedent(policy).strip(), "  ") + "\n" if policy.strip() else ""
         (env_dir / "environment.yaml").write_text(
-            f"hosts:\n{hosts}\n{policy_block}services:\n" + textwrap.indent(textwrap.dedent(services_yaml).strip(), "  ") + "\n"
+            f"hosts:\n{hosts}\n{policy_block}{self.blocks()}services:\n"
+            + textwrap.indent(textwrap.dedent(services_yaml).strip(), "  ") + "\n"
         )
         repo = pygit2.Repository(str(self.path))
         repo.index.add_all()
@@ -44,8 +45,19 @@ class EnvRepo:
         parents = [] if repo.head_is_unborn else [repo.head.target]
         return str(repo.create_commit("HEAD", _SIG, _SIG, message, tree, parents))
 
+    def blocks(self) -> str:
+        """Top-level blocks of environment.yaml between the policy and the services."""
+        return ""
+
     def target(self, rev: str = "HEAD") -> Target:
         return load_target(argparse.Namespace(repo=str(self.path), env=self.env, rev=rev, identity=self.identity, worktree=False))
+
+
+def deploy(repo: EnvRepo, rev: str = "HEAD"):
+    """Deploy ``rev`` through the engine, as ``reconciler apply --yes`` does (quietly)."""
+    from reconciler.engine.deploy import deploy_target
+
+    return deploy_target(repo.target(rev), report_progress=lambda *a, **k: None)
 
 
 def make_env_repo(root: Path, sandbox, env: str) -> EnvRepo:

@@ -8,18 +8,12 @@ or the schema changes."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
-import pygit2
 import pytest
 
-from reconciler.adapters import fleet as fleet_hosts
-from reconciler.adapters import gitlog
 from reconciler.adapters.db import list_backups
-from reconciler.engine.deploy import deploy_target, fleet_git_dir
-from reconciler.engine.run import Context, fleet_opener, reconcile
-from tests.dbfleet import columns, create_database, drop_database, fingerprint, make_db_env_repo, migrating_image, sql, web
-from tests.envrepo import containers, remove_containers, serving
+from tests.dbfleet import columns, database_env, fingerprint, last_attempt, migrating_image, reconcile_at, web
+from tests.envrepo import containers, deploy, serving
 from tests.test_dbphase_fleet import refused as refused_deploy
 
 pytestmark = [pytest.mark.fleet, pytest.mark.slow]
@@ -31,33 +25,10 @@ PORT = 18220
 
 @pytest.fixture
 def db_env(fleet, tmp_path, monkeypatch):
-    name = "ccontract"
-    dsn = create_database(fleet, f"rdb_{name}")
-    sql(dsn, "CREATE TABLE notes (id int PRIMARY KEY, body text NOT NULL, legacy text)")
-    sql(dsn, "INSERT INTO notes SELECT g, md5(g::text), 'old' FROM generate_series(1, 300) g")
-    monkeypatch.setenv("RECONCILER_BACKUP_DIR", str(tmp_path / "backups"))
-    repo = make_db_env_repo(tmp_path / "envrepo", fleet, name, dsn)
-    repo.dsn, repo.store = dsn, tmp_path / "backups"
-    yield repo
-    remove_containers(fleet, f"{name}-")
-    drop_database(fleet, f"rdb_{name}")
-
-
-def deploy(repo):
-    return deploy_target(repo.target(), report_progress=lambda *a, **k: None)
-
-
-def reconcile_at(repo, now: float):
-    """The agent's run of the repository's head with the engine's clock at ``now``."""
-    target = repo.target()
-    gitdir = Path(fleet_git_dir(target.repo))
-    ctx = Context(repo=gitdir, state_dir=gitdir / "reconciler", open_hosts=fleet_opener(target.identity_file),
-                  close_hosts=fleet_hosts.close_hosts, clock=lambda: now)
-    return reconcile(ctx, repo.env, commit=target.revision, reason="test")
-
-
-def last_attempt(repo, result):
-    return gitlog.attempts(pygit2.Repository(fleet_git_dir(repo.path)), result.commit, repo.env)[-1]
+    with database_env(fleet, tmp_path, monkeypatch, "ccontract",
+                      "CREATE TABLE notes (id int PRIMARY KEY, body text NOT NULL, legacy text)",
+                      "INSERT INTO notes SELECT g, md5(g::text), 'old' FROM generate_series(1, 300) g") as repo:
+        yield repo
 
 
 def test_contract_waits_for_flag_and_soak_then_runs_and_blocks_older_releases(fleet, db_env):
@@ -84,7 +55,7 @@ def test_contract_waits_for_flag_and_soak_then_runs_and_blocks_older_releases(fl
 
     ran = reconcile_at(db_env, deployed_at + 3601)
     assert (ran.result, ran.plan.in_sync) == ("contracted", False), ran
-    database = last_attempt(db_env, ran).details["database"]
+    database = last_attempt(db_env, ran.commit).details["database"]
     assert database["migrations"] == ["0002_drop_legacy.contract.sql"]
     assert "legacy" not in columns(db_env.dsn, "notes")
     assert any(str(b.path) == database["backup"] for b in list_backups(db_env.store))

@@ -13,9 +13,8 @@ import pytest
 
 from reconciler.engine import dbphase
 from reconciler.adapters.db import list_backups
-from reconciler.engine.deploy import deploy_target
-from tests.dbfleet import columns, create_database, drop_database, fingerprint, make_db_env_repo, migrating_image, sql, web
-from tests.envrepo import containers, remove_containers, serving
+from tests.dbfleet import columns, database_env, fingerprint, migrating_image, sql, web
+from tests.envrepo import containers, deploy, serving
 
 pytestmark = [pytest.mark.fleet, pytest.mark.slow]
 
@@ -25,22 +24,10 @@ ADD_TAG = {"0001_add_tag.expand.sql": "ALTER TABLE notes ADD COLUMN tag text;\n"
 @pytest.fixture
 def db_env(fleet, tmp_path, request, monkeypatch):
     name = "b" + "".join(c for c in request.node.name.replace("test_", "") if c.isalnum())[:10].lower()
-    dsn = create_database(fleet, f"rdb_{name}")
-    sql(dsn, "CREATE TABLE notes (id int PRIMARY KEY, body text NOT NULL)")
     # Hashes compress poorly: a dump of a few megabytes, enough to fill a tiny disk.
-    sql(dsn, "INSERT INTO notes SELECT g, md5(g::text) || md5((g * 7)::text) FROM generate_series(1, 60000) g")
-    store = tmp_path / "backups"
-    store.mkdir()
-    monkeypatch.setenv("RECONCILER_BACKUP_DIR", str(store))
-    repo = make_db_env_repo(tmp_path / "envrepo", fleet, name, dsn)
-    repo.dsn, repo.store = dsn, store
-    yield repo
-    remove_containers(fleet, f"{name}-")
-    drop_database(fleet, f"rdb_{name}")
-
-
-def deploy(repo):
-    return deploy_target(repo.target(), report_progress=lambda *a, **k: None)
+    with database_env(fleet, tmp_path, monkeypatch, name, "CREATE TABLE notes (id int PRIMARY KEY, body text NOT NULL)",
+                      "INSERT INTO notes SELECT g, md5(g::text) || md5((g * 7)::text) FROM generate_series(1, 60000) g") as repo:
+        yield repo
 
 
 def refused(repo) -> tuple[str, str]:

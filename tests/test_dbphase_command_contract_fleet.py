@@ -14,14 +14,10 @@ import time
 
 import pytest
 
-from reconciler.adapters import fleet as fleet_hosts
-from reconciler.core.contracts import ContractsView, ServiceContract, plan_contract
-from reconciler.engine.contract import observe_contracts
-from reconciler.engine.dbphase import DatabaseSteps
 from reconciler.sandbox import images
-from tests.dbfleet import create_database, drop_database, make_db_env_repo, sql, web
-from tests.envrepo import containers, remove_containers, serving
-from tests.test_dbphase_fleet import deploy, refused
+from tests.dbfleet import database_env, last_attempt, reconcile_at, sql, web
+from tests.envrepo import containers, deploy, serving
+from tests.test_dbphase_fleet import refused
 
 pytestmark = [pytest.mark.fleet, pytest.mark.slow]
 
@@ -51,31 +47,8 @@ def dated_image(fleet, version: str, created: str) -> str:
 
 @pytest.fixture
 def db_env(fleet, tmp_path, monkeypatch):
-    dsn = create_database(fleet, f"rdb_{ENV}")
-    sql(dsn, "CREATE TABLE notes (id int PRIMARY KEY, body text NOT NULL)")
-    monkeypatch.setenv("RECONCILER_BACKUP_DIR", str(tmp_path / "backups"))
-    repo = make_db_env_repo(tmp_path / "envrepo", fleet, ENV, dsn)
-    repo.dsn, repo.store = dsn, tmp_path / "backups"
-    yield repo
-    remove_containers(fleet, f"{ENV}-")
-    drop_database(fleet, f"rdb_{ENV}")
-
-
-def run_contract(repo) -> tuple:
-    """Observe, plan and run the contract as the engine does, its soak long over."""
-    target = repo.target()
-    env = target.environment
-    hosts = fleet_hosts.open_hosts(env.hosts, identity_file=target.identity_file, known_hosts_file=target.known_hosts_file)
-    try:
-        now = time.time()
-        view = observe_contracts(env, hosts, {"web": now - 60}, now)
-        plan = plan_contract(env, view, target.revision)
-        with DatabaseSteps(env, hosts, target.revision) as steps:
-            for action in plan.actions:
-                steps.run(action)
-        return view, plan, steps.result
-    finally:
-        fleet_hosts.close_hosts(hosts)
+    with database_env(fleet, tmp_path, monkeypatch, ENV, "CREATE TABLE notes (id int PRIMARY KEY, body text NOT NULL)") as repo:
+        yield repo
 
 
 def test_a_release_older_than_a_contract_its_command_ran_is_refused_before_any_container_starts(fleet, db_env):
@@ -87,16 +60,19 @@ def test_a_release_older_than_a_contract_its_command_ran_is_refused_before_any_c
     db_env.commit(web(new, PORT, migrations=COMMAND), message="web v2")
     assert deploy(db_env).outcome.result == "deployed"
 
-    view, plan, result = run_contract(db_env)
+    # The agent's reconcile once the 1 s soak is long over: the contract runs, through the engine.
+    ran = reconcile_at(db_env, time.time() + 60)
 
-    assert view == ContractsView(ENV, (ServiceContract("web", "h1", command_pending=True, soak_remaining=0.0),))
-    assert [(a.step, a.service) for a in plan.actions] == [("CheckMigrations", "web"), ("Backup", ""), ("Migrate", "web")]
-    assert result.applied == ("command:web",) and result.backup
+    assert ran.result == "contracted", ran
+    assert [(a.step, a.service) for a in ran.plan.actions] == [("CheckMigrations", "web"), ("Backup", ""), ("Migrate", "web")]
+    database = last_attempt(db_env, ran.commit).details["database"]
+    assert database["migrations"] == ["command:web"] and database["backup"]
     # Every run of the command is recorded with the image that ran it and its creation time (from the engine).
     assert sql(db_env.dsn, "SELECT phase, image, image_created, exit_code FROM reconciler_command_runs ORDER BY id") == [
         ("expand", old, "2025-01-01T00:00:00Z", 0), ("expand", new, "2025-06-01T00:00:00Z", 0),
         ("contract", new, "2025-06-01T00:00:00Z", 0)]
-    assert run_contract(db_env)[0].services[0].command_pending is False  # once per image
+    again = reconcile_at(db_env, time.time() + 120)
+    assert (again.result, again.requeue_after) == ("in-sync", None)  # once per image: nothing pending any more
 
     # A revert to v1: refused before anything starts anywhere.
     before = containers(fleet, ENV)

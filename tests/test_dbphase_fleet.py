@@ -10,9 +10,8 @@ from __future__ import annotations
 import pytest
 
 from reconciler.adapters.db import list_backups, verify
-from reconciler.engine.deploy import deploy_target
-from tests.dbfleet import columns, create_database, drop_database, fingerprint, make_db_env_repo, migrating_image, sql, web
-from tests.envrepo import containers, remove_containers, serving
+from tests.dbfleet import columns, database_env, fingerprint, migrating_image, sql, web
+from tests.envrepo import containers, deploy, serving
 
 pytestmark = [pytest.mark.fleet, pytest.mark.slow]
 
@@ -23,20 +22,9 @@ ADD_TAG = {"0001_add_tag.expand.sql": "-- a nullable column: old code ignores it
 def db_env(fleet, tmp_path, request, monkeypatch):
     name = "d" + request.node.name.replace("test_", "").replace("_", "")[:10].lower()
     name = "".join(c for c in name if c.isalnum())
-    dsn = create_database(fleet, f"rdb_{name}")
-    sql(dsn, "CREATE TABLE notes (id int PRIMARY KEY, body text NOT NULL)")
-    sql(dsn, "INSERT INTO notes SELECT g, md5(g::text) FROM generate_series(1, 500) g")
-    monkeypatch.setenv("RECONCILER_BACKUP_DIR", str(tmp_path / "backups"))
-    repo = make_db_env_repo(tmp_path / "envrepo", fleet, name, dsn)
-    repo.dsn = dsn
-    repo.store = tmp_path / "backups"
-    yield repo
-    remove_containers(fleet, f"{name}-")
-    drop_database(fleet, f"rdb_{name}")
-
-
-def deploy(repo):
-    return deploy_target(repo.target(), report_progress=lambda *a, **k: None)
+    with database_env(fleet, tmp_path, monkeypatch, name, "CREATE TABLE notes (id int PRIMARY KEY, body text NOT NULL)",
+                      "INSERT INTO notes SELECT g, md5(g::text) FROM generate_series(1, 500) g") as repo:
+        yield repo
 
 
 def refused(repo) -> tuple[str, str]:

@@ -13,7 +13,7 @@ from reconciler.adapters import gitlog
 from reconciler.cli.main import main
 from reconciler.engine.deploy import deploy_target
 from reconciler.errors import HostUnreachable
-from tests.envrepo import containers, make_env_repo, remove_containers, serving
+from tests.envrepo import containers, deploy, make_env_repo, remove_containers, serving
 
 pytestmark = [pytest.mark.fleet, pytest.mark.slow]
 
@@ -37,10 +37,6 @@ def env_repo(fleet, tmp_path, request):
     repo = make_env_repo(tmp_path / "envrepo", fleet, name)
     yield repo
     remove_containers(fleet, f"{name}-")
-
-
-def deploy(repo):
-    return deploy_target(repo.target(), report_progress=lambda *a, **k: None)
 
 
 def test_v1_then_v2_every_host_answers_v2_and_keeps_v1_for_rollback(fleet, env_repo):
@@ -77,7 +73,7 @@ def test_never_healthy_image_rolls_back_every_host(fleet, env_repo):
     assert [a.result for a in gitlog.attempts(repo, bad, env_repo.env)] == ["rolled-back"]
     assert f"This reverts commit {bad}" in repo[gitlog.branch_head(repo, "refs/heads/main")].message
     # The same commit again: it fails the same way, evidence included.
-    result = deploy_target(env_repo.target(bad), report_progress=lambda *a, **k: None)
+    result = deploy(env_repo, bad)
     assert result.outcome.result == "rolled-back"
     assert "health check failed" in result.outcome.failure
     assert any("/health -> 500" in line for line in result.outcome.evidence), result.outcome.evidence
