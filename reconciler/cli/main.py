@@ -4,7 +4,7 @@ Each subcommand lives in ``reconciler/cli/commands/<name>.py`` and exposes
 ``add_arguments(parser)`` and ``run(args) -> int``; its one-line help is in
 ``COMMANDS`` below.  Only the module of the command asked for is imported,
 and a module imports nothing heavy at its top or in ``add_arguments``
-(pygit2, docker, fabric, paramiko, ruamel: inside ``run``), so that
+(pygit2, docker, paramiko, ruamel: inside ``run``), so that
 ``reconciler --help`` and ``reconciler X --help`` answer at once
 (tests/test_cli_contract.py checks which modules they load).
 

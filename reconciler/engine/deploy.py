@@ -38,18 +38,15 @@ def deploy_target(
 ) -> DeployResult:
     from reconciler.adapters import fleet
     from reconciler.engine.recording import cli_actor
-    from reconciler.engine.run import Context, Request, run
-
-    def open_hosts(environment, known_hosts_file):
-        return fleet.open_hosts(environment.hosts, identity_file=target.identity_file,
-                                known_hosts_file=known_hosts_file, timeout=timeout)
+    from reconciler.engine.run import Context, Request, fleet_opener, run
 
     def ask(plan: Plan) -> bool:
         show_plan(plan)
         return confirm(plan)
 
     gitdir = Path(fleet_git_dir(target.repo))
-    ctx = Context(repo=gitdir, state_dir=Path(state_dir) if state_dir else gitdir / "reconciler", open_hosts=open_hosts,
+    ctx = Context(repo=gitdir, state_dir=Path(state_dir) if state_dir else gitdir / "reconciler",
+                  open_hosts=fleet_opener(target.identity_file, timeout),
                   close_hosts=fleet.close_hosts, observers=(report_progress,), confirm=ask)
     result = run(ctx, Request(target.environment.name, "deploy", commit=target.revision, trigger="cli",
                               actor=actor or cli_actor(), force=True))

@@ -11,7 +11,7 @@
 
 ``settle(args)`` fills the defaults after parsing (main calls it for every
 command), so a test or a script that builds the argv gets exactly what a
-person typing it gets.  Nothing here imports pygit2, docker or fabric:
+person typing it gets.  Nothing here imports pygit2, docker or paramiko:
 ``add_arguments`` runs for ``--help``.
 """
 

@@ -26,13 +26,10 @@ def state_dir_for(args: argparse.Namespace) -> Path:
 def context(args, target, *, observers=(), confirm: Callable | None = None, signing_key: str | None = None):
     from reconciler.adapters import fleet
     from reconciler.cli.commands._agent import git_dir
-    from reconciler.engine.run import Context
+    from reconciler.engine.run import Context, fleet_opener
 
-    def open_hosts(environment, known_hosts_file):
-        return fleet.open_hosts(environment.hosts, identity_file=target.identity_file,
-                                known_hosts_file=known_hosts_file, timeout=args.timeout)
-
-    return Context(repo=git_dir(args.repo), state_dir=state_dir_for(args), open_hosts=open_hosts,
+    return Context(repo=git_dir(args.repo), state_dir=state_dir_for(args),
+                   open_hosts=fleet_opener(target.identity_file, args.timeout),
                    close_hosts=fleet.close_hosts, observers=tuple(observers), confirm=confirm, signing_key=signing_key)
 
 
