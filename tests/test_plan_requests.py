@@ -61,11 +61,11 @@ def _hosts(tmp_path, kinds=(FakeSSHHost, FakeSSHHost)):
     return made
 
 
-def _repo(tmp_path, hosts) -> Path:
+def _repo(tmp_path, hosts, service_extra: str = "") -> Path:
     entries = "\n".join(f"  {h.name}: {{address: 127.0.0.1, port: {h.port}, user: root}}" for h in hosts)
     pins = "".join(Path(h.known_hosts_file).read_text() for h in hosts)
     yaml = (f"hosts:\n{entries}\nservices:\n  web:\n    image: registry.example:5000/demo/web:v1@{DIGEST1}\n"
-            "    hosts: all\n    health: {type: running}\n")
+            "    hosts: all\n    health: {type: running}\n" + service_extra)
     path = tmp_path / "env.git"
     commit(init(path, bare=True), {"environments/staging/environment.yaml": yaml,
                                    "environments/staging/known_hosts": pins}, "two hosts")
@@ -97,6 +97,18 @@ def test_a_plan_opens_one_connection_per_host_and_asks_only_for_the_containers(t
         assert h.requests == [("GET", "/v1.41/containers/json")], h.name
         # The fake's sshd has no streamlocal channel: the one engine connection runs dial-stdio.
         assert h.execs == ["docker system dial-stdio"], h.name
+
+
+def test_a_host_file_secret_is_read_on_each_host_over_the_connection_the_plan_observed_on(tmp_path, two_hosts):
+    """Its keyed digest is part of the config hash, as the agent computes it (adapters.secret_files)."""
+    for h in two_hosts:
+        h.files["/etc/app/db"] = f"password of {h.name}".encode()
+    secret = "    secrets:\n      - {name: db-password, env: DB_PASSWORD, file: /etc/app/db}\n"
+    outcome, stderr = _plan(_repo(tmp_path, two_hosts, secret), two_hosts[0].identity_file)
+    assert outcome["code"] == exitcodes.CHANGES, stderr
+    for h in two_hosts:
+        assert (h.connections, h.sftp_sessions) == (1, 1), h.name
+        assert h.requests == [("GET", "/v1.41/containers/json")], h.name
 
 
 def test_a_plan_loads_neither_fabric_nor_invoke(tmp_path, two_hosts):
