@@ -25,8 +25,8 @@ from reconciler.core.model import Host, ObservedHost
 from reconciler.adapters.ssh import SSHAccess, connect
 
 if TYPE_CHECKING:
-    # Imported where a driver is made: docker-py's import (~50 ms beyond
-    # paramiko's) then runs while the SSH handshakes wait on their hosts.
+    # Imported once the SSH handshakes are under way (start_opening): docker-py's
+    # import (~50 ms beyond paramiko's) then runs while they wait on their hosts.
     from reconciler.adapters.hosts import DockerHost
 
 # Bounded so that a fleet of many hosts does not open hundreds of handshakes
@@ -91,7 +91,11 @@ def start_opening(
             conn.close()
             raise
 
-    return Opening(hosts, open_one, then)
+    opening = Opening(hosts, open_one, then)
+    # docker-py's import (~50 ms) here, while the handshakes wait on their
+    # hosts, rather than in the first thread whose handshake is done.
+    from reconciler.adapters import hosts as _drivers  # noqa: F401
+    return opening
 
 
 class Opening:
