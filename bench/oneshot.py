@@ -9,9 +9,8 @@
    beside this interpreter, its own process, from start to exit; the host
    entries carry ``docker_socket``) against a hand-typed parallel loop of
    OpenSSH ``ssh host docker ps -a`` on the same hosts with the same pinned
-   keys and the same user, interleaved: as the sandbox's SSH user (root, a
-   bash that reads its rc files for every command), then as the non-root
-   deploy user production hosts are reached as (/bin/sh).
+   keys and the same user (the sandbox's: the deploy user, whose /bin/sh
+   reads no rc files; root's bash read them, ~150 ms a command), interleaved.
 
 Run alone: ``.venv/bin/python bench/oneshot.py [--reps N]``.
 """
@@ -27,7 +26,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import Row, cleanup, env_repo, log, median, ms, ratio_row, table  # noqa: E402
-from reconciler.sandbox.layout import DEPLOY_USER  # noqa: E402
 
 ENV = "bench-oneshot"
 
@@ -41,14 +39,13 @@ def services_yaml(image: str) -> str:
         """)
 
 
-def commit_with_sockets(repo, sb, services: str, user: str | None = None) -> None:
-    """The environment with docker_socket in each host entry (tests.envrepo writes none),
-    its hosts reached as ``user`` (default: the sandbox's)."""
+def commit_with_sockets(repo, sb, services: str) -> None:
+    """The environment with docker_socket in each host entry (tests.envrepo writes none)."""
     import pygit2
 
     from tests.envrepo import _SIG
 
-    hosts = "\n".join(f"  {h.name}: {{address: {h.address}, port: {h.port}, user: {user or h.user}, "
+    hosts = "\n".join(f"  {h.name}: {{address: {h.address}, port: {h.port}, user: {h.user}, "
                       f"docker_socket: {h.docker_socket}}}" for h in sb.hosts)
     (repo.path / "environments" / repo.env / "environment.yaml").write_text(
         f"hosts:\n{hosts}\nservices:\n" + textwrap.indent(services.strip(), "  ") + "\n")
@@ -107,19 +104,19 @@ def timed(argv: list[str], ok=(0,)) -> float:
     return elapsed
 
 
-def ssh_loop(sb, user: str | None = None) -> list[str]:
+def ssh_loop(sb) -> list[str]:
     """``for h in ...; do ssh h docker ps -a & done; wait``, as a person types it."""
     one = (f"ssh -F /dev/null -i {sb.identity_file} -o UserKnownHostsFile={sb.known_hosts_file} "
            "-o StrictHostKeyChecking=yes -o BatchMode=yes")
-    loop = " ".join(f"{user or h.user}@{h.address}" for h in sb.hosts)
+    loop = " ".join(f"{h.user}@{h.address}" for h in sb.hosts)
     return ["sh", "-c", f"for h in {loop}; do {one} $h docker ps -a >/dev/null & done; wait"]
 
 
-def one_shot(sb, repo, reps: int, user: str | None = None) -> tuple[list[float], list[float]]:
+def one_shot(sb, repo, reps: int) -> tuple[list[float], list[float]]:
     from bench.cli_startup import entry_point
 
     plan_argv = [entry_point(), "plan", "--repo", str(repo.path), "--env", ENV, "--identity", sb.identity_file]
-    loop_argv = ssh_loop(sb, user)
+    loop_argv = ssh_loop(sb)
     for argv in (plan_argv, loop_argv):  # warm-up: page cache, .pyc files, sshd's first sessions
         timed(argv)
     ours, base = [], []
@@ -142,10 +139,6 @@ def run(reps: int = 10) -> list[Row]:
             raise RuntimeError(f"setup deploy failed: {result.outcome and result.outcome.failure}")
         first = first_request(sb, reps * 2)
         ours, base = one_shot(sb, repo, reps)
-        # The same as the deploy user (/bin/sh), as production hosts are reached; the
-        # sandbox's own SSH user is root (its router), whose bash reads its rc files.
-        commit_with_sockets(repo, sb, services_yaml(sb.images["v1"]), user=DEPLOY_USER)
-        ours_deploy, base_deploy = one_shot(sb, repo, reps, user=DEPLOY_USER)
     finally:
         cleanup(sb, f"{ENV}-")
     b = median(base)
@@ -165,15 +158,10 @@ def run(reps: int = 10) -> list[Row]:
         ratio_row("SSH connect, one host: now / before (Nagle on in the handshake)",
                   median(first["connect"]), median(first["connect-before"]), 1.0, target="< 1x (report)",
                   note=f"now {spread(first['connect'])}, before {spread(first['connect-before'])}"),
-        ratio_row(f"one-shot plan 3 hosts / ssh loop, as {sb.hosts[0].user} (the sandbox's user)", median(ours), b, 1.0,
+        ratio_row(f"one-shot plan 3 hosts / ssh loop, as {sb.hosts[0].user}", median(ours), b, 1.0,
                   note=f"median of {reps}, whole processes, interleaved; the installed entry point; baseline: "
                        "parallel `ssh host docker ps -a` (OpenSSH, same pinned keys, same user); "
                        f"ours {ms(min(ours))}-{ms(max(ours))}, ssh loop {ms(min(base))}-{ms(max(base))}"),
-        ratio_row(f"one-shot plan 3 hosts / ssh loop, as {DEPLOY_USER} (the deploy user)", median(ours_deploy),
-                  median(base_deploy), 1.0,
-                  note=f"the same with the hosts reached as the non-root deploy user (/bin/sh: no rc files); "
-                       f"ours {ms(min(ours_deploy))}-{ms(max(ours_deploy))}, "
-                       f"ssh loop {ms(min(base_deploy))}-{ms(max(base_deploy))}"),
     ]
 
 

@@ -177,3 +177,30 @@ def test_a_host_that_fails_to_open_or_in_its_observation_closes_every_other_and_
     assert {n: d.closed for n, d in drivers.items()} == {"a": 1, "b": 1}  # c never opened
     opening.close()
     assert {n: d.closed for n, d in drivers.items()} == {"a": 1, "b": 1}
+
+
+# ---------------------------------------------------------------- a host with a router, in memory
+
+
+def test_a_hosts_router_is_observed_beside_its_containers_as_a_run_observes_it(monkeypatch):
+    from fakes import image
+    from reconciler.core.model import Environment, Expose, HealthCheck, Policy, RouterConfig, Service
+    from reconciler.engine import routing
+    from routerfakes import RoutedWorld
+
+    hosts = ("h1", "h2")
+    v1 = image("registry.test/web", "v1")
+    web = Service("web", v1, hosts, health=HealthCheck(kind="http", port=8080, path="/health", interval=0.5,
+                                                         successes=2, deadline=10.0),
+                  expose=Expose(8080, ("web.test",), drain=5.0), stop_timeout=2.0)
+    env = Environment("prod", tuple(Host(h, f"10.0.0.{i}") for i, h in enumerate(hosts, 1)), (web,),
+                      Policy(parallel_hosts=2), router=RouterConfig(config_file="/srv/{host}/haproxy.cfg"))
+    world = RoutedWorld(*hosts)
+    world.registry.publish(v1)
+    assert world.apply(env).result == "deployed"
+    monkeypatch.setattr(routing, "RouterMap", lambda environment, drivers: {n: world.routers[n] for n in drivers})
+
+    seen = routing.observe_host(env, world.hosts["h1"])
+
+    assert seen == routing.observe(env, {"h1": world.hosts["h1"].observe()}, world.routers)["h1"]
+    assert seen.router is not None and seen.router.servers  # the router's servers, not only the containers
