@@ -60,6 +60,8 @@ class FakeServer:
     maint: bool = False
     up: bool = False
     checked: bool = False  # passed rise checks at least once while at this address
+    errors: int = 0  # the router's error counters (5xx, connection and response errors)
+    total: int = 0  # requests sent to it
 
 
 @dataclass
@@ -75,14 +77,21 @@ class FakeRouter:
     fail_at: tuple[str, int] | None = None  # (step name, nth time): the router refuses it (RouterError)
     configures: int = 0
     persisted: int = 0
+    # Called with the router before every reading of its servers: a test's
+    # traffic (``FakeServer.errors``/``total``) or a server going DOWN.
+    traffic: object = None
+    weights_seen: list[dict] = field(default_factory=list)  # backend weights at every reading
 
     # ------------------------------------------------------------ the adapter's interface
     def servers(self) -> dict[tuple[str, str], rt.ServerState]:
+        if self.traffic is not None:
+            self.traffic(self)
         out = {}
         for (backend, name), s in self.servers_.items():
             admin = (rt.ADMIN_MAINT & 0x01 if s.maint else 0) | (0x08 if s.drain else 0)
             out[(backend, name)] = rt.ServerState(backend, name, s.address, s.port, s.weight, admin, s.up and not s.maint,
-                                                  "L7OK" if s.up else "L7STS")
+                                                  "L7OK" if s.up else "L7STS", total=s.total, errors=s.errors)
+        self.weights_seen.append({k: v.weight for k, v in self.servers_.items()})
         return out
 
     def config_hash(self) -> str | None:
@@ -181,7 +190,8 @@ class FakeRouter:
             live = self.effective(backend)
             if live:
                 self.served.add(backend)
-            elif backend in self.served:
+            elif backend in self.served and not backend.endswith(".qa"):
+                # (a QA backend empties on purpose: its requests then go to the service's backend)
                 self.violations.append(f"{self.host.name}: after {after}, {backend} has no server for a request")
             for name in live:
                 server = self.servers_[(backend, name)]

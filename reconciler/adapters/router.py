@@ -282,7 +282,7 @@ class Router:
             code, out = self._exec(self.access.reload_command, b"", "reload")
             if code != 0:
                 raise RouterError(f"router reload `{self.access.reload_command}`: exit {code}: {out}", host=self.name)
-        wanted = {e.service for e in self.site.exposures} | {core.UNROUTED_BACKEND}
+        wanted = core.backends(self.site)
         if not _poll(lambda: self._worker() != old and self.observe().backends == wanted, deadline):
             raise RouterError(f"router reload: no new worker serving backends {sorted(wanted)} {deadline:.0f}s "
                               f"after `{self.access.reload_command}` (see HAProxy's log)", host=self.name)

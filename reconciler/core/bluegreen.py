@@ -107,7 +107,7 @@ def _cutover(service: Service, host: str, green: str, address: str, view: rt.Rou
             if fallback_blue is not None and fallback_blue.config_hash else ()
     return rt.cutover_steps(host, service.name, green=rt.Server(green, address, exposure.port), others=others,
                             check=exposure.check, up_deadline=service.health.deadline,
-                            drain_deadline=service.expose.drain, ready=not fresh)
+                            drain_deadline=service.expose.drain, ready=not fresh, sticky=exposure.sticky is not None)
 
 
 def _routes(service: Service, host: str, steps: tuple[rt.RouterStep, ...], full: int, container: str,

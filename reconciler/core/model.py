@@ -159,7 +159,38 @@ class Rollout:
     """
 
     batch_size: int = 1
-    strategy: Literal["auto", "start-first", "stop-first", "blue-green"] = "auto"
+    strategy: Literal["auto", "start-first", "stop-first", "blue-green", "canary"] = "auto"
+    # After the last switch, the router's check and error counters for the new
+    # version are watched this long; a failure switches every host back (core.canary).
+    watch: float = 0.0
+    # The abort rule of the watch and of a canary's pauses: the new version's
+    # errors (the router's counters: connection and response errors and 5xx
+    # answers) above ``max_errors`` (a count) or ``max_error_rate`` (a share
+    # of its requests) fail the deploy.  ``rollout.abort.errors`` sets one.
+    max_errors: int | None = None
+    max_error_rate: float | None = 0.01
+    canary: "Canary | None" = None  # strategy canary: the steps, pauses, stickiness, QA routing
+
+
+@dataclass(frozen=True)
+class Canary:
+    """A canary rollout through the hosts' routers (``core.canary``).
+
+    ``steps``: the new version's share of new requests, in percent, strictly
+    increasing and ending at 100 (a first 0 is a step for QA traffic only);
+    after each step but the last the rollout holds ``pause`` seconds and
+    aborts to the old version when the new one's errors break the rollout's
+    abort rule (``Rollout.max_errors``/``max_error_rate``) or the router sees
+    it DOWN.  ``sticky``: a client keeps the version it got (a cookie the
+    router inserts).  ``qa_header``/``qa_cookie``: a request carrying that
+    header or cookie goes to the new version from the first step on.
+    """
+
+    steps: tuple[int, ...] = (10, 50, 100)
+    pause: float = 60.0
+    sticky: bool = True
+    qa_header: str | None = None
+    qa_cookie: str | None = None
 
 
 @dataclass(frozen=True, order=True)
@@ -266,9 +297,9 @@ class Service:
     expose: Expose | None = None  # served through the hosts' router (blue-green)
 
     @property
-    def strategy(self) -> Literal["start-first", "stop-first", "blue-green"]:
-        if self.expose is not None:
-            return "blue-green"  # the schema refuses expose with another strategy
+    def strategy(self) -> Literal["start-first", "stop-first", "blue-green", "canary"]:
+        if self.expose is not None:  # the schema refuses expose with another strategy
+            return "canary" if self.rollout.strategy == "canary" else "blue-green"
         if self.rollout.strategy != "auto":
             return self.rollout.strategy
         return "stop-first" if self.ports else "start-first"

@@ -351,7 +351,7 @@ def plan_deploy(
     revision: str,
 ) -> Plan:
     """The ordered actions that make ``observed`` match ``desired``."""
-    from reconciler.core import bluegreen, router_image  # they build this module's actions
+    from reconciler.core import bluegreen, canary, router_image  # they build this module's actions
 
     env = desired.name
     policy = desired.policy
@@ -418,8 +418,12 @@ def plan_deploy(
             # Blue-green through each host's router (core.bluegreen): the
             # interrupted run's work is read from the router, like containers.
             deploys += bluegreen.settle(desired, service, by_pair, observed, to_deploy)
-            for index, batch in enumerate(batches(tuple(to_deploy), service.rollout.batch_size)):
-                deploys += bluegreen.deploy_batch(desired, service, batch, index, by_pair, observed)
+            if service.strategy == "canary" and to_deploy:  # every host at once, step by step (core.canary)
+                deploys += canary.deploy(desired, service, tuple(to_deploy), by_pair, observed)
+            else:
+                for index, batch in enumerate(batches(tuple(to_deploy), service.rollout.batch_size)):
+                    deploys += bluegreen.deploy_batch(desired, service, batch, index, by_pair, observed)
+            deploys += canary.watches(service, to_deploy)  # rollout.watch after the last switch
             continue
         for index, batch in enumerate(batches(tuple(to_deploy), service.rollout.batch_size)):
             beside = service.strategy == "start-first"

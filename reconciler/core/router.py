@@ -48,6 +48,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$")
 _HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
 _PATH_RE = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*$")
 _QUOTABLE_RE = re.compile(r'^[^"\\\n\r#]*$')
+TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # a header or cookie name the config can hold unquoted
 
 
 # ---------------------------------------------------------------- desired
@@ -103,6 +104,16 @@ class Exposure:
     hostnames: tuple[str, ...] = ()  # any of these Host headers; none: any host
     path: str | None = None  # this path and everything below it; None: any path
     check: RouterCheck = RouterCheck()
+    # A canary (core.canary): the cookie that keeps a client on the version it
+    # got, and the header/cookie that sends QA requests to the candidate's backend.
+    sticky: str | None = None
+    qa_header: str | None = None
+    qa_cookie: str | None = None
+
+    @property
+    def qa_backend(self) -> str | None:
+        """The backend holding only the candidate, for QA requests; None without QA routing."""
+        return qa_backend(self.service) if self.qa_header or self.qa_cookie else None
 
     def server(self, release: str, address: str) -> "Server":
         """The server a container of ``release`` (its config hash) at ``address`` is, weight 0."""
@@ -134,6 +145,17 @@ class Server:
     state: Literal["ready", "drain", "maint"] = "ready"
 
 
+def qa_backend(service: str) -> str:
+    """The QA backend of a service (a name no service can have: service names hold no dot)."""
+    return f"{service}.qa"
+
+
+def backends(site: "Site") -> set[str]:
+    """Every backend the rendered config of ``site`` has."""
+    return ({e.service for e in site.exposures} | {e.qa_backend for e in site.exposures if e.qa_backend}
+            | {UNROUTED_BACKEND})
+
+
 def server_name(service: str, release: str) -> str:
     """A server's name: per release (config hash), because HAProxy cannot rename one."""
     return f"{service}-{release[:12]}"
@@ -163,6 +185,9 @@ def problems(site: Site) -> tuple[str, ...]:
             found.append(f"service {e.service}: health body text cannot hold quotes, backslashes or #")
         if e.check.kind == "http" and not _PATH_RE.match(e.check.path):
             found.append(f"service {e.service}: health path {e.check.path!r} is not a plain path")
+        for what, token in (("sticky cookie", e.sticky), ("QA header", e.qa_header), ("QA cookie", e.qa_cookie)):
+            if token is not None and not TOKEN_RE.match(token):
+                found.append(f"service {e.service}: {what} {token!r} must be letters, digits, '-' or '_'")
         seen[e.service] = seen.get(e.service, 0) + 1
     found += [f"service {name}: exposed twice on one host" for name, n in seen.items() if n > 1]
     for i, a in enumerate(site.exposures):
@@ -256,6 +281,14 @@ def render_config(site: Site, servers: Mapping[str, Sequence[Server]], *, _with_
             lines.append(f"    acl path_{e.service} path {path}")
             lines.append(f"    acl path_{e.service} path_beg {path}/")
             conditions.append(f"path_{e.service}")
+        if e.qa_backend:  # QA requests to the candidate, while the QA backend has one UP
+            qa = f"qa_{e.service}"
+            if e.qa_header:
+                lines.append(f"    acl {qa} req.hdr({e.qa_header}) -m found")
+            if e.qa_cookie:
+                lines.append(f"    acl {qa} req.cook({e.qa_cookie}) -m found")
+            lines.append(f"    use_backend {e.qa_backend} if {' '.join([*conditions, qa])} "
+                         f"{{ nbsrv({e.qa_backend}) gt 0 }}")
         if conditions:
             lines.append(f"    use_backend {e.service} if {' '.join(conditions)}")
         else:
@@ -263,13 +296,19 @@ def render_config(site: Site, servers: Mapping[str, Sequence[Server]], *, _with_
     lines.append(f"    default_backend {default or UNROUTED_BACKEND}")
     lines += ["", f"backend {UNROUTED_BACKEND}",
               '    http-request return status 404 content-type text/plain string "no service for this host and path"']
-    for e in sorted(site.exposures, key=lambda x: x.service):
-        lines += ["", f"backend {e.service}", "    balance roundrobin", f"    timeout check {_duration(e.check.timeout)}"]
+    named = [(e.service, e) for e in site.exposures] + [(e.qa_backend, e) for e in site.exposures if e.qa_backend]
+    for name, e in sorted(named, key=lambda x: x[0]):
+        lines += ["", f"backend {name}", "    balance roundrobin", f"    timeout check {_duration(e.check.timeout)}"]
+        if e.sticky and name == e.service:
+            # Runtime-added servers take no ``cookie`` value (HAProxy 2.6); a
+            # dynamic cookie (from the server's address) works for them.
+            lines += [f"    cookie {e.sticky} insert indirect nocache dynamic",
+                      f"    dynamic-cookie-key reconciler-{e.service}"]
         if e.check.kind == "http":
             lines += [f"    option httpchk GET {e.check.path}", f"    http-check expect status {e.check.expected_status}"]
             if e.check.body_contains is not None:
                 lines.append(f'    http-check expect string "{e.check.body_contains}"')
-        for server in sorted(servers.get(e.service, ()), key=lambda x: x.name):
+        for server in sorted(servers.get(name, ()), key=lambda x: x.name):
             weight = 0 if server.state == "drain" else server.weight
             disabled = " disabled" if server.state == "maint" else ""
             lines.append(f"    server {server.name} {server.address}:{server.port} "
@@ -367,7 +406,12 @@ def exposure_of(service: Service) -> Exposure:
     expose = service.expose
     if expose is None:
         raise ValueError(f"service {service.name} is not exposed")
-    return Exposure(service.name, expose.port, expose.hostnames, expose.path, router_check(service.health))
+    canary = service.rollout.canary if service.rollout.strategy == "canary" else None
+    if canary is None:
+        return Exposure(service.name, expose.port, expose.hostnames, expose.path, router_check(service.health))
+    return Exposure(service.name, expose.port, expose.hostnames, expose.path, router_check(service.health),
+                    sticky=f"rcl-{service.name}" if canary.sticky else None,
+                    qa_header=canary.qa_header, qa_cookie=canary.qa_cookie)
 
 
 def site_for(environment: Environment, host: str) -> Site | None:
@@ -409,6 +453,7 @@ class AddServer(RouterStep):
     address: str = ""
     port: int = 0
     check: RouterCheck = RouterCheck()
+    sticky: bool = False  # the backend inserts a dynamic cookie: give this server its value
 
 
 @dataclass(frozen=True)
@@ -483,7 +528,8 @@ def rollback_steps(host: str, backend: str, *, retained: Server, current: str, c
 
 
 def cutover_steps(host: str, backend: str, *, green: Server, others: Sequence[str], check: RouterCheck,
-                  up_deadline: float, drain_deadline: float, ready: bool = True) -> tuple[RouterStep, ...]:
+                  up_deadline: float, drain_deadline: float, ready: bool = True,
+                  sticky: bool = False) -> tuple[RouterStep, ...]:
     """Every new request of ``backend`` to ``green`` once the router sees it UP; each of ``others`` drained and taken out.
 
     ``switch_steps`` for a backend that may hold more than one old server
@@ -495,7 +541,7 @@ def cutover_steps(host: str, backend: str, *, green: Server, others: Sequence[st
     """
     others = tuple(o for o in others if o != green.name)
     steps: list[RouterStep] = [
-        AddServer(host, backend, green.name, green.address, green.port, check),
+        AddServer(host, backend, green.name, green.address, green.port, check, sticky=sticky),
         WaitUp(host, backend, green.name, up_deadline),
         *((Ready(host, backend, green.name),) if ready else ()),
         SetWeights(host, backend, ((green.name, FULL_WEIGHT), *((o, 0) for o in others))),
@@ -538,14 +584,16 @@ def commands(step: RouterStep, exists: bool = False) -> tuple[Command, ...]:
     if isinstance(step, AddServer):
         # Ready and forced down in one line: UP then takes ``rise`` passes.
         rearm = Command(f"set server {ref} weight 0; set server {ref} state ready; set server {ref} health down")
+        # A dynamic cookie is computed from the address: (re)computed once it is set.
+        cookie = (Command(f"enable dynamic-cookie backend {step.backend}"),) if step.sticky else ()
         if exists:
             return (Command(f"set server {ref} state maint"),
                     Command(f"set server {ref} addr {step.address} port {step.port}",
                             ok=("IP changed from", "no need to change the addr", "port changed from")),
-                    Command(f"enable health {ref}"), rearm)
+                    *cookie, Command(f"enable health {ref}"), rearm)
         return (Command(f"add server {ref} {step.address}:{step.port} {server_options(step.check, 0)}",
                         ok=("New server registered.",)),
-                Command(f"enable health {ref}"), rearm)
+                *cookie, Command(f"enable health {ref}"), rearm)
     if isinstance(step, SetWeights):
         ordered = sorted(step.weights, key=lambda w: -w[1])
         return (Command("; ".join(f"set server {step.backend}/{name} weight {w}" for name, w in ordered)),)

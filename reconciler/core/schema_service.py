@@ -18,6 +18,7 @@ from reconciler.core.schema_values import (
     parse_volumes,
     resolve_hosts,
 )
+from reconciler.core import schema_canary
 from reconciler.core.schema_router import parse_expose
 from reconciler.core.schema_yaml import Node, Problems
 
@@ -138,23 +139,25 @@ def _resources(node: Node, problems: Problems, what: str) -> model.Resources:
 
 
 def _rollout(node: Node, problems: Problems, what: str, exposed: bool = False) -> model.Rollout:
-    fields = mapping(node, ("batch_size", "strategy"), problems, what)
+    fields = mapping(node, ("batch_size", "strategy", *schema_canary.KEYS), problems, what)
     if fields is BAD:
         return BAD
     values = {
         "batch_size": integer(fields["batch_size"], problems, f"{what}.batch_size", 1) if "batch_size" in fields else 1,
-        "strategy": choice(fields["strategy"], problems, f"{what}.strategy", ("auto", "start-first", "stop-first", "blue-green"))
+        "strategy": choice(fields["strategy"], problems, f"{what}.strategy",
+                           ("auto", "start-first", "stop-first", "blue-green", "canary"))
         if "strategy" in fields
         else "auto",
     }
     strategy = values["strategy"]
     if exposed and strategy in ("start-first", "stop-first"):
         problems.at(fields["strategy"], f"{what}.strategy: an exposed service is switched blue-green by its router; "
-                                        f"use blue-green or auto, or remove 'expose'")
+                                        f"use blue-green, canary or auto, or remove 'expose'")
         values["strategy"] = BAD
-    elif not exposed and strategy == "blue-green":
-        problems.at(fields["strategy"], f"{what}.strategy: blue-green needs 'expose' (how the router reaches the service)")
+    elif not exposed and strategy in ("blue-green", "canary"):
+        problems.at(fields["strategy"], f"{what}.strategy: {strategy} needs 'expose' (how the router reaches the service)")
         values["strategy"] = BAD
+    values.update(schema_canary.parse(fields, problems, what, strategy=values["strategy"], exposed=exposed))
     return BAD if BAD in values.values() else model.Rollout(**values)
 
 

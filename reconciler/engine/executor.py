@@ -41,6 +41,8 @@ from reconciler.errors import DeployFailed, HostUnreachable, ReconcilerError, Ro
 from reconciler.core.health import CheckResult, Verdict, judge, next_check_at
 from reconciler.core.model import ContainerSpec, Environment, HealthCheck, ImageRef, ObservedContainer, ObservedHost, Service
 from reconciler.engine.routed import RoutedSteps, RouterDriver
+from reconciler.engine.watching import WatchedSteps
+from reconciler.core.canary import Observe, Watch
 from reconciler.core.plan import (DATABASE_STEPS, Action, Adopt, Aside, CheckHealth, Heal, Plan, Prune, Pull, Remove, Restore,
                                   Resume, Retire, Revive, Route, Start, Switch)
 
@@ -106,7 +108,7 @@ class Outcome:
     finished: float = 0.0
 
 
-class Executor(RoutedSteps):
+class Executor(RoutedSteps, WatchedSteps):
     def __init__(
         self,
         desired: Environment,
@@ -323,6 +325,8 @@ class Executor(RoutedSteps):
                 router_container.remove(driver, action)
         elif isinstance(action, Route):
             self._route(driver, action)
+        elif isinstance(action, (Observe, Watch)):  # before CheckHealth: they are ones (core.canary)
+            self._observe(action)
         elif isinstance(action, Adopt):
             container = self._named(action.host, action.container)
             self._set(self._track(action.host, action.service), new=container.id)

@@ -41,7 +41,12 @@ def plan_for(run: RunState) -> Plan:
     if run.operation == "deploy":
         interrupted = run.interrupted if run.carried else None
         run.seeds = recovery.carried_seeds(interrupted, observed)
-        return recovery.with_resumes(plan_deploy(env, observed, run.commit), env, observed, interrupted)
+        plan = recovery.with_resumes(plan_deploy(env, observed, run.commit), env, observed, interrupted)
+        if interrupted is not None:  # a watch the dead run began continues for what is left of it
+            from reconciler.core.canary import resumed_watches
+
+            plan = resumed_watches(plan, env, observed, interrupted.records)
+        return plan
     if run.operation == "rollback":
         plan = plan_rollback(env, observed, run.request.to_revision)
         missing = [f for f in plan.findings if f.kind == "no-rollback-target"]

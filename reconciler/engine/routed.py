@@ -87,7 +87,7 @@ class RoutedSteps:
             green = exposure.server(seen.config_hash or seen.id, driver.address(target))
             others = [s for (b, s) in router.servers() if b == name and s != green.name]
             steps = rt.cutover_steps(host, name, green=green, others=others, check=exposure.check,
-                                     up_deadline=deadline, drain_deadline=drain)
+                                     up_deadline=deadline, drain_deadline=drain, sticky=exposure.sticky is not None)
         elif touched.new is not None:
             # Nothing to go back to (a first deploy): this run's server out, like its container.
             new = driver.inspect(touched.new)
@@ -96,6 +96,11 @@ class RoutedSteps:
                      rt.DelServer(host, name, out))
         else:
             steps = ()
+        if exposure.qa_backend:  # QA requests stop going to this run's release first (core.canary)
+            qa = exposure.qa_backend
+            out = [step for server in sorted(srv for (b, srv) in router.servers() if b == qa)
+                   for step in (rt.Maint(host, qa, server), rt.DelServer(host, qa, server))]
+            steps = (*out, *steps)
         left = rt.resume(steps, router.servers())
         for step in left:
             outcome = router.apply(step, persist=isinstance(step, rt.Drain))

@@ -1,0 +1,59 @@
+"""The executor's canary pauses and watches after the switch (``core.canary``).
+
+A mix-in of ``executor.Executor`` (which gives ``routers``, ``clock``,
+``sleep``, ``wall`` and ``report``): an ``Observe`` holds a canary step, a
+``Watch`` the window after the last switch.  Both read the host's router
+every check interval: the new version's server must stay UP (the router
+runs the service's check) and its errors since the step began (the
+router's counters, summed over its backend and the QA backend) must stay
+within the rollout's abort rule.  A failure is a ``DeployFailed``: the
+executor then switches every touched host back to the retained blue, and
+the run is recorded as rolled back.
+
+A watch reports when its window began (the ``watch`` event, kept in the
+journal), so a run that dies mid-watch is continued for what is left of it.
+"""
+
+from __future__ import annotations
+
+from reconciler.core import canary
+from reconciler.core import router as rt
+from reconciler.errors import DeployFailed
+
+MAX_INTERVAL = 1.0  # seconds between two readings of the router, at most
+
+
+class WatchedSteps:
+    def _observe(self, action: canary.Observe | canary.Watch) -> None:
+        router = self.routers[action.host]
+        service = self.desired.service(action.service)
+        exposure = rt.exposure_of(service)
+        backends = [b for b in (exposure.service, exposure.qa_backend) if b]
+        if isinstance(action, canary.Watch):
+            since = action.since or self.wall()
+            left = since + action.seconds - self.wall()
+            self.report("watch", host=action.host, service=action.service, since=since, until=since + action.seconds)
+            what = f"watch after the switch ({action.seconds:g}s)"
+        else:
+            left = action.seconds
+            what = f"canary at {action.weight}%"
+        interval = max(0.1, min(MAX_INTERVAL, exposure.check.interval))
+        base = canary.counts(router.servers(), backends, action.server)
+        started = self.clock()
+        while True:
+            servers = router.servers()
+            state = servers.get((service.name, action.server))
+            if state is None or not state.up:
+                seen = "not in the router" if state is None else f"DOWN ({state.check})"
+                raise DeployFailed(f"{what}: the router sees {action.server} {seen}", host=action.host)
+            errors, requests = canary.counts(servers, backends, action.server)
+            why = canary.broken(action.max_errors, action.max_error_rate, errors - base[0], requests - base[1])
+            if why is not None:
+                failure = DeployFailed(f"{what}: {action.server}: {why}", host=action.host)
+                failure.evidence = [f"router: {action.server} {state.check}; errors {errors - base[0]}, "
+                                    f"requests {requests - base[1]} since the step began"]
+                raise failure
+            remaining = left - (self.clock() - started)
+            if remaining <= 0:
+                return
+            self.sleep(min(interval, remaining))
