@@ -80,7 +80,7 @@ def service_document(service) -> dict:
     if service.labels:
         doc["labels"] = dict(service.labels)
     doc["health"] = _health(service.health)
-    doc["rollout"] = _fields(service.rollout)
+    doc["rollout"] = _rollout(service.rollout)
     if service.depends_on:
         doc["depends_on"] = list(service.depends_on)
     if service.secrets:
@@ -98,6 +98,23 @@ def service_document(service) -> dict:
         e = service.expose
         doc["expose"] = {**({"hosts": list(e.hostnames)} if e.hostnames else {}),
                          **({"path": e.path} if e.path is not None else {}), "port": e.port, "drain": e.drain}
+    return doc
+
+
+def _rollout(rollout) -> dict:
+    """The rollout keys a user writes; canary and watch keys only where they apply."""
+    doc: dict = {"batch_size": rollout.batch_size, "strategy": rollout.strategy}
+    canary = rollout.canary if rollout.strategy == "canary" else None
+    if canary is not None:
+        doc.update(steps=list(canary.steps), pause=canary.pause, sticky=canary.sticky)
+        qa = {k: v for k, v in (("header", canary.qa_header), ("cookie", canary.qa_cookie)) if v}
+        if qa:
+            doc["qa"] = qa
+    if rollout.watch > 0:
+        doc["watch"] = rollout.watch
+    if canary is not None or rollout.watch > 0:
+        errors = rollout.max_errors if rollout.max_errors is not None else f"{(rollout.max_error_rate or 0) * 100:g}%"
+        doc["abort"] = {"errors": errors}
     return doc
 
 
