@@ -107,7 +107,7 @@ def _commit_plain(repo, services: str, message: str) -> None:
 
 
 def _load(sb, port: int = 80):
-    from tests.bgfleet import Load
+    from tests.loadgen import Load
 
     return Load({h.name: h.address for h in sb.hosts}, HOSTNAME, rate=RATE, max_requests=2000, max_seconds=120.0,
                 port=port)

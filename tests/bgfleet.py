@@ -1,19 +1,13 @@
-"""Shared by the blue-green fleet test and bench/router.py: the sandbox's routers
-as an environment's ``router:`` block, a bounded load generator through them,
-and a watcher of the agent's journal.
-
-The load only goes to the sandbox hosts' addresses, on each host's router
-port (80), a fresh connection per request, a fixed number of requests at a
-fixed rate per host and never longer than a fixed time.
+"""Shared by the blue-green and canary fleet tests and bench/router.py: the
+sandbox's routers as an environment's ``router:`` block, and a watcher of the
+agent's journal.  The bounded load generator is ``tests.loadgen``'s.
 """
 
 from __future__ import annotations
 
-import http.client
 import textwrap
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pygit2
@@ -21,6 +15,7 @@ import pygit2
 from reconciler.adapters.journal import Journal
 from reconciler.core import router as rt
 from reconciler.core.model import Host, RouterConfig
+from tests.loadgen import Answer, Load, fetch, one_request  # noqa: F401  (the load generator, shared)
 
 _SIG = pygit2.Signature("test author", "author@reconciler.invalid")
 
@@ -46,11 +41,12 @@ def router_block(sandbox) -> str:
             f'  log: {config.log}\n')
 
 
-def write_environment(path: Path, env: str, sandbox, services_yaml: str, *, message: str) -> str:
-    """environment.yaml with the sandbox's hosts, its routers and these services; committed."""
+def write_environment(path: Path, env: str, sandbox, services_yaml: str, *, message: str,
+                      router: str | None = None) -> str:
+    """environment.yaml with the sandbox's hosts, its routers (or ``router``, a block) and these services; committed."""
     hosts = "\n".join(f"  {h.name}: {{address: {h.address}, port: {h.port}, user: {h.user}}}" for h in sandbox.hosts)
     (path / "environments" / env / "environment.yaml").write_text(
-        f"hosts:\n{hosts}\n{router_block(sandbox)}services:\n"
+        f"hosts:\n{hosts}\n{router or router_block(sandbox)}services:\n"
         + textwrap.indent(textwrap.dedent(services_yaml).strip(), "  ") + "\n")
     repo = pygit2.Repository(str(path))
     repo.index.add_all()
@@ -70,69 +66,6 @@ def exposed_web(image: str, hostname: str, *, deadline: str = "20s") -> str:
       rollout: {{batch_size: 1}}
       stop_timeout: 2s
     """
-
-
-@dataclass
-class Answer:
-    host: str
-    started: float  # time.time(): comparable with the journal's records
-    ended: float
-    status: int | None
-    body: str
-
-
-def one_request(address: str, hostname: str, port: int = 80) -> tuple[int | None, str]:
-    conn = http.client.HTTPConnection(address, port, timeout=10)
-    try:
-        conn.request("GET", "/", headers={"Host": hostname})
-        response = conn.getresponse()
-        return response.status, response.read().decode("utf-8", "replace").strip()
-    except OSError as exc:
-        return None, f"{type(exc).__name__}: {exc}"
-    finally:
-        conn.close()
-
-
-@dataclass
-class Load:
-    """One thread per host, ``rate`` fresh connections a second, until stopped or bounded out."""
-
-    addresses: dict[str, str]
-    hostname: str
-    rate: float = 10.0
-    port: int = 80  # each host's router; another port reaches a published container directly
-    max_requests: int = 2000  # per host: bounded in count...
-    max_seconds: float = 200.0  # ...and in time
-    answers: list[Answer] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _threads: list[threading.Thread] = field(default_factory=list)
-
-    def _run(self, host: str, address: str) -> None:
-        start = time.monotonic()
-        for i in range(self.max_requests):
-            due = start + i / self.rate
-            if self._stop.is_set() or due - start > self.max_seconds:
-                return
-            time.sleep(max(0.0, due - time.monotonic()))
-            began = time.time()
-            status, body = one_request(address, self.hostname, self.port)
-            self.answers.append(Answer(host, began, time.time(), status, body))
-
-    def __enter__(self) -> "Load":
-        self._threads = [threading.Thread(target=self._run, args=item, daemon=True) for item in self.addresses.items()]
-        for t in self._threads:
-            t.start()
-        time.sleep(2.0)  # a stretch of requests before anything changes
-        return self
-
-    def __exit__(self, *exc) -> None:
-        time.sleep(2.0)  # and after
-        self._stop.set()
-        for t in self._threads:
-            t.join(timeout=30)
-
-    def failures(self) -> list[Answer]:
-        return [a for a in self.answers if a.status != 200]
 
 
 class JournalWatcher(threading.Thread):

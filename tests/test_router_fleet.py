@@ -12,9 +12,7 @@ over each host's pinned SSH connection.  Every request must be answered
 
 from __future__ import annotations
 
-import http.client
 import subprocess
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,6 +25,7 @@ from reconciler.adapters.ssh import connect
 from reconciler.core import router as cr
 from reconciler.core.model import ImageRef
 from reconciler.sandbox import haproxy, layout
+from tests.loadgen import Load, one_request
 
 PREFIX = "rtfleet-web-"  # every container this module creates, removed at the end
 BACKEND = "rtfleet-web"
@@ -107,62 +106,8 @@ def test_the_observing_answer_is_read_into_server_states():
     assert state_text.startswith("1\n# be_id be_name") and state_text.count("\n") == 4
 
 
-@dataclass
-class Answer:
-    host: str
-    started: float
-    ended: float
-    status: int | None
-    body: str
-
-
-def _one_request(address: str, host_header: str) -> tuple[int | None, str]:
-    conn = http.client.HTTPConnection(address, 80, timeout=10)
-    try:
-        conn.request("GET", "/", headers={"Host": host_header})
-        response = conn.getresponse()
-        return response.status, response.read().decode("utf-8", "replace").strip()
-    except OSError as exc:
-        return None, f"{type(exc).__name__}: {exc}"
-    finally:
-        conn.close()
-
-
-@dataclass
-class Load:
-    """One thread per host, ``RATE`` fresh connections a second, until stopped or bounded out."""
-
-    addresses: dict[str, str]
-    answers: list[Answer] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _threads: list[threading.Thread] = field(default_factory=list)
-
-    def _run(self, host: str, address: str) -> None:
-        start = time.monotonic()
-        for i in range(MAX_REQUESTS):
-            due = start + i / RATE
-            if self._stop.is_set() or due - start > MAX_SECONDS:
-                return
-            time.sleep(max(0.0, due - time.monotonic()))
-            began = time.monotonic()
-            status, body = _one_request(address, HOSTNAME)
-            self.answers.append(Answer(host, began, time.monotonic(), status, body))
-
-    def __enter__(self) -> "Load":
-        self._threads = [threading.Thread(target=self._run, args=item, daemon=True) for item in self.addresses.items()]
-        for t in self._threads:
-            t.start()
-        time.sleep(2.0)  # a phase of requests before anything changes
-        return self
-
-    def __exit__(self, *exc) -> None:
-        time.sleep(2.0)  # and after
-        self._stop.set()
-        for t in self._threads:
-            t.join(timeout=30)
-
-    def failures(self) -> list[Answer]:
-        return [a for a in self.answers if a.status != 200]
+def _load(addresses: dict[str, str]) -> Load:
+    return Load(addresses, HOSTNAME, rate=RATE, max_requests=MAX_REQUESTS, max_seconds=MAX_SECONDS)
 
 
 @dataclass
@@ -216,11 +161,11 @@ class Stage:
         """Apply ``steps`` in order; returns each wait's outcome and records the switch's time window."""
         outcomes = {}
         for step in steps:
-            before = time.monotonic()
+            before = time.time()  # the load generator's clock
             switch = isinstance(step, cr.SetWeights)
             outcomes[step.step] = hs.router.apply(step, persist=not switch)
             if switch:  # the window is the command's alone; the files are written after
-                hs.windows["switch"] = (before, time.monotonic())
+                hs.windows["switch"] = (before, time.time())
                 hs.router.persist()
         return outcomes
 
@@ -289,7 +234,7 @@ def test_switch_blue_to_green_under_load_loses_no_request(stage):
         return stage.run(hs, cr.switch_steps(hs.name, BACKEND, green=greens[hs.name], blue=cr.server_name(BACKEND, "v1"),
                                              check=CHECK, up_deadline=UP_DEADLINE, drain_deadline=DRAIN_DEADLINE))
 
-    with Load(addresses) as load:
+    with _load(addresses) as load:
         outcomes = stage.each(switch)
     for name, outcome in outcomes.items():
         assert outcome["WaitUp"].state == "healthy", (name, outcome["WaitUp"])
@@ -304,7 +249,7 @@ def test_switch_blue_to_green_under_load_loses_no_request(stage):
         text = hs.layout.haproxy_config.read_text()
         assert f"server {BACKEND}-v2 {greens[name].address}:8080 " in text and f"{BACKEND}-v1" not in text
     # Only the declared host name reaches the service.
-    assert _one_request(addresses["h1"], "other.rtfleet.test")[0] == 404
+    assert one_request(addresses["h1"], "other.rtfleet.test")[0] == 404
 
 
 @pytest.mark.fleet
@@ -323,7 +268,7 @@ def test_green_that_never_turns_healthy_never_gets_a_request(stage):
         stage.run(hs, cr.abandon_steps(hs.name, BACKEND, bad[hs.name].name))
         return verdict, seen
 
-    with Load(addresses) as load:
+    with _load(addresses) as load:
         results = stage.each(attempt)
     for name, (verdict, seen) in results.items():
         assert verdict.state == "unhealthy" and "never saw" in verdict.reason, (name, verdict)
@@ -356,7 +301,7 @@ def test_rollback_switches_back_to_the_retained_blue_and_resumes_after_a_lost_co
         assert [s.step for s in left] == ["Drain", "WaitDrained", "Maint", "DelServer"], hs.name
         stage.run(hs, left)
 
-    with Load(addresses) as load:
+    with _load(addresses) as load:
         stage.each(roll_back)
     _expect_switch(load, stage, "v2", "v1")
     for name, hs in stage.hosts.items():
@@ -374,4 +319,4 @@ def test_a_restart_of_haproxy_restores_the_live_routing(stage):
     assert after == before
     # The server-state file restores its check state too: no wait for ``rise`` checks.
     assert hs.router.servers()[(BACKEND, f"{BACKEND}-v1")].up
-    assert _one_request(stage.fleet.host("h1").address, HOSTNAME) == (200, "demo-web v1")
+    assert one_request(stage.fleet.host("h1").address, HOSTNAME) == (200, "demo-web v1")

@@ -1,0 +1,306 @@
+"""Canary rollouts and the watch after the switch, on the real fleet, driven as a user drives them.
+
+The agent (`reconciler run`) runs as its own process on a bare repository
+with the hooks installed; every change is a real `git push`.  Each sandbox
+host gets a private HAProxy of this module's (``tests.ownrouter``: the
+shared one on port 80 belongs to every helper's tests), reached by the
+product over the host's SSH connection like any router.  While each push
+is deployed, bounded load generators (``tests.loadgen``; only the hosts'
+addresses) send public requests, sticky clients (a browser's cookie jar,
+a new session every few requests) and QA requests (header ``X-Canary``).
+The moments of each step come from the agent's journal.
+
+(a) a canary v1 -> v2 to 100 %: 0 failed requests, 0 answered by an
+unhealthy container, every answer by a version expected at its moment; the
+green share per step follows the weights; a sticky session stays on one
+version; QA requests reach green from the first step while public traffic
+does not before its weight is raised.
+(b) a canary of a release that fails 30 % of its requests (the router's own
+error counters): aborted at its first public step, every host back on blue
+with 0 failed requests after the switch back, recorded rolled-back in git
+and reverted.
+(c) the watch after the switch: a release whose check fails 20 s after it
+starts is switched back on every host by the watch, and recorded so.
+(d) the agent killed with SIGKILL mid-watch: the restarted agent watches
+what is left of the window (from its recorded start), then records the deploy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pygit2
+import pytest
+
+from reconciler.adapters import gitlog
+from reconciler.cli.main import main
+from reconciler.sandbox import error_image
+from tests import ownrouter
+from tests.bgfleet import JournalWatcher, write_environment
+from tests.envrepo import remove_containers
+from tests.loadgen import Load, one_request
+from tests.pushing import git, wait_for
+
+pytestmark = [pytest.mark.fleet, pytest.mark.slow]
+
+ENV = "canary"  # every container this module creates is canary-*
+HOSTNAME = "web.canary.test"
+PORT, ADMIN_PORT = 18480, 19480  # this module's routers: frontend and Runtime API on every host
+PAUSE = 8  # seconds per canary step
+RATE = 20.0
+
+
+def service(image: str, *, rollout: str, env: str = "") -> str:
+    return f"""
+    web:
+      image: {image}
+      hosts: all
+      expose: {{hosts: [{HOSTNAME}], port: 8080, drain: 5s}}
+      health: {{type: http, path: /health, interval: 500ms, successes: 2, deadline: 30s}}
+      rollout: {rollout}
+      stop_timeout: 2s
+    {env}"""
+
+
+CANARY = (f"{{strategy: canary, steps: [0, 10, 50, 100], pause: {PAUSE}s, abort: {{errors: 1%}}, "
+          "qa: {header: X-Canary}}")
+
+
+class World:
+    def __init__(self, fleet, root: Path, routers: ownrouter.OwnRouters) -> None:
+        self.fleet, self.routers = fleet, routers
+        self.work, self.bare, self.state, self.log = root / "work", root / "env.git", root / "state", root / "agent.log"
+        env_dir = self.work / "environments" / ENV
+        env_dir.mkdir(parents=True)
+        (env_dir / "known_hosts").write_text(Path(fleet.known_hosts_file).read_text())
+        pygit2.init_repository(str(self.work), initial_head="main")
+        git(root, "init", "-q", "--bare", "-b", "main", str(self.bare))
+        assert main(["install-hooks", str(self.bare)]) == 0
+        self.proc: subprocess.Popen | None = None
+        self.addresses = {h.name: h.address for h in fleet.hosts}
+
+    def push(self, services: str, message: str) -> str:
+        if git(self.work, "fetch", "-q", str(self.bare), "main", check=False).returncode == 0:
+            git(self.work, "reset", "-q", "--hard", "FETCH_HEAD")  # the agent commits too (reverts)
+        commit = write_environment(self.work, ENV, self.fleet, services, message=message, router=self.routers.block())
+        git(self.work, "push", "-q", str(self.bare), "HEAD:main")
+        return commit
+
+    def start_agent(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "reconciler", "run", "--repo", str(self.bare), "--env", ENV, "--identity",
+             self.fleet.identity_file, "--state", str(self.state), "--log-format", "json"],
+            stdout=self.log.open("a"), stderr=subprocess.STDOUT)
+
+    def kill_agent(self) -> None:
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(30)
+        self.proc = None
+
+    def stop_agent(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(60)
+            self.proc = None
+
+    def attempts(self, commit: str):
+        return gitlog.attempts(pygit2.Repository(str(self.bare)), commit, ENV)
+
+    def results(self, commit: str) -> list[str]:
+        return [a.result for a in self.attempts(commit)]
+
+    def head(self) -> str:
+        return gitlog.branch_head(pygit2.Repository(str(self.bare)), "refs/heads/main")
+
+    def answers(self) -> dict:
+        return {name: one_request(address, HOSTNAME, PORT) for name, address in self.addresses.items()}
+
+    def serving(self, version: str) -> bool:
+        return self.answers() == {name: (200, f"demo-web {version}") for name in self.addresses}
+
+    def load(self, **kw) -> Load:
+        return Load(self.addresses, HOSTNAME, port=PORT, **{"rate": RATE, "max_requests": 3000, "max_seconds": 150.0, **kw})
+
+    def agent_log(self) -> str:
+        return self.log.read_text()[-4000:] if self.log.exists() else ""
+
+
+@pytest.fixture(scope="module")
+def world(fleet, tmp_path_factory):
+    root = tmp_path_factory.mktemp("canary")
+    remove_containers(fleet, f"{ENV}-")
+    routers = ownrouter.start(fleet, root / "routers", PORT, ADMIN_PORT)
+    w = World(fleet, root, routers)
+    try:
+        first = w.push(service(fleet.images["v1"], rollout=CANARY), "web v1, canary rollouts")
+        w.start_agent()
+        assert wait_for(lambda: "deployed" in w.results(first), timeout=240), w.agent_log()
+        assert wait_for(lambda: w.serving("v1")), w.answers()
+        yield w
+    finally:
+        w.stop_agent()
+        remove_containers(fleet, f"{ENV}-")
+        ownrouter.stop(routers)
+
+
+def _done(watcher: JournalWatcher, step: str, host: str, reason: str) -> float:
+    times = [r["at"] for r in watcher.seen("done", step, host) if r.get("reason", "").startswith(reason)]
+    assert times, f"{host}: no {step} '{reason}...' in the journal"
+    return times[-1]
+
+
+def _begun(watcher: JournalWatcher, step: str, host: str, reason: str) -> float:
+    times = [r["at"] for r in watcher.seen("begin", step, host) if r.get("reason", "").startswith(reason)]
+    assert times, f"{host}: no {step} '{reason}...' begun in the journal"
+    return times[-1]
+
+
+def test_a_canary_to_100_percent_under_load_follows_the_weights_and_loses_no_request(world):
+    watcher = JournalWatcher(world.state, ENV)
+    watcher.start()
+    public, sticky, qa = world.load(), world.load(rate=5.0, sticky=True, session_requests=15), \
+        world.load(rate=5.0, headers={"X-Canary": "1"})
+    with public, sticky, qa:
+        commit = world.push(service(world.fleet.images["v2"], rollout=CANARY), "web v2 as a canary")
+        assert wait_for(lambda: "deployed" in world.results(commit), timeout=240), world.agent_log()
+    watcher.stop()
+    everything = public.answers + sticky.answers + qa.answers
+    failed = [a for a in everything if a.status != 200]
+    assert failed == [], f"{len(failed)} failed of {len(everything)}: {failed[:3]}"
+    assert {a.body for a in everything} == {"demo-web v1", "demo-web v2"}  # nothing else answered
+    v2 = "demo-web v2"
+    shares = {}
+    for host in world.addresses:
+        mine = [a for a in public.answers if a.host == host]
+        qa_on = _done(watcher, "SetWeights", host, "QA requests")
+        ten = _begun(watcher, "SetWeights", host, "canary: 10%")
+        ten_on, fifty = _done(watcher, "SetWeights", host, "canary: 10%"), _begun(watcher, "SetWeights", host, "canary: 50%")
+        fifty_on, full = _done(watcher, "SetWeights", host, "canary: 50%"), _begun(watcher, "SetWeights", host, "switch")
+        full_on = _done(watcher, "SetWeights", host, "switch")
+        # Before the public weight is raised, no public request reaches green; QA ones all do.
+        assert {a.body for a in mine if a.ended < ten} == {"demo-web v1"}, host
+        qa_early = [a.body for a in qa.answers if a.host == host and qa_on < a.started and a.ended < ten]
+        assert qa_early and set(qa_early) == {v2}, (host, qa_early)
+        for name, (start, end) in {"10": (ten_on, fifty), "50": (fifty_on, full)}.items():
+            window = [a for a in mine if start < a.started and a.ended < end]
+            shares.setdefault(name, []).extend(a.body == v2 for a in window)
+        assert {a.body for a in mine if a.started > full_on} == {v2}, host
+    ten_share = sum(shares["10"]) / len(shares["10"])
+    fifty_share = sum(shares["50"]) / len(shares["50"])
+    print(f"green share: {ten_share:.2f} of {len(shares['10'])} at 10 %, {fifty_share:.2f} of {len(shares['50'])} at 50 %")
+    assert 0.02 <= ten_share <= 0.25 and 0.35 <= fifty_share <= 0.65, (ten_share, fifty_share)
+    # A sticky session stays on the version it got; one that got green kept it.
+    sessions: dict[tuple[str, int], list] = {}
+    for a in sorted(sticky.answers, key=lambda a: a.started):
+        sessions.setdefault((a.host, a.session), []).append(a)
+    full_at = {host: _begun(watcher, "SetWeights", host, "switch") for host in world.addresses}
+    green_early = [k for k, v in sessions.items() if v[0].body == v2 and v[0].started < full_at[k[0]] and len(v) > 3]
+    assert green_early, "no sticky session got green during the canary"
+    changed = {}
+    for key, answers in sessions.items():
+        bodies = [a.body for a in answers]
+        if bodies[0] == v2:
+            assert set(bodies) == {v2}, (key, bodies)  # a session that got green kept green
+        elif len(set(bodies)) > 1:  # one that got blue moves once, when blue is taken out at 100 %
+            changed[key] = bodies
+            first_v2 = bodies.index(v2)
+            assert set(bodies[first_v2:]) == {v2} and answers[first_v2].ended > full_at[key[0]], (key, bodies)
+    print(f"sticky: {len(sessions)} sessions, {len(green_early)} got green during the canary, "
+          f"{len(changed)} moved from blue when it was taken out")
+
+
+def test_a_canary_with_errors_is_aborted_to_blue_and_reverted(world):
+    assert world.serving("v2")
+    errors = error_image.push(world.fleet.registry, "demo/web")
+    watcher = JournalWatcher(world.state, ENV)
+    watcher.start()
+    with world.load() as load:
+        bad = world.push(service(errors, rollout=CANARY, env="  env: {ERROR_PERCENT: '30'}"),
+                         "web v6 as a canary: fails 30 % of its requests")
+        assert wait_for(lambda: "rolled-back" in world.results(bad), timeout=240), world.agent_log()
+        assert wait_for(lambda: world.head() != bad, timeout=60), "no revert commit"
+    watcher.stop()
+    attempt = world.attempts(bad)[-1]
+    assert "canary at 10%" in attempt.reason and "errors" in attempt.reason, attempt.reason
+    assert f"This reverts commit {bad}" in pygit2.Repository(str(world.bare))[world.head()].message
+    assert {a.body for a in load.answers} <= {"demo-web v2", "demo-web v6", "demo-web v6 failed this one"}
+    for host in world.addresses:
+        back = [r["at"] for r in watcher.records.values() if r.get("host") == host and r.get("event") == "done"
+                and r.get("step") == "SetWeights" and r.get("at", 0) > _begun(watcher, "Observe", host, "hold 10%")]
+        assert back, f"{host}: no switch back in the journal"
+        after = [a for a in load.answers if a.host == host and a.started > min(back)]
+        assert after and {(a.status, a.body) for a in after} == {(200, "demo-web v2")}, (host, after[:3])
+        # Before the public weight, not one public request reached the failing release.
+        assert {a.body for a in load.answers if a.host == host
+                and a.ended < _begun(watcher, "SetWeights", host, "canary: 10%")} == {"demo-web v2"}
+    failed = load.failures()
+    print(f"{len(failed)} of {len(load.answers)} answered 500 by the canary (10 % share) before the abort")
+    assert all(a.body == "demo-web v6 failed this one" for a in failed), failed[:3]
+    assert world.serving("v2")
+
+
+def test_the_watch_after_the_switch_switches_back_a_release_that_fails_later(world):
+    assert world.serving("v2")
+    watcher = JournalWatcher(world.state, ENV)
+    watcher.start()
+    with world.load() as load:
+        bad = world.push(service(world.fleet.images["v4-flaky"], rollout="{batch_size: 3, watch: 90s}",
+                                 env="  env: {FAIL_AFTER: '20'}"), "web v4, its check fails 20 s after it starts")
+        assert wait_for(lambda: "rolled-back" in world.results(bad), timeout=240), world.agent_log()
+        assert wait_for(lambda: world.head() != bad, timeout=60), "no revert commit"
+    watcher.stop()
+    attempt = world.attempts(bad)[-1]
+    assert "watch after the switch" in attempt.reason and "DOWN" in attempt.reason, attempt.reason
+    assert f"This reverts commit {bad}" in pygit2.Repository(str(world.bare))[world.head()].message
+    for host in world.addresses:
+        switched = _done(watcher, "Switch", host, "switched")
+        began = _begun(watcher, "Watch", host, "watch")
+        assert switched <= began, host
+        back = max(r["at"] for r in watcher.seen("done", "SetWeights", host))
+        after = [a for a in load.answers if a.host == host and a.started > back]
+        assert after and {(a.status, a.body) for a in after} == {(200, "demo-web v2")}, (host, after[:3])
+        assert {a.body for a in load.answers if a.host == host and a.started > switched + 1 and a.ended < began + 15} \
+            == {"demo-web v4"}, host  # the watched release served in between
+    failed = load.failures()
+    print(f"watch: {len(failed)} of {len(load.answers)} requests failed between v4 going DOWN and the switch back")
+    assert world.serving("v2")
+
+
+def test_the_agent_killed_mid_watch_watches_what_is_left_of_the_window_after_a_restart(world):
+    assert world.serving("v2")
+    watcher = JournalWatcher(world.state, ENV)
+    watcher.start()
+    window = 40
+    commit = world.push(service(world.fleet.images["v1"], rollout=f"{{batch_size: 3, watch: {window}s}}"),
+                        "web v1 with a watch; the agent dies during it")
+    assert wait_for(lambda: [r for r in watcher.records.values() if r.get("event") == "watch"], timeout=240, every=0.1), \
+        world.agent_log()
+    time.sleep(5)
+    world.kill_agent()
+    killed = time.time()
+    watcher.poll()
+    first = {r["host"]: r["since"] for r in watcher.records.values() if r.get("event") == "watch"}
+    assert set(first) == set(world.addresses) and "deployed" not in world.results(commit)
+    world.start_agent()
+    assert wait_for(lambda: "deployed" in world.results(commit), timeout=240), world.agent_log()
+    watcher.stop()
+    runs = {}
+    for r in watcher.records.values():
+        if r.get("event") == "watch":
+            runs.setdefault(r["run_id"], []).append(r)
+    assert len(runs) == 2, runs
+    resumed = next(v for v in runs.values() if min(r["at"] for r in v) > killed)
+    assert {r["host"]: r["since"] for r in resumed} == first  # the window's start, recorded by the dead run
+    done = {r["host"]: r["at"] for r in watcher.records.values() if r.get("event") == "done" and r.get("step") == "Watch"}
+    for host, since in first.items():
+        assert done[host] >= since + window, host  # the whole window was watched, across the two runs
+        assert done[host] < since + window + 30, host  # and not begun again from the start
+    assert world.serving("v1")
+    log = [json.loads(line) for line in world.log.read_text().splitlines() if line.startswith("{")]
+    assert any(entry.get("event") == "recover" for entry in log)
