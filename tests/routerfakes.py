@@ -62,6 +62,7 @@ class FakeServer:
     checked: bool = False  # passed rise checks at least once while at this address
     errors: int = 0  # the router's error counters (5xx, connection and response errors)
     total: int = 0  # requests sent to it
+    backup: bool = False  # requests only while no other server would take them
 
 
 @dataclass
@@ -90,7 +91,8 @@ class FakeRouter:
         for (backend, name), s in self.servers_.items():
             admin = (rt.ADMIN_MAINT & 0x01 if s.maint else 0) | (0x08 if s.drain else 0)
             out[(backend, name)] = rt.ServerState(backend, name, s.address, s.port, s.weight, admin, s.up and not s.maint,
-                                                  "L7OK" if s.up else "L7STS", total=s.total, errors=s.errors)
+                                                  "L7OK" if s.up else "L7STS", total=s.total, errors=s.errors,
+                                                  backup=s.backup)
         self.weights_seen.append({k: v.weight for k, v in self.servers_.items()})
         return out
 
@@ -119,7 +121,7 @@ class FakeRouter:
             self.skeleton = self.site_hash
         elif isinstance(step, rt.AddServer):
             if server is None:
-                self.servers_[key] = FakeServer(step.address, step.port)
+                self.servers_[key] = FakeServer(step.address, step.port, backup=step.backup)
             else:
                 server.address, server.port, server.weight = step.address, step.port, 0
                 server.maint = server.drain = server.up = server.checked = False
@@ -181,8 +183,10 @@ class FakeRouter:
 
     # ------------------------------------------------------------ what a request would see
     def effective(self, backend: str) -> list[str]:
-        return sorted(name for (b, name), s in self.servers_.items()
-                      if b == backend and s.weight > 0 and not s.drain and not s.maint and s.up)
+        """As HAProxy chooses: servers with weight, UP, not draining; the backup ones only when no other is."""
+        live = [(name, s) for (b, name), s in self.servers_.items()
+                if b == backend and s.weight > 0 and not s.drain and not s.maint and s.up]
+        return sorted(name for name, s in live if not s.backup) or sorted(name for name, s in live if s.backup)
 
     def record(self, after: str) -> None:
         backends = {b for b, _ in self.servers_} | self.served

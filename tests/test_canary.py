@@ -169,13 +169,53 @@ def test_the_watch_after_the_switch_rolls_every_host_back_to_the_retained_blue(w
 
     world.routers["h1"].traffic = traffic
     plan, outcome = deploy(world, web(V2, strategy="auto", watch=30.0), "r2")
-    assert on(plan)[-2:] == ["Switch", "Watch"] and [a.host for a in plan.actions if a.step == "Watch"] == list(HOSTS)
+    # Blue stays running as the router's standby (a backup server) until the watch is over.
+    assert on(plan)[-9:] == ["DelServer", "AddServer", "WaitUp", "SetWeights", "Switch", "Watch", "Maint", "DelServer",
+                             "Release"]
+    assert [a.host for a in plan.actions if a.step == "Watch"] == list(HOSTS)
+    standby = [a.route for a in plan.actions if a.host == "h1" and a.step == "AddServer"][-1]
+    assert standby.server == server(V1) + "-standby" and standby.backup
     assert outcome.result == "rolled-back" and "watch after the switch" in outcome.failure, outcome.failure
     for h in HOSTS:  # every host had switched: each is switched back to its retained v1
         assert backend(world, h) == {server(V1): 100}, h
         assert world.hosts[h].by_name("prod-web").image == V1
         assert world.hosts[h].by_name("prod-web").state == "running"
     assert world.violations == []
+
+
+def test_a_green_down_during_the_watch_is_replaced_by_the_standby_at_once(world):
+    deploy(world, web(V1, strategy="auto", watch=30.0), "r1")
+    green = server(V2)
+    down = {}
+
+    def traffic(router):
+        s = router.servers_.get(("web", green))
+        if s is not None and s.weight == 100 and ("web", server(V1) + "-standby") in router.servers_:
+            down.setdefault(router.host.name, world.clock())
+            if world.clock() - down[router.host.name] > 5:
+                s.up = False  # its check failed: the router took it out
+                # What a request gets now: the standby, blue.
+                assert router.effective("web") == [server(V1) + "-standby"]
+
+    for r in world.routers.values():
+        r.traffic = traffic
+    _, outcome = deploy(world, web(V2, strategy="auto", watch=30.0), "r2")
+    assert outcome.result == "rolled-back" and "DOWN" in outcome.failure
+    for h in HOSTS:
+        assert backend(world, h) == {server(V1): 100}, h  # the standby taken out with green
+        assert world.hosts[h].by_name("prod-web").image == V1
+    assert world.violations == []  # never a moment without a server, nor one on a stopped container
+
+
+def test_after_a_quiet_watch_the_standby_is_taken_out_and_blue_stops(world):
+    deploy(world, web(V1, strategy="auto", watch=30.0), "r1")
+    _, outcome = deploy(world, web(V2, strategy="auto", watch=30.0), "r2")
+    assert outcome.result == "deployed"
+    for h in HOSTS:
+        assert backend(world, h) == {server(V2): 100}
+        retired = world.hosts[h].by_name(model.container_name(ENV, "web", model.ROLE_RETIRED, model.config_hash(web(V1))))
+        assert retired.state == "exited"
+    assert world.plan(environment(web(V2, strategy="auto", watch=30.0)), "r2").in_sync
 
 
 def test_a_watch_that_sees_nothing_wrong_ends_the_deploy_after_its_window(world):
@@ -197,7 +237,9 @@ def test_a_watch_begun_by_a_dead_run_continues_for_what_is_left_of_its_window(wo
     plan = world.plan(env, "r2")
     assert plan.in_sync
     resumed = canary.resumed_watches(plan, env, world.observe(), records)
-    assert [(a.host, a.step, a.since) for a in resumed.actions] == [("h1", "Watch", 1000.0), ("h3", "Watch", 0.0)]
+    assert [(a.host, a.step, a.since) for a in resumed.actions if a.step == "Watch"] == [("h1", "Watch", 1000.0),
+                                                                                         ("h3", "Watch", 0.0)]
+    assert [(a.host, a.step) for a in resumed.actions if a.step != "Watch"] == [("h1", "Release"), ("h3", "Release")]
     assert "what is left" in resumed.actions[0].reason
     # Run at 1250: h1 watches the 50 s left of its window, h3 a whole one.
     outcome = world.executor(env, "r2", wall=lambda: 1250.0).apply(resumed)

@@ -101,7 +101,8 @@ def _parse(text: str) -> tuple[dict, str, frozenset[str]]:
             weight=int(row["srv_uweight"]), admin=int(row["srv_admin_state"]),
             running=row["srv_op_state"] == "2", check=check,
             sessions=int(stat.get("scur") or 0), total=int(stat.get("stot") or 0),
-            errors=sum(int(stat.get(k) or 0) for k in ("econ", "eresp", "hrsp_5xx")))
+            errors=sum(int(stat.get(k) or 0) for k in ("econ", "eresp", "hrsp_5xx")),
+            backup=stat.get("bck") == "1")
     backends = frozenset(line.strip() for line in lines[backend_at + 1:] if line.strip() and not line.startswith("#"))
     state_text = "\n".join(lines[:stat_at]).strip() + "\n"
     return servers, state_text, backends

@@ -23,6 +23,7 @@ each step runs on all of them at once.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Mapping
 
 from reconciler.core import model
@@ -159,8 +160,14 @@ def deploy_batch(desired: Environment, service: Service, batch: tuple[str, ...],
         full = _cutover(service, host, green, address, view, active, fresh=fresh)
         steps = rt.resume(full, view.observed) if address and view is not None else full
         items += _routes(service, host, steps, len(full), candidate_name, index)
-        items.append((_SWITCH_AT, Switch(host, service.name, "switched: stop the old version and keep it for a rollback",
-                                         batch=index)))
+        from reconciler.core import canary  # it imports this module
+
+        blue = canary.standbys(desired, service, [host], pairs).get(host)
+        if blue is not None:  # a watch follows: blue stays running, the router's backup server
+            items += [(p, dataclasses.replace(a, batch=index)) for p, a in canary.standby_steps(service, host, blue, active.name)]
+        items.append((_SWITCH_AT, Switch(host, service.name, "switched: keep the old version running until the watch "
+                                         "ends" if blue else "switched: stop the old version and keep it for a rollback",
+                                         batch=index, keep=blue is not None)))
         per_host.append(items)
     return _interleave(per_host)
 

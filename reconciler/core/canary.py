@@ -17,9 +17,13 @@ backend, ``Switch``.  With a sticky cookie a client keeps the server it got
 The **watch** (``rollout.watch``): after the service's last switch, one
 ``Watch`` per host keeps checking the same (green UP, errors within the
 rule) for the window; a failure rolls every host back like any failed
-check.  The executor reports when a watch began (``watch`` records in the
-journal), and a run that died mid-watch is continued for what is left of
-the window (``resumed_watches``), never skipped.
+check.  During the watch blue keeps running, as the router's *standby*: a
+backup server (``<blue>-standby``), which HAProxy sends requests to only
+while no other server is UP, so a green that goes DOWN is replaced at once,
+before the switch back.  After the watch the standby is taken out and blue
+stops (``Release``).  The executor reports when a watch began (``watch``
+records in the journal), and a run that died mid-watch is continued for
+what is left of the window (``resumed_watches``), never skipped.
 
 A run killed mid-canary resumes from the first step the router does not
 show in effect (``core.router.resume``): the weights go back to the
@@ -71,6 +75,42 @@ class Watch(CheckHealth):
     since: float = 0.0
     max_errors: int | None = None
     max_error_rate: float | None = None
+
+
+@dataclass(frozen=True)
+class Release(Action):
+    """The watch is over: the retained blue kept running as the standby stops."""
+
+
+def standby_name(server: str) -> str:
+    return f"{server}-standby"
+
+
+def standbys(desired: Environment, service: Service, hosts: Iterable[str], pairs: bluegreen.Pairs) -> dict[str, str]:
+    """host -> the blue server a watch keeps as standby there (hosts that have a blue to keep)."""
+    if service.expose is None or service.rollout.watch <= 0:
+        return {}
+    want = model.config_hash(service)
+    out = {}
+    for host in hosts:
+        active, _ = bluegreen._roles(desired.name, pairs.get((host, service.name), []))
+        if active is not None and active.config_hash and active.config_hash != want:
+            out[host] = rt.server_name(service.name, active.config_hash)
+    return out
+
+
+def standby_steps(service: Service, host: str, blue: str, container: str) -> list[tuple[int, Action]]:
+    """Blue (``container``, the serving one) added as the router's backup server, before the Switch keeps it running."""
+    exposure = rt.exposure_of(service)
+    name = standby_name(blue)
+    add = rt.AddServer(host, service.name, name, "", exposure.port, exposure.check,
+                       sticky=exposure.sticky is not None, backup=True)
+    return [(900, Route(host, service.name, f"keep {blue} running as the router's standby (a backup server) "
+                                            "during the watch", route=add, container=container)),
+            (901, Route(host, service.name, f"wait until the router sees the standby {name} UP",
+                        route=rt.WaitUp(host, service.name, name, service.health.deadline))),
+            (902, Route(host, service.name, f"the standby {name} takes requests if no other server is UP",
+                        route=rt.SetWeights(host, service.name, ((name, rt.FULL_WEIGHT),)), persist=True))]
 
 
 def broken(max_errors: int | None, max_error_rate: float | None, errors: int, requests: int) -> str | None:
@@ -207,7 +247,12 @@ def deploy(desired: Environment, service: Service, hosts: tuple[str, ...], pairs
         full = sequence(service, host, rt.Server(green, address, exposure.port), others, qa_others, fresh=fresh)
         steps = rt.resume(full, view.observed) if address and view is not None else full
         items += _actions(service, host, steps, len(full), candidate_name)
-        items.append((_SWITCH_AT, Switch(host, service.name, "switched: stop the old version and keep it for a rollback")))
+        blue = standbys(desired, service, [host], pairs).get(host)
+        if blue is not None:
+            items += standby_steps(service, host, blue, active.name)
+        items.append((_SWITCH_AT, Switch(host, service.name, "switched: keep the old version running until the watch "
+                                         "ends" if blue else "switched: stop the old version and keep it for a rollback",
+                                         keep=blue is not None)))
         per_host.append(items)
     return bluegreen._interleave(per_host)
 
@@ -215,12 +260,15 @@ def deploy(desired: Environment, service: Service, hosts: tuple[str, ...], pairs
 # ---------------------------------------------------------------- the watch
 
 
-def watches(service: Service, hosts: Iterable[str], since: Mapping[str, float] | None = None) -> list[Action]:
-    """A Watch per host of ``hosts`` after ``service``'s last switch (none without ``rollout.watch``)."""
+def watches(service: Service, hosts: Iterable[str], since: Mapping[str, float] | None = None,
+            standby: Mapping[str, str] | None = None) -> list[Action]:
+    """A Watch per host of ``hosts`` after ``service``'s last switch (none without ``rollout.watch``),
+    then each host's standby (``standby``: host -> blue server) taken out and stopped."""
     rollout = service.rollout
     if service.expose is None or rollout.watch <= 0:
         return []
     green = rt.server_name(service.name, model.config_hash(service))
+    hosts = list(hosts)
     out: list[Action] = []
     for host in hosts:
         start = (since or {}).get(host, 0.0)
@@ -229,6 +277,12 @@ def watches(service: Service, hosts: Iterable[str], since: Mapping[str, float] |
                                              f"switch every host back on {_rule(rollout)} or its check failing",
                          server=green, seconds=rollout.watch, since=start,
                          max_errors=rollout.max_errors, max_error_rate=rollout.max_error_rate))
+    kept = [(h, standby_name(standby[h])) for h in hosts if h in (standby or {})]
+    out += [Route(h, service.name, f"the watch is over: take the standby {name} out", route=rt.Maint(h, service.name, name))
+            for h, name in kept]
+    out += [Route(h, service.name, f"the watch is over: take the standby {name} out", route=rt.DelServer(h, service.name, name),
+                  persist=True) for h, name in kept]
+    out += [Release(h, service.name, "the watch is over: stop the retained old version") for h, _ in kept]
     return out
 
 
@@ -238,8 +292,10 @@ def resumed_watches(plan: Plan, environment: Environment, observed: Mapping[str,
 
     A host whose switch was done, or whose watch began, and whose watch did
     not end, is watched again from the window's recorded start (a watch
-    never begun starts now), while it still runs the release.  Not when
-    the plan deploys the service again: its own watch covers it.
+    never begun starts now), while it still runs the release; its standby
+    stays in the router until then (the plan's taking it out, as a server
+    left over, is moved after the watch), and the retained blue stops after.
+    Not when the plan deploys the service again: its own watch covers it.
     """
     records = list(records)
     done = {(r.get("host"), r.get("service")) for r in records if r.get("event") == "done" and r.get("step") == "Watch"}
@@ -248,22 +304,41 @@ def resumed_watches(plan: Plan, environment: Environment, observed: Mapping[str,
     for r in records:
         if r.get("event") == "watch" and isinstance(r.get("since"), (int, float)):
             began.setdefault((r.get("host"), r.get("service")), float(r["since"]))
-    busy = {a.service for a in plan.actions if a.step not in ("Pull", "Prune")}
+    deploying = {a.service for a in plan.actions if a.step in ("Start", "Adopt", "Revive", "Resume")}
+    actions = list(plan.actions)
     added: list[Action] = []
     for service in environment.services:
-        if service.name in busy or service.expose is None or service.rollout.watch <= 0:
+        if service.name in deploying or service.expose is None or service.rollout.watch <= 0:
             continue
         want = model.config_hash(service)
-        hosts = []
+        hosts, standby = [], {}
         for host in service.hosts:
             pair = (host, service.name)
             if pair in done or not (pair in switched or pair in began):
                 continue
-            active = next((c for c in observed.get(host, ObservedHost(host)).managed(environment.name)
+            obs = observed.get(host, ObservedHost(host))
+            active = next((c for c in obs.managed(environment.name)
                            if c.service == service.name and c.role == model.ROLE_ACTIVE), None)
-            if active is not None and active.config_hash == want and active.running:
-                hosts.append(host)
-        added += watches(service, hosts, {h: began[(h, service.name)] for h in hosts if (h, service.name) in began})
+            if active is None or active.config_hash != want or not active.running:
+                continue
+            hosts.append(host)
+            kept = [s.name for s in obs.router.backend(service.name) if s.name.endswith("-standby")] \
+                if obs.router is not None else []
+            if kept:
+                standby[host] = kept[0][: -len("-standby")]
+                actions = [a for a in actions if not _touches(a, host, service.name, kept[0])]
+        added += watches(service, hosts, {h: began[(h, service.name)] for h in hosts if (h, service.name) in began},
+                         standby)
+        added += [Release(h, service.name, "the watch is over: stop the retained old version")
+                  for h in hosts if h not in standby]
     if not added:
         return plan
-    return dataclasses.replace(plan, actions=tuple(plan.actions) + tuple(added))
+    return dataclasses.replace(plan, actions=tuple(actions) + tuple(added))
+
+
+def _touches(action: Action, host: str, service: str, server: str) -> bool:
+    """Whether ``action`` is a router step of ``host``'s ``service`` backend that names ``server``."""
+    if not isinstance(action, Route) or action.host != host or action.service != service:
+        return False
+    step = action.route
+    return getattr(step, "server", "") == server or server in dict(getattr(step, "weights", ()))

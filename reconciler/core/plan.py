@@ -68,6 +68,9 @@ class Switch(Action):
     """Start-first only: retire the old container, promote ``-next``."""
 
     batch: int = 0
+    # Blue-green with a watch: the retired container keeps running, the
+    # router's standby until the watch ends (core.canary).
+    keep: bool = False
 
 
 @dataclass(frozen=True)
@@ -423,7 +426,8 @@ def plan_deploy(
             else:
                 for index, batch in enumerate(batches(tuple(to_deploy), service.rollout.batch_size)):
                     deploys += bluegreen.deploy_batch(desired, service, batch, index, by_pair, observed)
-            deploys += canary.watches(service, to_deploy)  # rollout.watch after the last switch
+            # rollout.watch after the last switch, blue the router's standby meanwhile
+            deploys += canary.watches(service, to_deploy, standby=canary.standbys(desired, service, to_deploy, by_pair))
             continue
         for index, batch in enumerate(batches(tuple(to_deploy), service.rollout.batch_size)):
             beside = service.strategy == "start-first"

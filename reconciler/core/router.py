@@ -143,6 +143,7 @@ class Server:
     port: int
     weight: int = 0
     state: Literal["ready", "drain", "maint"] = "ready"
+    backup: bool = False  # gets requests only while no other server is UP (a standby, core.canary)
 
 
 def qa_backend(service: str) -> str:
@@ -207,12 +208,13 @@ def _duration(seconds: float) -> str:
     return f"{max(1, round(seconds * 1000))}ms"
 
 
-def server_options(check: RouterCheck, weight: int) -> str:
+def server_options(check: RouterCheck, weight: int, backup: bool = False) -> str:
     """The keywords after ``ADDR:PORT`` on a server line, the same in config and ``add server``.
 
     Dynamic servers do not inherit ``default-server``, so every line carries them.
     """
-    return f"check inter {_duration(check.interval)} rise {check.rise} fall {check.fall} weight {weight}"
+    return (f"check inter {_duration(check.interval)} rise {check.rise} fall {check.fall} weight {weight}"
+            + (" backup" if backup else ""))
 
 
 def _specificity(e: Exposure) -> tuple:
@@ -312,7 +314,7 @@ def render_config(site: Site, servers: Mapping[str, Sequence[Server]], *, _with_
             weight = 0 if server.state == "drain" else server.weight
             disabled = " disabled" if server.state == "maint" else ""
             lines.append(f"    server {server.name} {server.address}:{server.port} "
-                         f"{server_options(e.check, weight)}{disabled}")
+                         f"{server_options(e.check, weight, server.backup)}{disabled}")
     return "\n".join(lines) + "\n"
 
 
@@ -339,6 +341,7 @@ class ServerState:
     sessions: int = 0  # current sessions (scur)
     total: int = 0  # sessions ever sent to it (stot): health checks are not counted
     errors: int = 0  # connection and response errors plus 5xx answers, for a watch after the switch
+    backup: bool = False  # a backup server: requests only while no other is UP
 
     @property
     def maint(self) -> bool:
@@ -355,7 +358,7 @@ class ServerState:
 
     def as_server(self) -> Server:
         state = "maint" if self.maint else "drain" if self.drain else "ready"
-        return Server(self.name, self.address, self.port, self.weight, state)
+        return Server(self.name, self.address, self.port, self.weight, state, self.backup)
 
 
 Observed = Mapping[tuple[str, str], ServerState]  # (backend, server) -> state
@@ -454,6 +457,7 @@ class AddServer(RouterStep):
     port: int = 0
     check: RouterCheck = RouterCheck()
     sticky: bool = False  # the backend inserts a dynamic cookie: give this server its value
+    backup: bool = False  # added as a backup server (a standby during the watch, core.canary)
 
 
 @dataclass(frozen=True)
@@ -591,7 +595,7 @@ def commands(step: RouterStep, exists: bool = False) -> tuple[Command, ...]:
                     Command(f"set server {ref} addr {step.address} port {step.port}",
                             ok=("IP changed from", "no need to change the addr", "port changed from")),
                     *cookie, Command(f"enable health {ref}"), rearm)
-        return (Command(f"add server {ref} {step.address}:{step.port} {server_options(step.check, 0)}",
+        return (Command(f"add server {ref} {step.address}:{step.port} {server_options(step.check, 0, step.backup)}",
                         ok=("New server registered.",)),
                 *cookie, Command(f"enable health {ref}"), rearm)
     if isinstance(step, SetWeights):

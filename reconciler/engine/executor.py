@@ -42,7 +42,7 @@ from reconciler.core.health import CheckResult, Verdict, judge, next_check_at
 from reconciler.core.model import ContainerSpec, Environment, HealthCheck, ImageRef, ObservedContainer, ObservedHost, Service
 from reconciler.engine.routed import RoutedSteps, RouterDriver
 from reconciler.engine.watching import WatchedSteps
-from reconciler.core.canary import Observe, Watch
+from reconciler.core.canary import Observe, Release, Watch
 from reconciler.core.plan import (DATABASE_STEPS, Action, Adopt, Aside, CheckHealth, Heal, Plan, Prune, Pull, Remove, Restore,
                                   Resume, Retire, Revive, Route, Start, Switch)
 
@@ -327,6 +327,8 @@ class Executor(RoutedSteps, WatchedSteps):
             self._route(driver, action)
         elif isinstance(action, (Observe, Watch)):  # before CheckHealth: they are ones (core.canary)
             self._observe(action)
+        elif isinstance(action, Release):  # the watch is over: the standby blue stops (core.canary)
+            self._stop_retired(driver, action.service)
         elif isinstance(action, Adopt):
             container = self._named(action.host, action.container)
             self._set(self._track(action.host, action.service), new=container.id)
@@ -353,9 +355,9 @@ class Executor(RoutedSteps, WatchedSteps):
             active = self._find(action.host, action.service, model.ROLE_ACTIVE)
             if active is not None:
                 self._set(touched, previous=active.id)
-                self._retire(driver, active)
+                self._retire(driver, active, stop=not action.keep)
             driver.rename(touched.new, model.container_name(self.desired.name, action.service))
-            if self._service(action.service).expose is not None:
+            if self._service(action.service).expose is not None and not action.keep:
                 self._stop_retired(driver, action.service)
         elif isinstance(action, Restore):
             self._restore(driver, action)
@@ -399,13 +401,14 @@ class Executor(RoutedSteps, WatchedSteps):
         driver.rename(target.id, model.container_name(self.desired.name, action.service, model.ROLE_CANDIDATE))
         driver.start(target.id)
 
-    def _retire(self, driver: HostDriver, active: ObservedContainer) -> None:
+    def _retire(self, driver: HostDriver, active: ObservedContainer, stop: bool = True) -> None:
         name = model.retired_name(self.desired.name, active)
         for c in driver.observe().managed(self.desired.name):
             if c.name == name and c.id != active.id:
                 driver.remove(c.id)  # an identical older copy: the new retiree replaces it
         service = self._service(active.service) if active.service in {s.name for s in self.desired.services} else None
-        driver.stop(active.id, service.stop_timeout if service else 10)
+        if stop:
+            driver.stop(active.id, service.stop_timeout if service else 10)
         driver.rename(active.id, name)
 
     def _restore(self, driver: HostDriver, action: Restore) -> None:
