@@ -298,3 +298,31 @@ def test_the_config_has_the_sticky_cookie_and_the_qa_route():
     # Without a canary, the config is what blue-green had.
     plain = rt.render_config(rt.site_for(environment(web(V1, strategy="auto")), "h1"), {})
     assert "cookie" not in plain and "qa" not in plain
+
+
+def test_the_first_host_to_fail_stops_the_others_pause_so_the_switch_back_starts_at_once(world):
+    deploy(world, web(V1), "r1")
+    green = server(V2)
+
+    def traffic(router):
+        s = router.servers_.get(("web", green))
+        if s is not None and s.weight > 0 and not s.maint:
+            s.total += 5
+            s.errors += 1
+
+    world.routers["h1"].traffic = traffic
+    events = []
+    _, outcome = deploy_reporting(world, web(V2), "r2", events)
+    assert outcome.result == "rolled-back" and outcome.failure.startswith("h1: canary at 10%"), outcome.failure
+    at_ten = [(e, f["host"]) for e, f in events if f.get("step") == "Observe" and e in ("done", "failed")][-3:]
+    # h1's verdict; h2 and h3 stopped holding their pause (5 s) at once, without one of their own.
+    assert sorted(at_ten) == [("done", "h2"), ("done", "h3"), ("failed", "h1")], at_ten
+    readings = [w for w in world.routers["h2"].weights_seen if w.get(("web", green)) == 10]
+    assert len(readings) < 5, len(readings)  # a pause of 5 s read every 0.5 s would be 10 readings and more
+
+
+def deploy_reporting(world, service, revision, events):
+    env = environment(service)
+    plan = world.plan(env, revision)
+    report = lambda event, **fields: events.append((event, fields))  # noqa: E731
+    return plan, world.executor(env, revision, observers=(report,)).apply(plan)

@@ -10,11 +10,17 @@ within the rollout's abort rule.  A failure is a ``DeployFailed``: the
 executor then switches every touched host back to the retained blue, and
 the run is recorded as rolled back.
 
+The hosts of one step are observed at once; the first that fails stops
+the others' observing (they end without a verdict of their own), so the
+switch back starts without waiting for the rest of their pause.
+
 A watch reports when its window began (the ``watch`` event, kept in the
 journal), so a run that dies mid-watch is continued for what is left of it.
 """
 
 from __future__ import annotations
+
+import threading
 
 from reconciler.core import canary
 from reconciler.core import router as rt
@@ -40,11 +46,16 @@ class WatchedSteps:
         interval = max(0.1, min(MAX_INTERVAL, exposure.check.interval))
         base = canary.counts(router.servers(), backends, action.server)
         started = self.clock()
+        # One per run: set by the first host that fails, read by the others.
+        stop: threading.Event = self.__dict__.setdefault("_stop_observing", threading.Event())
         while True:
+            if stop.is_set():
+                return  # another host failed: the rollback comes next
             servers = router.servers()
             state = servers.get((service.name, action.server))
             if state is None or not state.up:
                 seen = "not in the router" if state is None else f"DOWN ({state.check})"
+                stop.set()
                 raise DeployFailed(f"{what}: the router sees {action.server} {seen}", host=action.host)
             errors, requests = canary.counts(servers, backends, action.server)
             why = canary.broken(action.max_errors, action.max_error_rate, errors - base[0], requests - base[1])
@@ -52,6 +63,7 @@ class WatchedSteps:
                 failure = DeployFailed(f"{what}: {action.server}: {why}", host=action.host)
                 failure.evidence = [f"router: {action.server} {state.check}; errors {errors - base[0]}, "
                                     f"requests {requests - base[1]} since the step began"]
+                stop.set()
                 raise failure
             remaining = left - (self.clock() - started)
             if remaining <= 0:
