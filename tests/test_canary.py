@@ -326,3 +326,26 @@ def deploy_reporting(world, service, revision, events):
     plan = world.plan(env, revision)
     report = lambda event, **fields: events.append((event, fields))  # noqa: E731
     return plan, world.executor(env, revision, observers=(report,)).apply(plan)
+
+
+def test_the_switch_back_of_an_aborted_canary_leaves_blue_serving_all_along(world):
+    """Blue is in the router during the canary: switching back must not re-add or re-check it."""
+    deploy(world, web(V1), "r1")
+    green = server(V2)
+
+    def traffic(router):
+        s = router.servers_.get(("web", green))
+        if s is not None and s.weight > 0 and not s.maint:
+            s.total += 5
+            s.errors += 1
+
+    world.routers["h1"].traffic = traffic
+    for r in world.routers.values():
+        r.applied.clear()
+    _, outcome = deploy(world, web(V2), "r2")
+    assert outcome.result == "rolled-back"
+    for h in HOSTS:
+        # Green and green in the QA backend only: blue never re-added (that would put it in
+        # maintenance and re-check it while green took every request).
+        assert world.routers[h].applied.count("AddServer") == 2, world.routers[h].applied
+        assert backend(world, h) == {server(V1): 100}

@@ -255,6 +255,13 @@ def test_a_canary_with_errors_is_aborted_to_blue_and_reverted(world):
                 and a.ended < _begun(watcher, "SetWeights", host, "canary: 10%")} == {"demo-web v2"}
     failed = load.failures()
     print(f"{len(failed)} of {len(load.answers)} answered 500 by the canary (10 % share) before the abort")
+    for host in world.addresses:
+        mine = [a.started for a in failed if a.host == host]
+        fails = [r["at"] for r in watcher.seen("failed", "Observe", host)] + [r["at"] for r in watcher.seen("done", "Observe", host)]
+        rb = [r["at"] for r in watcher.records.values() if r.get("event") == "rollback"]
+        ten = _done(watcher, "SetWeights", host, "canary: 10%")
+        print(host, f"10% at 0, 500s at {[round(t - ten, 2) for t in mine]}, observe ended {[round(t - ten, 2) for t in fails]}, "
+              f"rollback {[round(t - ten, 2) for t in rb]}, restored {round(_restored(watcher, host) - ten, 2)}")
     assert all(a.body == "demo-web v6 failed this one" for a in failed), failed[:3]
     assert world.serving("v2")
 

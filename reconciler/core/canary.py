@@ -114,7 +114,7 @@ def standby_steps(service: Service, host: str, blue: str, container: str) -> lis
 
 
 def broken(max_errors: int | None, max_error_rate: float | None, errors: int, requests: int) -> str | None:
-    """Why ``errors`` among ``requests`` (counted since the check began) break the rule; None when they do not."""
+    """Why ``errors`` among ``requests`` break the rule; None when they do not."""
     if max_errors is not None and errors > max_errors:
         return f"{errors} errors in {requests} requests, more than {max_errors}"
     if max_error_rate is not None and errors > 0 and errors > max_error_rate * max(requests, 1):
@@ -123,7 +123,7 @@ def broken(max_errors: int | None, max_error_rate: float | None, errors: int, re
 
 
 def counts(servers: Mapping[tuple[str, str], rt.ServerState], backends: Iterable[str], server: str) -> tuple[int, int]:
-    """(errors, requests) of ``server`` over ``backends`` as the router counts them."""
+    """(errors, requests) of ``server`` over ``backends`` as the router counts them (since it was added)."""
     states = [servers[(b, server)] for b in backends if (b, server) in servers]
     return sum(s.errors for s in states), sum(s.total for s in states)
 

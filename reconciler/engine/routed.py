@@ -96,12 +96,16 @@ class RoutedSteps:
                      rt.DelServer(host, name, out))
         else:
             steps = ()
-        if exposure.qa_backend:  # QA requests stop going to this run's release first (core.canary)
+        observed = router.servers()
+        left = rt.resume(steps, observed)
+        if exposure.qa_backend:
+            # QA requests stop going to this run's release first (maintenance: at once) and
+            # its QA server goes after the switch back (a delete may wait for connections).
+            # Each on its own: they must not make ``resume`` replay the steps in effect.
             qa = exposure.qa_backend
-            out = [step for server in sorted(srv for (b, srv) in router.servers() if b == qa)
-                   for step in (rt.Maint(host, qa, server), rt.DelServer(host, qa, server))]
-            steps = (*out, *steps)
-        left = rt.resume(steps, router.servers())
+            out = sorted(srv for (b, srv) in observed if b == qa)
+            left = (*(s for s in (rt.Maint(host, qa, srv) for srv in out) if not rt.in_effect(s, observed)),
+                    *left, *(rt.DelServer(host, qa, srv) for srv in out))
         for step in left:
             outcome = router.apply(step, persist=isinstance(step, rt.Drain))
             if isinstance(step, rt.WaitUp) and outcome.state != "healthy":

@@ -4,9 +4,9 @@ A mix-in of ``executor.Executor`` (which gives ``routers``, ``clock``,
 ``sleep``, ``wall`` and ``report``): an ``Observe`` holds a canary step, a
 ``Watch`` the window after the last switch.  Both read the host's router
 every check interval: the new version's server must stay UP (the router
-runs the service's check) and its errors since the step began (the
-router's counters, summed over its backend and the QA backend) must stay
-within the rollout's abort rule.  A failure is a ``DeployFailed``: the
+runs the service's check) and its errors (the router's counters since
+the server was added, summed over its backend and the QA backend) must
+stay within the rollout's abort rule.  A failure is a ``DeployFailed``: the
 executor then switches every touched host back to the retained blue, and
 the run is recorded as rolled back.
 
@@ -44,7 +44,6 @@ class WatchedSteps:
             left = action.seconds
             what = f"canary at {action.weight}%"
         interval = max(0.1, min(MAX_INTERVAL, exposure.check.interval))
-        base = canary.counts(router.servers(), backends, action.server)
         started = self.clock()
         # One per run: set by the first host that fails, read by the others.
         stop: threading.Event = self.__dict__.setdefault("_stop_observing", threading.Event())
@@ -57,12 +56,14 @@ class WatchedSteps:
                 seen = "not in the router" if state is None else f"DOWN ({state.check})"
                 stop.set()
                 raise DeployFailed(f"{what}: the router sees {action.server} {seen}", host=action.host)
+            # Every error of the new version counts, from the moment it got requests (QA ones
+            # included): one answered while a step's weights were being written is one too.
             errors, requests = canary.counts(servers, backends, action.server)
-            why = canary.broken(action.max_errors, action.max_error_rate, errors - base[0], requests - base[1])
+            why = canary.broken(action.max_errors, action.max_error_rate, errors, requests)
             if why is not None:
                 failure = DeployFailed(f"{what}: {action.server}: {why}", host=action.host)
-                failure.evidence = [f"router: {action.server} {state.check}; errors {errors - base[0]}, "
-                                    f"requests {requests - base[1]} since the step began"]
+                failure.evidence = [f"router: {action.server} {state.check}; errors {errors}, "
+                                    f"requests {requests} since it was added"]
                 stop.set()
                 raise failure
             remaining = left - (self.clock() - started)
