@@ -349,3 +349,18 @@ def test_the_switch_back_of_an_aborted_canary_leaves_blue_serving_all_along(worl
         # maintenance and re-check it while green took every request).
         assert world.routers[h].applied.count("AddServer") == 2, world.routers[h].applied
         assert backend(world, h) == {server(V1): 100}
+
+
+def test_plan_shows_the_pauses_and_the_watch_with_their_rule(world):
+    import json
+
+    from reconciler.core.report import plan_json, plan_text
+
+    deploy(world, web(V1, watch=120.0), "r1")
+    plan = world.plan(environment(web(V2, watch=120.0, max_errors=3, max_error_rate=None)), "r2")
+    text = plan_text(plan)
+    assert f"    Observe          h1/web: hold 10% of new requests on {server(V2)} for 5s; abort on more than 3 " \
+           "errors or its check failing" in text
+    assert f"    Watch            h2/web: watch {server(V2)} for 120s after the switch" in text
+    assert "QA requests only (header X-Canary)" in text
+    assert {a["step"] for a in json.loads(plan_json(plan))["actions"]} >= {"Observe", "Watch", "Release"}
