@@ -18,6 +18,9 @@ addresses only):
   the same release deployed blue-green (it turns healthy, so it serves
   every request until the next deploy: counted over the same number of
   seconds the canary run took).
+- **failed watch**: a release whose check fails 15 s after it starts,
+  deployed blue-green with ``watch: 60s``: failed requests (target 0;
+  blue runs as the router's standby during the watch).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ CANARY = "{strategy: canary, steps: [10, 50, 100], pause: 3s, abort: {errors: 1%
 BLUE_GREEN = "{batch_size: 1}"
 
 
-def _service(image: str, rollout: str) -> str:
+def _service(image: str, rollout: str, env: str = "") -> str:
     return f"""
     web:
       image: {image}
@@ -44,7 +47,7 @@ def _service(image: str, rollout: str) -> str:
       health: {{type: http, path: /health, interval: 200ms, successes: 1, deadline: 20s}}
       rollout: {rollout}
       stop_timeout: 2s
-    """
+    {env}"""
 
 
 def run(reps: int = 2) -> list[Row]:
@@ -61,8 +64,8 @@ def run(reps: int = 2) -> list[Row]:
     errors_image = error_image.push(sb.registry, "demo/web")
     addresses = {h.name: h.address for h in sb.hosts}
 
-    def deploy(image: str, rollout: str, expect: str = "deployed", load: bool = True):
-        write_environment(repo.path, ENV, sb, _service(image, rollout), message=f"{image} {rollout}",
+    def deploy(image: str, rollout: str, expect: str = "deployed", load: bool = True, env: str = ""):
+        write_environment(repo.path, ENV, sb, _service(image, rollout, env), message=f"{image} {rollout}",
                           router=routers.block())
         events = Events()
         if not load:
@@ -72,7 +75,7 @@ def run(reps: int = 2) -> list[Row]:
             _run(repo.path, ENV, sb, "deploy", events, expect=expect)
         return generated, events
 
-    figures = {k: [0, 0] for k in ("canary", "blue-green", "after-abort", "aborted", "bad-blue-green")}
+    figures = {k: [0, 0] for k in ("canary", "blue-green", "after-abort", "aborted", "bad-blue-green", "watch")}
 
     def add(name: str, failed: int, total: int) -> None:
         figures[name][0] += failed
@@ -102,6 +105,10 @@ def run(reps: int = 2) -> list[Row]:
                 time.sleep(seconds)
             add("bad-blue-green", len(base.failures()), len(base.answers))
             deploy(sb.images["v2"], CANARY, load=False)
+            # A release whose check fails 15 s after it starts, caught by the watch.
+            load, _ = deploy(sb.images["v4-flaky"], "{batch_size: 3, watch: 60s}", expect="rolled-back",
+                             env="  env: {FAIL_AFTER: '15'}")
+            add("watch", len(load.failures()), len(load.answers))
     finally:
         cleanup(sb, f"{ENV}-")
         ownrouter.stop(routers)
@@ -123,6 +130,11 @@ def run(reps: int = 2) -> list[Row]:
             aborted / bad if bad else None, "report the ratio", "n/a",
             "every failed request of the aborted canaries; baseline: the same release deployed blue-green, "
             "counted over as many seconds as each canary run took", dict(ours=aborted, baseline=bad)),
+        Row("failed watch: failed requests (blue the router's standby)", cell("watch"), "-", None, "0",
+            "yes" if figures["watch"][0] == 0 else "no",
+            f"{reps} blue-green deploys with a 60 s watch of a release whose check fails 15 s after it starts: "
+            "the router sends requests to the standby (a backup server) the moment it goes DOWN, then the watch "
+            "switches every host back", dict(ours=figures["watch"][0])),
     ]
     log(f"canary: {cell('canary')} failed (blue-green {cell('blue-green')}), after abort {cell('after-abort')}, "
         f"bad release {cell('aborted')} vs {cell('bad-blue-green')}")
