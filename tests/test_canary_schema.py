@@ -62,6 +62,7 @@ def at(rollout: str, marker: str) -> str:
     ("{strategy: canary, qa: {}}", '{}', "services.web.rollout.qa: give 'header' and/or 'cookie'"),
     ("{strategy: canary, pause: 0s}", '0s', "services.web.rollout.pause: must be longer than 0s"),
     ("{watch: 0s}", '0s', "services.web.rollout.watch: must be longer than 0s"),
+    ("{strategy: canary, steps: [0, 100]}", '0, 100', "services.web.rollout.steps: a first step of 0 holds QA traffic"),
 ])
 def test_bad_values_are_refused_where_they_are_written(rollout, marker, expected):
     found = problems(rollout)
@@ -78,6 +79,7 @@ def test_a_canary_or_a_watch_needs_expose(rollout, marker, expected):
 
 
 @pytest.mark.parametrize("rollout", ["{strategy: canary, steps: [0, 5, 100], pause: 30s, qa: {cookie: qa}, watch: 1m}",
+                                     "{strategy: canary, steps: [5, 100], sticky: false}",
                                      "{strategy: canary, abort: {errors: 4}}", "{watch: 2m, abort: {errors: 0.5%}}",
                                      "{batch_size: 2}"])
 def test_render_gives_the_keys_back_and_they_load_to_the_same_rollout(rollout):

@@ -96,6 +96,11 @@ def _canary(fields: dict[str, Node], problems: Problems, what: str) -> model.Can
             if qa is not BAD and key in qa:
                 values[f"qa_{key}"] = string(qa[key], problems, f"{what}.qa.{key}", TOKEN_RE,
                                              "use letters, digits, '-' or '_'")
+    steps = values.get("steps")
+    if steps not in (None, BAD) and steps[0] == 0 and not (values.get("qa_header") or values.get("qa_cookie")):
+        problems.at(fields["steps"].value[0], f"{what}.steps: a first step of 0 holds QA traffic only; "
+                                              "it needs 'qa' (a header or cookie that reaches the new version)")
+        values["steps"] = BAD
     return BAD if BAD in values.values() else model.Canary(**values)
 
 
