@@ -26,7 +26,6 @@ addresses only):
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from bench.common import Row, cleanup, env_repo, log
 
@@ -60,7 +59,7 @@ def run(reps: int = 2) -> list[Row]:
 
     sb = sandbox()
     repo = env_repo(sb, ENV)
-    routers = ownrouter.start(sb, Path(repo.path).parent / "routers", PORT, ADMIN_PORT)
+    routers = ownrouter.start(sb, PORT, ADMIN_PORT)
     errors_image = error_image.push(sb.registry, "demo/web")
     addresses = {h.name: h.address for h in sb.hosts}
 

@@ -5,16 +5,21 @@ and a deploy rewrites its whole config for its environment's site; a test
 module that shifts weights and reloads for minutes would step on the others.
 So this starts a second HAProxy in each host's network namespace, exactly as
 the sandbox starts its own (Debian's package, master-worker, ``nsenter
---net=``), on its own frontend port and Runtime API port, with its files in
-a directory of the test's.  The product reaches it like any host's router:
+--net=``, run as the host's deploy user, who owns its files: the product
+writes them over SSH as that user), on its own frontend port and Runtime
+API port, with its files in a fresh directory under /tmp (removed after).  The product reaches it like any host's router:
 over the host's SSH connection, its config written and reloaded through SSH.
 Only the processes started here are stopped, by their pid.
 """
 
 from __future__ import annotations
 
+import os
+import pwd
+import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,16 +57,22 @@ def _answers(sock: Path) -> bool:
         return False
 
 
-def start(fleet, root: Path, port: int, admin_port: int) -> OwnRouters:
+def start(fleet, port: int, admin_port: int) -> OwnRouters:
+    root = Path(tempfile.mkdtemp(prefix=f"reconciler-ownrouter-{port}-", dir="/tmp"))
+    root.chmod(0o755)  # the deploy user reaches its host's directory through it
     pids: dict[str, int] = {}
     try:
         for h in fleet.hosts:
             d = root / h.name
             d.mkdir(parents=True, exist_ok=True)
+            user = pwd.getpwnam(h.user)
             settings = rt.RouterSettings(bind=f"{h.address}:{port}", admin=f"127.0.0.1:{admin_port}",
                                          socket=str(d / "admin.sock"), state_file=str(d / "server-state"), log="stdout")
             (d / "haproxy.cfg").write_text(rt.render_config(rt.Site(settings), {}))
-            argv = ["nsenter", f"--net=/var/run/netns/{h.netns}", haproxy.binary(), "-W", "-db",
+            for path in (d, d / "haproxy.cfg"):
+                os.chown(path, user.pw_uid, user.pw_gid)
+            as_user = [] if user.pw_uid == 0 else ["setpriv", f"--reuid={h.user}", f"--regid={h.user}", "--init-groups"]
+            argv = ["nsenter", f"--net=/var/run/netns/{h.netns}", *as_user, haproxy.binary(), "-W", "-db",
                     "-f", str(d / "haproxy.cfg"), "-p", str(d / "haproxy.pid")]
             pids[h.name] = procs.spawn_detached(argv, d / "haproxy.log")
             if not procs.wait_until(lambda: _answers(d / "admin.sock"), timeout=60, interval=0.2):
@@ -82,3 +93,4 @@ def stop(routers: OwnRouters) -> None:
         deadline = time.monotonic() + 15
         while any(procs.alive(p) for p in {pid, master}) and time.monotonic() < deadline:
             time.sleep(0.2)
+    shutil.rmtree(routers.root, ignore_errors=True)

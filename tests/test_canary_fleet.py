@@ -144,7 +144,7 @@ class World:
 def world(fleet, tmp_path_factory):
     root = tmp_path_factory.mktemp("canary")
     remove_containers(fleet, f"{ENV}-")
-    routers = ownrouter.start(fleet, root / "routers", PORT, ADMIN_PORT)
+    routers = ownrouter.start(fleet, PORT, ADMIN_PORT)
     w = World(fleet, root, routers)
     try:
         first = w.push(service(fleet.images["v1"], rollout=CANARY), "web v1, canary rollouts")
