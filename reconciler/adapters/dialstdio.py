@@ -28,7 +28,7 @@ import logging
 import queue
 import shlex
 import weakref
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import docker
 import paramiko
@@ -38,10 +38,12 @@ import urllib3.connection
 import urllib3.connectionpool
 import urllib3.exceptions
 from docker.transport.basehttpadapter import BaseHTTPAdapter
-from reconciler.adapters.ssh import SSHConnection
 
 from reconciler.adapters import ssh
 from reconciler.errors import HostUnreachable
+
+if TYPE_CHECKING:
+    from fabric import Connection
 
 # docker.io 20.10 speaks 1.41; asking for it explicitly avoids a version
 # round trip before every client is usable.
@@ -222,7 +224,7 @@ class EngineChannels:
         return channel
 
 
-def engine_client(conn: SSHConnection, *, host: str | None = None, timeout: float = 60.0,
+def engine_client(conn: Connection, *, host: str | None = None, timeout: float = 60.0,
                   docker_socket: str | None = None) -> docker.DockerClient:
     """A docker-py client whose every request travels over ``conn`` (for a
     quick look from Python; ``DockerHost`` also heals its connection)."""

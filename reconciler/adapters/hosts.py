@@ -22,12 +22,11 @@ import json
 import logging
 import shlex
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import docker.errors
 import paramiko
 import requests.exceptions
-from reconciler.adapters.ssh import SSHConnection
 
 from reconciler.adapters import secrets, ssh
 from reconciler.adapters.dialstdio import (  # noqa: F401 (engine_client: for users of this module)
@@ -36,6 +35,9 @@ from reconciler.core import model
 from reconciler.core.health import CheckResult
 from reconciler.core.model import ContainerSpec, HealthCheck, ImageRef, ObservedContainer, ObservedHost, Service
 from reconciler.errors import EngineError, HostUnreachable, SecretUnreadable
+
+if TYPE_CHECKING:
+    from fabric import Connection
 
 
 class _ProbeNoise(logging.Filter):
@@ -127,8 +129,8 @@ class DockerHost:
     ``docker_socket`` is the host entry's: where the engine listens.
     """
 
-    def __init__(self, name: str, conn: SSHConnection, *, timeout: float = 60.0,
-                 reconnect: Callable[[], SSHConnection] | None = None, log: Callable[..., None] | None = None,
+    def __init__(self, name: str, conn: Connection, *, timeout: float = 60.0,
+                 reconnect: Callable[[], Connection] | None = None, log: Callable[..., None] | None = None,
                  docker_socket: str | None = None) -> None:
         self.name = name
         self.timeout = timeout
@@ -143,7 +145,7 @@ class DockerHost:
         self.engine_channels = EngineChannels(name, lambda: self.transport, docker_socket=docker_socket, timeout=timeout)
         self.engine = engine_client_over(self.engine_channels, timeout=timeout)
 
-    def _bind(self, conn: SSHConnection) -> None:
+    def _bind(self, conn: Connection) -> None:
         self.conn = conn
         if conn.transport is not None:
             logging.getLogger(conn.transport.get_log_channel()).addFilter(_PROBE_NOISE)
@@ -152,7 +154,7 @@ class DockerHost:
     @property
     def identity_file(self) -> str | None:
         """The SSH identity this host is reached with (it keys host-file secrets' digests)."""
-        return getattr(self.conn, "identity_file", None)
+        return ssh.identity_file(self.conn)
 
     @property
     def transport(self) -> paramiko.Transport | None:
@@ -336,8 +338,8 @@ class DockerHost:
                 raise SecretUnreadable(f"{what} over SFTP: {exc.strerror or exc}; {way_out}", host=self.name) from None
             finally:
                 sftp.close()
-        status, out, err = ssh.exec_output(self.transport, f"cat -- {shlex.quote(path)}", host=self.name,
-                                           what=f"{what} with cat (no SFTP)", timeout=self.timeout)
+        status, out, err = ssh.run(self.conn, f"cat -- {shlex.quote(path)}", host=self.name,
+                                   what=f"{what} with cat (no SFTP)", timeout=self.timeout)
         if status == 0:
             return out
         said = err.decode("utf-8", "replace").strip()[-300:] or f"exit {status}"

@@ -1,9 +1,11 @@
 """A module a library imports at its top and never uses here, loaded only if used.
 
 paramiko's ``config`` module imports invoke at its top, for ssh config's
-``Match exec``; reconciler reads no ssh config, and invoke (with the
-unittest.mock and asyncio it imports) was 35-50 ms of every command that
-opens a connection.  ``defer(name)`` puts a stand-in for the module in
+``Match exec``; reconciler reads no ssh config.  invoke (with the
+unittest.mock and asyncio it imports) is 35-50 ms: deferred, it is loaded
+where fabric is imported, in the threads opening the hosts beside their
+handshakes (``ssh.connect``), and not on the main thread when it imports
+paramiko before those threads start.  ``defer(name)`` puts a stand-in for the module in
 ``sys.modules``: ``import name`` binds the stand-in and costs nothing, and
 the first attribute asked of it that it does not have imports the real
 module (which then replaces it in ``sys.modules``) and answers from that.

@@ -33,15 +33,21 @@ import shlex
 import socket
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import paramiko
 
-from reconciler.adapters.ssh import SSHConnection, _ack_at_once
+from reconciler.adapters import ssh
+from reconciler.adapters.ssh import _ack_at_once
 from reconciler.core import router as core
 from reconciler.core import router_owner
 from reconciler.core.health import CheckResult, Verdict
 from reconciler.errors import HostUnreachable, RouterConfigRejected, RouterError
+
+if TYPE_CHECKING:
+    from fabric import Connection
+
+    from reconciler.adapters.hosts import DockerHost
 
 POLL_INTERVAL = 0.25  # waits read the router's state this often, at most
 SETTLE = 10.0  # seconds an admin socket may refuse connections (a reload rebinding it)
@@ -111,9 +117,9 @@ def _parse(text: str) -> tuple[dict, str, frozenset[str]]:
 class Router:
     """One host's HAProxy, serving ``site``.  Channels are opened on ``conn``'s transport."""
 
-    def __init__(self, conn: SSHConnection, access: RouterAccess, site: core.Site) -> None:
-        """``conn``: anything with the host's SSH ``transport`` (an ``ssh.SSHConnection``, or the
-        host driver, whose connection may have been reopened since)."""
+    def __init__(self, conn: Connection | DockerHost, access: RouterAccess, site: core.Site) -> None:
+        """``conn``: the host's SSH connection (fabric's ``Connection``), or the host
+        driver, whose connection (``.conn``) may have been reopened since."""
         self.conn = conn
         self.access = access
         self.site = site
@@ -173,27 +179,17 @@ class Router:
         return answer
 
     def _exec(self, command: str, stdin: bytes, what: str) -> tuple[int, str]:
-        """A shell command on the host fed ``stdin``; its exit code and output."""
-        try:
-            transport = self._transport()
-            channel = transport.open_session(timeout=self.access.timeout)
-            channel.set_combine_stderr(True)
-            channel.settimeout(max(self.access.timeout, 30.0))
-            channel.exec_command(command)
-            channel.sendall(stdin)
-            channel.shutdown_write()
-            _ack_at_once(transport.sock)
-            out = []
-            while data := channel.recv(65536):
-                out.append(data)
-            code = channel.recv_exit_status()
-            channel.close()
-        except (socket.timeout, paramiko.SSHException, EOFError, OSError) as exc:
-            raise HostUnreachable(f"router {what}: {exc or type(exc).__name__}", host=self.name) from None
-        if code == -1:  # paramiko's word for "the channel closed without an exit status"
-            raise HostUnreachable(f"router {what}: the SSH channel closed before `{command}` finished",
-                                  host=self.name)
-        return code, b"".join(out).decode("utf-8", "replace").strip()
+        """A shell command on the host (fed ``stdin`` if any); its exit code and output
+        (stdout, then stderr)."""
+        timeout = max(self.access.timeout, 30.0)
+        if stdin:
+            code, out = ssh.feed(self._transport(), command, stdin, host=self.name, what=f"router {what}",
+                                 timeout=timeout)
+        else:
+            conn = getattr(self.conn, "conn", self.conn)  # the driver's current connection, or the connection
+            code, stdout, stderr = ssh.run(conn, command, host=self.name, what=f"router {what}", timeout=timeout)
+            out = stdout + stderr
+        return code, out.decode("utf-8", "replace").strip()
 
     # ------------------------------------------------------------ observing
     def observe(self) -> Observation:

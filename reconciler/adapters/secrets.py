@@ -254,21 +254,15 @@ def _base(host: "DockerHost") -> str:
 
 
 def _run(host: "DockerHost", command: str, stdin: bytes, what: str) -> None:
-    """``command`` through the host's shell, ``stdin`` on its standard input
-    (the only way a value travels: never in an argv)."""
+    """``command`` through the host's shell, ``stdin`` (if any) on its
+    standard input (the only way a value travels: never in an argv)."""
     from reconciler.adapters import ssh
 
     def run() -> tuple[int, bytes]:
-        channel = ssh.open_channel(host.transport, host=host.name, what=what, timeout=host.timeout)
-        try:
-            channel.settimeout(host.timeout)
-            channel.exec_command(command)
-            channel.sendall(stdin)
-            channel.shutdown_write()
-            err = channel.makefile_stderr("rb").read()
-            return channel.recv_exit_status(), err
-        finally:
-            channel.close()
+        if stdin:
+            return ssh.feed(host.transport, command, stdin, host=host.name, what=what, timeout=host.timeout)
+        status, out, err = ssh.run(host.conn, command, host=host.name, what=what, timeout=host.timeout)
+        return status, out + err
 
     status, err = host.over_ssh(what, run)
     if status != 0:

@@ -15,10 +15,18 @@ reset, even an AttributeError), and all of those are ``HostUnreachable``.
 A connection's log records go to ``paramiko.transport.<host>``, so that
 ``adapters.liblog`` can say which host a record is about.
 
-A connection is paramiko's own ``SSHClient`` (``SSHConnection`` below keeps
-it with the host's user): fabric's ``Connection`` added nothing used here
-(its config, host key policy and command runner were all bypassed) and cost
-every command 35-50 ms of imports (invoke, with unittest.mock and asyncio).
+A connection is fabric's ``Connection``, built so that none of fabric's
+defaults that would trust or read more than the above apply: no config
+files (``lazy``), an empty ssh config, paramiko's ``RejectPolicy`` in place
+of fabric's ``AutoAddPolicy``, our own TCP socket.  Commands run on a host
+go through ``run`` (fabric's ``Connection.run``, output hidden and
+captured, no stdin, a timeout); channels fabric has no API for (a Unix
+socket, HAProxy's admin port) are opened on ``conn.transport``.
+
+fabric (with invoke, unittest.mock and asyncio) is 35-50 ms of imports:
+``connect`` imports it after its TCP connect, and ``fleet.start_opening``
+imports it beside the handshakes, never on the main thread's way to
+``--help`` or the planner.
 """
 
 from __future__ import annotations
@@ -28,9 +36,12 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import paramiko  # invoke, which it imports at its top, is made lazy by reconciler.adapters
+import paramiko
+
+if TYPE_CHECKING:
+    from fabric import Connection
 
 from reconciler.errors import HostKeyMismatch, HostUnreachable, UnknownHostKey
 
@@ -41,6 +52,17 @@ LOG_CHANNEL = "paramiko.transport"
 
 # What paramiko raises when a connection or channel fails under a request.
 SSH_FAILURES = (paramiko.SSHException, EOFError, OSError)
+
+# How every command runs on a host (invoke's ``Runner.run`` options, as
+# fabric's Connection.run takes them): its output captured, never echoed;
+# a non-zero exit is an answer for the caller, not an exception; no stdin
+# (invoke would mirror ours, and feeds a stream one byte per 10 ms, its
+# issue 774); and latin-1, which maps each byte to one character: invoke
+# decodes every 1000-byte chunk on its own with errors="replace", which
+# would mangle a UTF-8 character cut between two chunks, and any binary.
+# The text encodes back to exactly the bytes the host sent (``run``).
+BYTES = "latin-1"
+RUN_OPTIONS = {"hide": True, "warn": True, "in_stream": False, "pty": False, "encoding": BYTES}
 
 # OpenSSH's channel to a Unix socket on the server (its PROTOCOL file, 2.4;
 # `ssh -L local:/remote.sock`), allowed unless AllowStreamLocalForwarding no.
@@ -60,36 +82,18 @@ class SSHAccess:
     timeout: float = 10.0
 
 
-class SSHConnection:
-    """One SSH connection to a host: paramiko's client, its transport (kept
-    after ``close``, no longer active), the user it logged in as and the
-    identity it logged in with."""
-
-    def __init__(self, client: paramiko.SSHClient, *, host: str, user: str, port: int,
-                 identity_file: str | None = None) -> None:
-        self.client = client
-        self.transport: paramiko.Transport = client.get_transport()
-        self.host = host  # the address connected to
-        self.user = user
-        self.port = port
-        self.identity_file = identity_file
-
-    def close(self) -> None:
-        self.client.close()
-
-
 def _host_key_name(access: SSHAccess) -> str:
     # known_hosts writes non-default ports as [addr]:port.
     return access.address if access.port == 22 else f"[{access.address}]:{access.port}"
 
 
-def connect(access: SSHAccess) -> SSHConnection:
+def connect(access: SSHAccess) -> "Connection":
     """Open an SSH connection to ``access`` with its pinned host key.
 
     Raises ``UnknownHostKey`` when no key is pinned for the host,
     ``HostKeyMismatch`` when the host presents another key, and
     ``HostUnreachable`` on network failures and timeouts.  The returned
-    connection is open; close it with ``.close()``.
+    connection is fabric's ``Connection``, open; close it with ``.close()``.
     """
     known_hosts = Path(access.known_hosts_file)
     pinned = paramiko.HostKeys()
@@ -118,30 +122,16 @@ def connect(access: SSHAccess) -> SSHConnection:
             host=access.host,
         ) from None
     _no_small_packet_delays(sock)
-    client = paramiko.SSHClient()  # no system known_hosts, no ssh config: only what is passed here
-    client.set_missing_host_key_policy(paramiko.RejectPolicy())
-    # Load the pins directly: load_host_keys would remember the file name and
-    # could write to it; we never want to change the pinned file.
-    for hostname, keys in pinned.items():
-        for keytype, key in keys.items():
-            client.get_host_keys().add(hostname, keytype, key)
+    try:
+        conn = _connection(access, sock, pinned)
+    except BaseException:
+        sock.close()
+        raise
     try:
         try:
-            client.connect(
-                access.address,
-                port=access.port,
-                username=access.user,
-                key_filename=[access.identity_file],
-                look_for_keys=False,
-                allow_agent=False,
-                timeout=access.timeout,
-                banner_timeout=access.timeout,
-                auth_timeout=access.timeout,
-                channel_timeout=access.timeout,
-                sock=sock,
-            )
+            conn.open()
         except BaseException:
-            client.close()
+            conn.client.close()  # fabric's close() closes only a connection that is up
             sock.close()  # paramiko leaves a socket it was given open
             raise
     except paramiko.BadHostKeyException as exc:
@@ -168,11 +158,53 @@ def connect(access: SSHAccess) -> SSHConnection:
             f"cannot reach {access.address}:{access.port} over SSH: {exc or type(exc).__name__}",
             host=access.host,
         ) from None
-    conn = SSHConnection(client, host=access.address, user=access.user, port=access.port,
-                         identity_file=access.identity_file)
     conn.transport.set_keepalive(KEEPALIVE_INTERVAL)
     conn.transport.set_log_channel(f"{LOG_CHANNEL}.{access.host}")
     return conn
+
+
+def _connection(access: SSHAccess, sock: socket.socket, pinned: paramiko.HostKeys) -> "Connection":
+    """fabric's ``Connection`` to ``access`` over ``sock``, not open yet,
+    trusting only ``pinned`` and reading nothing of the user's or the system's."""
+    from fabric import Config, Connection  # imported beside the handshakes: fleet.start_opening
+
+    config = Config(
+        lazy=True,  # no /etc/fabric.yaml, ~/.fabric.yaml, project or environment config
+        ssh_config=paramiko.SSHConfig(),  # an explicit empty one: ~/.ssh/config and /etc/ssh are not read
+        overrides={"load_ssh_configs": False, "forward_agent": False, "run": dict(RUN_OPTIONS)},
+    )
+    conn = Connection(
+        access.address,
+        user=access.user,
+        port=access.port,
+        config=config,
+        forward_agent=False,
+        connect_kwargs={
+            "key_filename": [access.identity_file],
+            "look_for_keys": False,  # no ~/.ssh/id_*
+            "allow_agent": False,
+            # fabric's connect_timeout is cut to whole seconds (int()); paramiko's own is exact
+            "timeout": access.timeout,
+            "banner_timeout": access.timeout,
+            "auth_timeout": access.timeout,
+            "channel_timeout": access.timeout,  # also every channel fabric opens (Connection.run's session)
+            "sock": sock,
+        },
+    )
+    # fabric's default would trust whoever answers and remember its key.
+    conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    # The pins loaded directly: load_host_keys would remember the file name
+    # and could write to it; we never want to change the pinned file.
+    for hostname, keys in pinned.items():
+        for keytype, key in keys.items():
+            conn.client.get_host_keys().add(hostname, keytype, key)
+    return conn
+
+
+def identity_file(conn: Any) -> str | None:
+    """The identity ``conn`` logged in with (it keys host-file secrets' digests)."""
+    files = (getattr(conn, "connect_kwargs", None) or {}).get("key_filename") or []
+    return files[0] if files else None
 
 
 def _no_small_packet_delays(sock: Any) -> None:
@@ -298,26 +330,66 @@ def open_streamlocal(transport: Any, socket_path: str, *, host: str, what: str, 
     raise transport.get_exception() or paramiko.SSHException(f"Unable to open a channel to {socket_path}.")
 
 
-def exec_output(transport: Any, command: str, *, host: str, what: str, timeout: float) -> tuple[int, bytes, bytes]:
-    """Run ``command`` on an exec channel; its exit status, stdout and stderr.
+def run(conn: "Connection", command: str, *, host: str, what: str, timeout: float) -> tuple[int, bytes, bytes]:
+    """Run ``command`` on the host through its shell (fabric's
+    ``Connection.run``); its exit status, stdout and stderr (bytes, exactly
+    as sent).
 
-    For what the hosts run through their shell (reading a file where there
-    is no SFTP); SSH-level failures are ``HostUnreachable``.
+    A connection that is closed or lost, before or during the command, and
+    a command that does not finish within ``timeout`` seconds (its channel
+    is then closed) are ``HostUnreachable`` naming ``what``.
+    """
+    from invoke.exceptions import CommandTimedOut, ThreadException
+
+    if not alive(conn.transport):
+        raise HostUnreachable(f"{what}: the SSH connection is closed", host=host)
+    try:
+        result = conn.run(command, timeout=timeout, **RUN_OPTIONS)
+    except CommandTimedOut:
+        raise HostUnreachable(f"{what}: `{command}` did not finish within {timeout:g}s", host=host) from None
+    except ThreadException as exc:  # an I/O thread's failure: the channel or the connection went
+        reasons = "; ".join(innermost(e.value) for e in exc.exceptions)
+        raise HostUnreachable(f"{what}: SSH connection lost: {reasons}", host=host) from None
+    except SSH_FAILURES as exc:  # opening the session
+        if alive(conn.transport) and isinstance(exc, paramiko.ChannelException):
+            raise HostUnreachable(f"{what}: the host refused a session: {innermost(exc)}", host=host) from None
+        raise HostUnreachable(f"{what}: SSH connection lost: {innermost(exc)}", host=host) from None
+    if result.exited == -1:  # paramiko's word for "the channel closed without an exit status"
+        raise HostUnreachable(f"{what}: the SSH channel closed before `{command}` finished", host=host)
+    return result.exited, result.stdout.encode(BYTES), result.stderr.encode(BYTES)
+
+
+def feed(transport: Any, command: str, data: bytes, *, host: str, what: str,
+         timeout: float) -> tuple[int, bytes]:
+    """Run ``command`` with ``data`` on its standard input; its exit status
+    and output (stdout and stderr together).
+
+    For what writes a file on the host from our memory (a secret's value,
+    which must never be in an argv; a router's config).  Not fabric's
+    ``Connection.run``: invoke feeds ``in_stream`` one byte per 10 ms
+    (``bytes_to_read`` is 1 for anything not a terminal, then
+    ``input_sleep``; invoke issue 774, open), 100 bytes a second, and SFTP
+    is not on every host.  SSH failures are ``HostUnreachable``.
     """
     channel = open_channel(transport, host=host, what=what, timeout=timeout)
     try:
+        channel.set_combine_stderr(True)
         channel.settimeout(timeout)
-        try:
-            channel.exec_command(command)
-            out = channel.makefile("rb").read()
-            err = channel.makefile_stderr("rb").read()
-        except SSH_FAILURES as exc:
-            raise HostUnreachable(f"{what}: {innermost(exc)}", host=host) from None
-        if not channel.status_event.wait(timeout):
-            raise HostUnreachable(f"{what}: no exit status within {timeout:.0f}s", host=host)
-        return channel.recv_exit_status(), out, err
+        channel.exec_command(command)
+        channel.sendall(data)
+        channel.shutdown_write()
+        _ack_at_once(transport.sock)
+        out = []
+        while chunk := channel.recv(65536):
+            out.append(chunk)
+        code = channel.recv_exit_status()
+    except SSH_FAILURES as exc:  # socket.timeout included
+        raise HostUnreachable(f"{what}: {innermost(exc)}", host=host) from None
     finally:
         channel.close()
+    if code == -1:
+        raise HostUnreachable(f"{what}: the SSH channel closed before `{command}` finished", host=host)
+    return code, b"".join(out)
 
 
 def open_sftp(transport: Any, *, host: str, what: str, timeout: float) -> paramiko.SFTPClient | None:
