@@ -20,13 +20,15 @@ defaults that would trust or read more than the above apply: no config
 files (``lazy``), an empty ssh config, paramiko's ``RejectPolicy`` in place
 of fabric's ``AutoAddPolicy``, our own TCP socket.  Commands run on a host
 go through ``run`` (fabric's ``Connection.run``, output hidden and
-captured, no stdin, a timeout); channels fabric has no API for (a Unix
-socket, HAProxy's admin port) are opened on ``conn.transport``.
+captured, no stdin, a timeout), except a command fed data on its stdin
+(``feed``: invoke feeds a stream at 100 bytes a second); channels fabric
+has no API for (a Unix socket, HAProxy's admin port) are opened on
+``conn.transport``.
 
 fabric (with invoke, unittest.mock and asyncio) is 35-50 ms of imports:
-``connect`` imports it after its TCP connect, and ``fleet.start_opening``
-imports it beside the handshakes, never on the main thread's way to
-``--help`` or the planner.
+``connect`` imports it after its TCP connect, in the threads
+``fleet.start_opening`` opens the hosts in, never on the main thread's way
+to ``--help`` or the planner.
 """
 
 from __future__ import annotations
