@@ -1,5 +1,6 @@
 """Where the tool's non-code files are: hooks, templates, the systemd unit,
-the example environment repository.
+the example environment repository, the router's Lua (``haproxy/``, a real
+directory under ``_data``, not a link).
 
 They live under ``reconciler/_data/`` in every installation: in the source
 tree as symlinks to the top-level ``hooks/ templates/ systemd/
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from reconciler.errors import StalledError
 
-NAMES = ("hooks", "templates", "systemd", "desired-state")
+NAMES = ("hooks", "templates", "systemd", "desired-state", "haproxy")
 
 
 def path(name: str) -> Path:

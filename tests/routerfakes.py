@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from fakes import FakeHost, World
 from reconciler.core import router as rt
+from reconciler.core import traffic
 from reconciler.core.health import CheckResult, Verdict
 from reconciler.core.model import HealthCheck
 from reconciler.errors import RouterError
@@ -82,6 +83,7 @@ class FakeRouter:
     # traffic (``FakeServer.errors``/``total``) or a server going DOWN.
     traffic: object = None
     weights_seen: list[dict] = field(default_factory=list)  # backend weights at every reading
+    maps_: dict[str, dict[str, str]] = field(default_factory=dict)  # core.traffic's map entries
 
     # ------------------------------------------------------------ the adapter's interface
     def servers(self) -> dict[tuple[str, str], rt.ServerState]:
@@ -102,6 +104,9 @@ class FakeRouter:
     def header(self) -> tuple[str | None, str | None]:
         return self.skeleton, getattr(self, "owner", None)
 
+    def view_maps(self) -> tuple[tuple[str, str, str], ...]:
+        return tuple((n, k, v) for n, entries in sorted(self.maps_.items()) for k, v in sorted(entries.items()))
+
     def persist(self) -> None:
         self.persisted += 1
 
@@ -116,7 +121,17 @@ class FakeRouter:
         key = (step.backend, getattr(step, "server", ""))
         server = self.servers_.get(key)
         result = None
-        if isinstance(step, rt.Configure):
+        if isinstance(step, traffic.TrafficStep):
+            entry = step.entry()
+            if entry is not None:
+                name, value = entry
+                if value is None:
+                    self.maps_.get(name, {}).pop(step.backend, None)
+                else:
+                    self.maps_.setdefault(name, {})[step.backend] = value
+            else:
+                self.clock.sleep(step.seconds)  # WaitMirror
+        elif isinstance(step, rt.Configure):
             self.configures += 1
             self.skeleton = self.site_hash
         elif isinstance(step, rt.AddServer):

@@ -52,7 +52,7 @@ def test_an_exposed_service_and_the_router_load_into_the_model():
     # One site per host, with the host's own values filled in.
     site = rt.site_for(env, "h2")
     assert site.settings == rt.RouterSettings(bind="10.0.0.2:80", admin="127.0.0.1:9901", socket="/srv/h2/admin.sock",
-                                              state_file="/srv/h2/state", log="stdout")
+                                              state_file="/srv/h2/state", log="stdout", files="/srv/h2/reconciler")
     assert site.exposures == (rt.Exposure("web", 8080, ("shop.example.com",), "/api",
                                           rt.RouterCheck("http", "/health", 200, None, 1.0, 2.0, 3, 2)),)
     assert rt.access_fields(env.router, env.host("h1")) == {

@@ -41,6 +41,7 @@ from reconciler.adapters import ssh
 from reconciler.adapters.ssh import _ack_at_once
 from reconciler.core import router as core
 from reconciler.core import router_owner
+from reconciler.core import traffic
 from reconciler.core.health import CheckResult, Verdict
 from reconciler.errors import HostUnreachable, RouterConfigRejected, RouterError
 
@@ -209,6 +210,22 @@ class Router:
         code, out = self._exec(f"head -n 5 {shlex.quote(self.access.config_file)}", b"", "read config")
         return (core.hash_in(out), router_owner.owner_in(out)) if code == 0 else (None, None)
 
+    def maps(self) -> dict[str, dict[str, str]]:
+        """``core.traffic``'s map entries (map -> backend -> value), one command line; {} without them."""
+        files = self.site.settings.files
+        if not files:
+            return {}
+        out = {}
+        for name in traffic.MAPS:
+            answer = self.send(f"show map {traffic.map_path(files, name)}", "read maps")
+            # A config written before the maps existed: "Unknown map identifier".
+            out[name] = {} if answer.lstrip().startswith("Unknown") else traffic.parse_map(answer)
+        return out
+
+    def view_maps(self) -> tuple[tuple[str, str, str], ...]:
+        return tuple((name, key, value) for name, entries in sorted(self.maps().items())
+                     for key, value in sorted(entries.items()))
+
     def config_hash(self) -> str | None:
         """The skeleton hash of the config file on the host; None for a file we did not write."""
         return self.header()[0]
@@ -223,6 +240,7 @@ class Router:
         observation = observation or self.observe()
         text = router_owner.stamp(core.render_config(self.site, core.servers_by_backend(observation.servers)),
                                   self.access.owner)
+        self._write_support_files()
         state_file = self.site.settings.state_file
         if state_file:
             tmp = shlex.quote(state_file + ".tmp")
@@ -256,6 +274,28 @@ class Router:
         code, out = self._exec(f"mv -f {shlex.quote(tmp)} {shlex.quote(cfg)}", b"", "write config")
         if code != 0:
             raise RouterError(f"router write {cfg}: exit {code}: {out}", host=self.name)
+
+    def _write_support_files(self) -> None:
+        """The Lua, the map files (the live entries) and the pages, before the config that names them."""
+        from reconciler import resources
+
+        if not self.site.settings.files:
+            return
+        lua = (resources.path("haproxy") / traffic.LUA_FILE).read_text()
+        try:
+            maps = self.maps()
+        except RouterError:
+            maps = {}  # the running config has no maps yet: they start empty
+        files = traffic.support_files(self.site, maps, lua)
+        script = "set -e; umask 022; mkdir -p " + shlex.quote(self.site.settings.files)
+        payload = b""
+        for path, text in files.items():
+            data = text.encode()
+            script += f"; head -c {len(data)} > {shlex.quote(path + '.tmp')} && mv -f {shlex.quote(path + '.tmp')} {shlex.quote(path)}"
+            payload += data
+        code, out = self._exec(f"sh -c {shlex.quote(script)}", payload, "write support files")
+        if code != 0:
+            raise RouterError(f"router write {self.site.settings.files}: exit {code}: {out}", host=self.name)
 
     def _worker(self) -> str:
         """The pid of the worker answering the Runtime API (``show info``)."""
@@ -299,6 +339,8 @@ class Router:
             return self.wait_up(step)
         if isinstance(step, core.WaitDrained):
             return self.wait_drained(step)
+        if isinstance(step, traffic.TrafficStep):
+            return self._traffic(step, persist)
         what = f"{step.step} {step.backend}/{getattr(step, 'server', '')}"
         if isinstance(step, core.AddServer):
             exists = (step.backend, step.server) in self.servers()
@@ -309,6 +351,19 @@ class Router:
         else:
             for command in core.commands(step):
                 self._run(command, what)
+        if persist:
+            self.persist()
+        return None
+
+    def _traffic(self, step: traffic.TrafficStep, persist: bool) -> None:
+        files = self.site.settings.files
+        if not files:
+            raise RouterError(f"router {step.step}: this router's config has no traffic maps", host=self.name)
+        if isinstance(step, traffic.WaitMirror):
+            time.sleep(step.seconds)
+            return None
+        for command in traffic.commands(step, files, self.maps()):
+            self._run(command, f"{step.step} {step.backend}")
         if persist:
             self.persist()
         return None
@@ -376,3 +431,4 @@ def _poll(check: Callable[[], bool], deadline: float) -> bool:
         if time.monotonic() >= end:
             return False
         time.sleep(POLL_INTERVAL)
+

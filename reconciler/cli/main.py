@@ -43,6 +43,9 @@ COMMANDS: dict[str, str] = {
     "install-hooks": "install the hooks: pre-receive validates pushes and refuses rewrites, post-receive nudges the agent",
     "db": "database backups: list them, restore one (asks first), drill a restore into a scratch database",
     "secret": "encrypt a secret from stdin to the environment's age recipients and write it into its YAML in place (comments kept)",
+    "maintenance": "maintenance on|off SERVICE: answer every request 503 with a page, or serve again (a commit, then the engine)",
+    "pause": "hold new requests of an exposed service at its routers, each at most --deadline (a commit, then the engine)",
+    "resume": "release the requests `reconciler pause` holds and serve again (a commit, then the engine)",
     "verify-push": "the pre-receive hook's signature check: refuse a ref update adding commits no trusted key signed (policy.require_signed)",
 }
 

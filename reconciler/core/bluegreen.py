@@ -28,6 +28,7 @@ from typing import Mapping
 
 from reconciler.core import model
 from reconciler.core import router as rt
+from reconciler.core import traffic
 from reconciler.core.model import Environment, ObservedContainer, ObservedHost, Service
 from reconciler.core.plan import Action, Adopt, Aside, CheckHealth, Remove, Revive, Route, Start, Switch
 
@@ -81,6 +82,8 @@ def _clear_candidate(desired: Environment, service: Service, host: str, candidat
 
 
 def _reason(step: rt.RouterStep, service: Service) -> str:
+    if isinstance(step, traffic.TrafficStep):
+        return traffic.reason(step)
     check = rt.router_check(service.health)
     if isinstance(step, rt.AddServer):
         return f"add {step.server} with weight 0 and the router's {check.kind} check"
@@ -116,8 +119,9 @@ def _routes(service: Service, host: str, steps: tuple[rt.RouterStep, ...], full:
     """Route actions positioned by their index in the full sequence (``full`` steps long)."""
     first = full - len(steps)
     return [(10 + first + i, Route(host, service.name, _reason(step, service), route=step, batch=batch,
-                                   container=container if isinstance(step, rt.AddServer) else "",
-                                   persist=isinstance(step, rt.Drain) or i == len(steps) - 1))
+                                   container=container if isinstance(step, (rt.AddServer, *traffic.ADDRESSED)) else "",
+                                   persist=isinstance(step, (rt.Drain, traffic.StartMirror, traffic.StopMirror))
+                                   or i == len(steps) - 1))
             for i, step in enumerate(steps)]
 
 
@@ -158,7 +162,9 @@ def deploy_batch(desired: Environment, service: Service, batch: tuple[str, ...],
         # A server this run adds anew was never drained: no Ready for it.
         fresh = not adopted and view is not None and (service.name, green) not in view.observed
         full = _cutover(service, host, green, address, view, active, fresh=fresh)
-        steps = rt.resume(full, view.observed) if address and view is not None else full
+        if active is not None:  # copies of live requests to green before the switch (core.traffic)
+            full = traffic.with_mirror(full, service.expose.mirror)
+        steps = traffic.resume(full, view) if address and view is not None else full
         items += _routes(service, host, steps, len(full), candidate_name, index)
         from reconciler.core import canary  # it imports this module
 

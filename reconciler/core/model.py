@@ -261,6 +261,36 @@ class Expose:
     hostnames: tuple[str, ...] = ()  # none: any host name
     path: str | None = None  # None: any path
     drain: float = 30.0
+    # Traffic control through the router (core.traffic): copies to green
+    # before a switch, requests held, a maintenance page.
+    mirror: "Mirror | None" = None
+    pause: "Pause | None" = None  # held now, until the field goes (``reconciler pause``/``resume``)
+    database_pause: "Pause | None" = None  # held while a deploy's database steps run
+    maintenance: "Maintenance | None" = None  # 503 with the page while the field is there
+
+
+@dataclass(frozen=True)
+class Mirror:
+    """``expose.mirror``: before each switch, ``percent`` of live requests are
+    also sent to green for ``duration`` seconds; green's answers are discarded."""
+
+    percent: int
+    duration: float
+
+
+@dataclass(frozen=True)
+class Pause:
+    """Requests held at the router (never failed) for at most ``deadline``
+    seconds each, then answered 503."""
+
+    deadline: float = 30.0
+
+
+@dataclass(frozen=True)
+class Maintenance:
+    """Every request answered 503 with ``page`` (HTML) while declared."""
+
+    page: str | None = None  # None: the router's default page
 
 
 @dataclass(frozen=True)

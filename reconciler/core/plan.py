@@ -354,7 +354,7 @@ def plan_deploy(
     revision: str,
 ) -> Plan:
     """The ordered actions that make ``observed`` match ``desired``."""
-    from reconciler.core import bluegreen, canary, router_image  # they build this module's actions
+    from reconciler.core import bluegreen, canary, router_image, traffic  # they build this module's actions
 
     env = desired.name
     policy = desired.policy
@@ -470,11 +470,12 @@ def plan_deploy(
     pulls += [a for a in router_steps if isinstance(a, Pull)]
     tail += [a for a in router_steps if isinstance(a, router_image.RemoveRouter)]
     deploys = ([a for a in router_steps if isinstance(a, router_image.StartRouter)]
-               + bluegreen.configures(desired, observed) + deploys)
+               + bluegreen.configures(desired, observed) + traffic.settle(desired, observed) + deploys)
     return Plan(
         environment=env,
         revision=revision,
-        actions=tuple(pulls + database_steps(desired, deploys, "expand") + deploys + tail),
+        actions=tuple(pulls + traffic.around_database(desired, observed, database_steps(desired, deploys, "expand"))
+                      + deploys + tail),
         changes=tuple(changes),
         findings=tuple(findings),
     )

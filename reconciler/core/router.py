@@ -63,6 +63,7 @@ class RouterSettings:
     socket: str | None = None  # a root-only unix admin socket; it also hands listeners to a reloaded worker
     state_file: str | None = None  # HAProxy's server-state file: check states survive a reload or restart
     log: str | None = "/dev/log"
+    files: str | None = None  # the directory of the Lua, map and page files (core.traffic); None: no traffic rules
     timeout_connect: float = 5.0
     timeout_client: float = 30.0
     timeout_server: float = 30.0
@@ -109,6 +110,7 @@ class Exposure:
     sticky: str | None = None
     qa_header: str | None = None
     qa_cookie: str | None = None
+    page: str | None = None  # the maintenance page (core.traffic); None: the default one
 
     @property
     def qa_backend(self) -> str | None:
@@ -254,11 +256,14 @@ def render_config(site: Site, servers: Mapping[str, Sequence[Server]], *, _with_
     lines = ["# Written by reconciler: this host's routing, rewritten after every router change."]
     if _with_hash:
         lines.append(f"# skeleton: {skeleton_hash(site)}")
+    from reconciler.core import traffic
+
     lines += ["global", f"    stats socket ipv4@{s.admin} level admin"]
     if s.socket:
         lines.append(f"    stats socket {s.socket} mode 600 level admin expose-fd listeners")
     if s.state_file:
         lines.append(f"    server-state-file {s.state_file}")
+    lines += traffic.global_lines(s)
     if s.log:
         lines.append(f"    log {s.log} format raw daemon notice" if s.log in ("stdout", "stderr")
                      else f"    log {s.log} daemon notice")
@@ -310,6 +315,8 @@ def render_config(site: Site, servers: Mapping[str, Sequence[Server]], *, _with_
             lines += [f"    option httpchk GET {e.check.path}", f"    http-check expect status {e.check.expected_status}"]
             if e.check.body_contains is not None:
                 lines.append(f'    http-check expect string "{e.check.body_contains}"')
+        if name == e.service:
+            lines += traffic.backend_lines(s, e)
         for server in sorted(servers.get(name, ()), key=lambda x: x.name):
             weight = 0 if server.state == "drain" else server.weight
             disabled = " disabled" if server.state == "maint" else ""
@@ -378,6 +385,14 @@ class RouterView:
 
     servers: tuple[ServerState, ...] = ()
     skeleton: str | None = None  # the hash in the host's config file; None: a file we did not write
+    maps: tuple[tuple[str, str, str], ...] = ()  # (map, backend, value): core.traffic's entries
+
+    @property
+    def maps_by_name(self) -> dict[str, dict[str, str]]:
+        out: dict[str, dict[str, str]] = {}
+        for name, key, value in self.maps:
+            out.setdefault(name, {})[key] = value
+        return out
 
     @property
     def observed(self) -> dict[tuple[str, str], ServerState]:
@@ -393,8 +408,11 @@ class RouterView:
 def settings_for(config: RouterConfig, host: Host) -> RouterSettings:
     """The settings of ``host``'s router: ``{host}`` and ``{address}`` filled in."""
     fill = lambda text: None if text is None else text.replace("{host}", host.name).replace("{address}", host.address)  # noqa: E731
+    from reconciler.core.traffic import files_dir
+
     return RouterSettings(bind=fill(config.bind), admin=fill(config.admin), socket=fill(config.socket),
-                          state_file=fill(config.state_file), log=fill(config.log))
+                          state_file=fill(config.state_file), log=fill(config.log),
+                          files=files_dir(fill(config.config_file)))
 
 
 def access_fields(config: RouterConfig, host: Host) -> dict[str, str]:
@@ -410,11 +428,13 @@ def exposure_of(service: Service) -> Exposure:
     if expose is None:
         raise ValueError(f"service {service.name} is not exposed")
     canary = service.rollout.canary if service.rollout.strategy == "canary" else None
+    page = expose.maintenance.page if expose.maintenance is not None else None
     if canary is None:
-        return Exposure(service.name, expose.port, expose.hostnames, expose.path, router_check(service.health))
+        return Exposure(service.name, expose.port, expose.hostnames, expose.path, router_check(service.health),
+                        page=page)
     return Exposure(service.name, expose.port, expose.hostnames, expose.path, router_check(service.health),
                     sticky=f"rcl-{service.name}" if canary.sticky else None,
-                    qa_header=canary.qa_header, qa_cookie=canary.qa_cookie)
+                    qa_header=canary.qa_header, qa_cookie=canary.qa_cookie, page=page)
 
 
 def site_for(environment: Environment, host: str) -> Site | None:

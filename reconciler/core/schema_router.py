@@ -22,6 +22,7 @@
     services:
       web:
         expose: {hosts: [shop.example.com], path: /api, port: 8080, drain: 30s}
+        # and mirror / pause / database_pause / maintenance: core.schema_traffic
 
 A service with ``expose`` is deployed blue-green through its hosts'
 routers and publishes no host port; what each host's router would serve is
@@ -37,11 +38,12 @@ import re
 from reconciler.core import model
 from reconciler.core import router as rt
 from reconciler.core.schema_fields import BAD, duration, integer, mapping, string, string_list
+from reconciler.core.schema_traffic import TRAFFIC_KEYS, parse_traffic
 from reconciler.core.schema_values import parse_image
 from reconciler.core.schema_yaml import Node, Problems
 
 ROUTER_KEYS = ("image", "bind", "admin", "config_file", "reload", "check", "socket", "state_file", "log")
-EXPOSE_KEYS = ("hosts", "path", "port", "drain")
+EXPOSE_KEYS = ("hosts", "path", "port", "drain", *TRAFFIC_KEYS)
 _ADDRESS_RE = re.compile(r"^(\{address\}|[0-9A-Za-z.:\[\]-]*):\d{1,5}$")
 
 
@@ -105,9 +107,10 @@ def parse_expose(node: Node, problems: Problems, what: str) -> model.Expose:
     hostnames = string_list(fields["hosts"], problems, f"{what}.hosts") if "hosts" in fields else ()
     path = string(fields["path"], problems, f"{what}.path") if "path" in fields else None
     drain = duration(fields["drain"], problems, f"{what}.drain") if "drain" in fields else 30.0
-    if BAD in (port, hostnames, path, drain):
+    traffic = parse_traffic(fields, problems, what)  # mirror, pause, maintenance (core.schema_traffic)
+    if BAD in (port, hostnames, path, drain, *traffic.values()):
         return BAD
-    return model.Expose(port, tuple(sorted(set(hostnames))), path, drain)
+    return model.Expose(port, tuple(sorted(set(hostnames))), path, drain, **traffic)
 
 
 def check_routing(services, router: model.RouterConfig | None, hosts: tuple[model.Host, ...], problems: Problems) -> None:

@@ -43,6 +43,7 @@ from reconciler.core.model import ContainerSpec, Environment, HealthCheck, Image
 from reconciler.engine.routed import RoutedSteps, RouterDriver
 from reconciler.engine.watching import WatchedSteps
 from reconciler.core.canary import Observe, Release, Watch
+from reconciler.core.traffic import DatabaseHold
 from reconciler.core.plan import (DATABASE_STEPS, Action, Adopt, Aside, CheckHealth, Heal, Plan, Prune, Pull, Remove, Restore,
                                   Resume, Retire, Revive, Route, Start, Switch)
 
@@ -180,7 +181,11 @@ class Executor(RoutedSteps, WatchedSteps):
             database, deploy, maintenance = split_phases(plan.actions)
             # After pre-flight, before the first container change: a refusal
             # or failure here leaves every host, and the schema, as they were.
-            self._run_groups(database, outcome)
+            try:
+                self._run_groups(database, outcome)
+            except ReconcilerError:
+                self._release_held(database)  # held requests are never left to time out
+                raise
             try:
                 self._run_groups(deploy, outcome)
             except ReconcilerError as failure:
@@ -545,8 +550,9 @@ def split_phases(actions: Sequence[Action]) -> tuple[list[Action], list[Action],
     failure) and the maintenance after them (heal, prune, remove).  The
     planner puts maintenance last; a Remove before the last deploy step
     clears a leftover for the deploy."""
-    database = [a for a in actions if isinstance(a, DATABASE_STEPS)]
-    work = [a for a in actions if not isinstance(a, (Pull, *DATABASE_STEPS))]
+    phase = (*DATABASE_STEPS, DatabaseHold)  # holds around the database steps go with them
+    database = [a for a in actions if isinstance(a, phase)]
+    work = [a for a in actions if not isinstance(a, (Pull, *phase))]
     last = max((i for i, a in enumerate(work) if isinstance(a, _DEPLOY_STEPS)), default=-1)
     return database, work[: last + 1], work[last + 1 :]
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Mapping, Protocol
 
 from reconciler.core import model
 from reconciler.core import router as rt
+from reconciler.core import traffic
 from reconciler.core.plan import Route
 from reconciler.errors import DeployFailed, RouterError
 
@@ -35,7 +36,7 @@ class RoutedSteps:
     def _route(self, driver: HostDriver, action: Route) -> None:
         step = action.route
         router = self.routers[action.host]
-        if isinstance(step, rt.AddServer) and action.container:
+        if isinstance(step, (rt.AddServer, *traffic.ADDRESSED)) and action.container:
             # A container has its address once started: read it now, not at planning.
             step = dataclasses.replace(step, address=driver.address(self._named(action.host, action.container).id))
         outcome = router.apply(step, persist=action.persist)
@@ -46,6 +47,13 @@ class RoutedSteps:
             failure = DeployFailed(f"health check failed: {outcome.reason}", host=action.host)
             failure.evidence = [r.detail for r in outcome.evidence] + ([f"logs:\n{logs}"] if logs else [])
             raise failure
+
+    def _release_held(self, database_phase) -> None:
+        """After a failed database step: every hold of the phase released (at once, each host)."""
+        releases = [a for a in database_phase if isinstance(a, Route) and isinstance(a.route, traffic.Release)]
+        for action, exc in self._per_host(releases, lambda a: self._route(self.hosts[a.host], a)):
+            self.report("failed" if exc else "done", step=action.step, host=action.host, service=action.service,
+                        **({"error": str(exc)} if exc else {"reason": action.reason}))
 
     def _abandon(self, router: RouterDriver, step: rt.WaitUp) -> None:
         """Take out a server the router never saw UP, unless it serves already

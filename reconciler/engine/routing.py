@@ -73,7 +73,8 @@ def _view(environment: Environment, host: str, router: Any, observed: ObservedHo
     refused = router_owner.refusal(environment.name, owner, servers.values(), host, config_file)
     if refused:
         raise RouterOwned(refused, host=host)
-    return rt.RouterView(tuple(servers[k] for k in sorted(servers)), skeleton)
+    maps = router.view_maps() if hasattr(router, "view_maps") else ()  # core.traffic's entries
+    return rt.RouterView(tuple(servers[k] for k in sorted(servers)), skeleton, maps)
 
 
 def observe(environment: Environment, observed: Mapping[str, ObservedHost], routers: Mapping[str, Any]) -> dict[str, ObservedHost]:

@@ -32,9 +32,10 @@ class SandboxRouter:
     def settings(self):
         """The ``reconciler.core.router.RouterSettings`` its config is rendered with."""
         from reconciler.core.router import RouterSettings
+        from reconciler.core.traffic import files_dir
 
         return RouterSettings(bind=f"{self.address}:{self.port}", admin=self.admin, socket=self.socket,
-                              state_file=self.state_file, log=self.log)
+                              state_file=self.state_file, log=self.log, files=files_dir(self.config_file))
 
 
 @dataclass(frozen=True)

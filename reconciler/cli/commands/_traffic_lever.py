@@ -1,0 +1,82 @@
+"""The traffic levers (``maintenance``, ``pause``, ``resume``): a commit, then the engine.
+
+Like ``reconciler rollback``, a lever never acts on the hosts by a second
+path: it writes the desired state into the environment repository (the
+service's ``expose.maintenance`` or ``expose.pause``, comments kept by
+ruamel's round trip), commits it on the environment's branch, and runs that
+commit through the engine as ``apply`` does (lock, journal, plan steps, a
+note in git).  So ``git log`` says who put a service in maintenance and
+when, and the agent's next reconcile of the branch keeps it that way.
+"""
+
+from __future__ import annotations
+
+import io
+
+from reconciler.cli.commands._common import add_target_arguments
+
+
+def add_arguments(parser, *, with_page: bool = False, with_deadline: bool = False, with_state: bool = False) -> None:
+    if with_state:
+        parser.add_argument("state", choices=("on", "off"))
+    parser.add_argument("service", help="the exposed service")
+    if with_page:
+        parser.add_argument("--page", help="the HTML answered with the 503 (default: the router's page)")
+    if with_deadline:
+        parser.add_argument("--deadline", default="30s", help="how long each held request waits before its 503 (default 30s)")
+    add_target_arguments(parser)
+    parser.add_argument("--yes", action="store_true", help="apply without asking")
+
+
+def edit_expose(text: str, keys: tuple[str, ...], field: str, value) -> str:
+    """``text`` with ``expose.<field>`` of the service at ``keys`` set to ``value`` (None: removed)."""
+    from ruamel.yaml import YAML
+
+    from reconciler.errors import StalledError
+
+    yaml = YAML(typ="rt")
+    yaml.preserve_quotes = True
+    data = yaml.load(text)
+    node = data
+    for key in keys:
+        node = node[key]
+    expose = node.get("expose") if hasattr(node, "get") else None
+    if expose is None:
+        raise StalledError(f"service {keys[-1]}: not exposed (no expose:), so its router cannot {field}")
+    if value is None:
+        expose.pop(field, None)
+    else:
+        expose[field] = value
+    out = io.StringIO()
+    yaml.dump(data, out)
+    return out.getvalue()
+
+
+def lever(args, field: str, value, what: str) -> int:
+    """Commit ``expose.<field> = value`` for ``args.service`` (None removes it), then apply that commit."""
+    import pygit2
+
+    from reconciler.adapters import gitlog
+    from reconciler.cli.commands import apply
+    from reconciler.cli.commands._agent import git_dir
+    from reconciler.cli.commands._common import choose_env
+    from reconciler.engine.recording import cli_actor
+
+    env = choose_env(args)
+    repo = gitlog.open_repo(git_dir(args.repo))
+    branch = gitlog.environment_branch(repo, env)
+    head = repo.references[branch].peel(pygit2.Commit)
+    path, image_keys = gitlog.service_file(repo, head, env, args.service)
+    text = repo[head.tree[path].id].data.decode("utf-8")
+    new_text = edit_expose(text, image_keys[:-1], field, value)
+    if new_text != text:
+        message = (f"{what}: {args.service} in {env}\n\n`reconciler {args.command}` by {cli_actor()} "
+                   f"sets expose.{field} of {args.service}.\n")
+        commit = gitlog.commit_files(repo, branch, {path: new_text}, message,
+                                     gitlog.agent_signature())
+        print(f"committed {commit[:12]}: {what.lower()} for {args.service}")
+        args.rev = commit
+    else:
+        print(f"{env}: {args.service} already says so; applying the branch head")
+        args.rev = str(head.id)
+    return apply.run(args)
