@@ -1,0 +1,192 @@
+"""Shared by the mirroring/pause fleet tests and bench/mirror.py.
+
+- ``PrivateRouters``: an HAProxy of our own in each sandbox host's network
+  namespace (Debian's package, like the sandbox's), on its own HTTP port and
+  admin port, so these tests never touch the routers other tests configure.
+  Started and stopped here, by the pid we started.
+- ``counting_images``: the demo image with a handler that counts what it
+  answers at ``/`` (``c`` a client's request, ``m`` one with the mirror's
+  ``X-Reconciler-Mirror`` header) and tells the counts at ``/hits``.
+- ``Load``: bounded requests (count and time) to the hosts' addresses, with
+  their latency.
+"""
+
+from __future__ import annotations
+
+import http.client
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from reconciler import resources
+from reconciler.core import router as rt
+from reconciler.core import traffic
+from reconciler.sandbox import images
+
+HANDLER_PATCH = (
+    'while read -r -t 5 line; do\n    [ "${line%$CR}" = "" ] && break\ndone\n',
+    'kind=c\nwhile read -r -t 5 line; do\n    [ "${line%$CR}" = "" ] && break\n'
+    '    case "$line" in [Xx]-[Rr]econciler-[Mm]irror:*) kind=m ;; esac\ndone\n',
+)
+ROOT_CASE = ('/ | /version)\n    respond "200 OK" "demo-web $VERSION" ;;',
+             '/ | /version)\n    echo "$kind" >> /tmp/hits\n    respond "200 OK" "demo-web $VERSION" ;;\n'
+             '/hits)\n    echo >> /tmp/hits\n'
+             '    respond "200 OK" "$(grep -c c /tmp/hits) $(grep -c m /tmp/hits)" ;;')
+
+
+def counting_images(registry: str, repository: str = "mirror/web") -> dict[str, str]:
+    """``{"mv1": ref, "mv2": ref}``: counting variants of the demo image, pushed by digest."""
+    handler = (images._SCRIPTS / "demo-handler").read_text()
+    for old, new in (HANDLER_PATCH, ROOT_CASE):
+        assert old in handler, old
+        handler = handler.replace(old, new)
+    base = images.base_layer_tar(images.BUSYBOX.read_bytes(), (images._SCRIPTS / "entrypoint.sh").read_text(), handler)
+    refs = {}
+    for tag in ("mv1", "mv2"):
+        built = images.build_image(images.Variant(tag, tag, "healthy"), base, images.docker_arch())
+        digest = images.push_image(registry, repository, built)
+        refs[tag] = f"{registry}/{repository}:{tag}@{digest}"
+    return refs
+
+
+@dataclass
+class PrivateRouter:
+    host: str
+    address: str
+    netns: str
+    root: Path
+    port: int
+    admin_port: int
+    proc: subprocess.Popen | None = None
+
+    @property
+    def config(self) -> Path:
+        return self.root / "haproxy.cfg"
+
+    def settings(self) -> rt.RouterSettings:
+        return rt.RouterSettings(bind=f"{self.address}:{self.port}", admin=f"127.0.0.1:{self.admin_port}",
+                                 socket=str(self.root / "admin.sock"), state_file=str(self.root / "server-state"),
+                                 log="stdout", files=traffic.files_dir(str(self.config)))
+
+    def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        site = rt.Site(self.settings())
+        lua = (resources.path("haproxy") / traffic.LUA_FILE).read_text()
+        for path, text in traffic.support_files(site, {}, lua).items():
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(text)
+        self.config.write_text(rt.render_config(site, {}))
+        log = (self.root / "haproxy.log").open("a")
+        self.proc = subprocess.Popen(["nsenter", f"--net=/var/run/netns/{self.netns}", "haproxy", "-W", "-db",
+                                      "-f", str(self.config), "-p", str(self.root / "haproxy.pid")],
+                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while not (self.root / "admin.sock").exists() or not (self.root / "haproxy.pid").exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"haproxy for {self.host} did not start: {(self.root / 'haproxy.log').read_text()}")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)  # the master we started stops its workers
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.proc = None
+
+
+class PrivateRouters:
+    def __init__(self, fleet, root: Path, port: int, admin_port: int) -> None:
+        self.fleet = fleet
+        self.routers = {h.name: PrivateRouter(h.name, h.address, h.netns, root / h.name, port, admin_port)
+                        for h in fleet.hosts}
+        self.root = root
+
+    def __enter__(self) -> "PrivateRouters":
+        for r in self.routers.values():
+            r.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for r in self.routers.values():
+            r.stop()
+
+    def block(self) -> str:
+        """The environment's ``router:`` block for these routers ({host} filled in per host)."""
+        first = next(iter(self.routers.values()))
+        general = str(first.root).replace(f"/{first.host}", "/{host}")
+        return (f'router:\n  bind: "{{address}}:{first.port}"\n  admin: 127.0.0.1:{first.admin_port}\n'
+                f'  config_file: {general}/haproxy.cfg\n  reload: "kill -USR2 $(cat {general}/haproxy.pid)"\n'
+                f'  socket: {general}/admin.sock\n  state_file: {general}/server-state\n  log: stdout\n')
+
+
+def request(address: str, port: int, hostname: str, path: str = "/", timeout: float = 40.0) -> tuple[int | None, str, float]:
+    """(status, body, seconds) of one request on a fresh connection."""
+    began = time.perf_counter()
+    conn = http.client.HTTPConnection(address, port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers={"Host": hostname})
+        response = conn.getresponse()
+        return response.status, response.read().decode("utf-8", "replace").strip(), time.perf_counter() - began
+    except OSError as exc:
+        return None, f"{type(exc).__name__}: {exc}", time.perf_counter() - began
+    finally:
+        conn.close()
+
+
+@dataclass
+class Sample:
+    host: str
+    started: float  # time.time()
+    seconds: float
+    status: int | None
+    body: str
+    tag: str = ""  # what the caller had switched on when the request started
+
+
+@dataclass
+class Load:
+    """One thread per host, ``rate`` fresh connections a second, bounded in count and time."""
+
+    addresses: dict[str, str]
+    port: int
+    hostname: str
+    rate: float = 10.0
+    max_requests: int = 3000
+    max_seconds: float = 300.0
+    tag: str = ""
+    samples: list[Sample] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+
+    def _run(self, host: str, address: str) -> None:
+        start = time.monotonic()
+        for i in range(self.max_requests):
+            due = start + i / self.rate
+            if self._stop.is_set() or due - start > self.max_seconds:
+                return
+            time.sleep(max(0.0, due - time.monotonic()))
+            tag, began = self.tag, time.time()
+            status, body, seconds = request(address, self.port, self.hostname)
+            self.samples.append(Sample(host, began, seconds, status, body, tag))
+
+    def start(self) -> "Load":
+        self._threads = [threading.Thread(target=self._run, args=item, daemon=True) for item in self.addresses.items()]
+        for t in self._threads:
+            t.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=60)
+
+
+def p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]

@@ -1,0 +1,262 @@
+"""Mirroring, pausing and maintenance through real HAProxies, driven as a user drives them.
+
+Each sandbox host gets an HAProxy of this module's own (port 8181, admin
+9941: ``mirrorfleet.PrivateRouters``), so nothing here touches the routers
+other tests use.  The agent runs as its own process on a bare repository
+with the hooks installed; changes are real ``git push``es; the levers are
+``reconciler pause|resume|maintenance`` run from a shell.
+
+(a) a deploy with ``mirror: {percent: 30, for: 20s}`` under bounded load:
+    green receives about 30 % of the requests of the mirror window (from
+    its own counts), every client answer in that window is blue's, none fails;
+(b) blue's p99 with mirroring against without, alternated in 2 s blocks
+    in the same run (the product's StartMirror/StopMirror steps through the
+    router adapter, to a spare copy of blue's image);
+(c) ``reconciler pause`` holds requests, ``reconciler resume`` answers them
+    (0 failed); ``reconciler maintenance on`` answers 503 with the page, off
+    serves again.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pygit2
+import pytest
+
+from reconciler.adapters import gitlog
+from reconciler.cli.main import main
+from tests.bgfleet import JournalWatcher
+from tests.envrepo import remove_containers
+from tests.mirrorfleet import Load, PrivateRouters, counting_images, p99, request
+from tests.pushing import git, wait_for
+
+pytestmark = [pytest.mark.fleet, pytest.mark.slow]
+
+ENV = "mirror"  # every container this module creates is mirror-*
+HOSTNAME = "web.mirror.test"
+PORT, ADMIN = 8181, 9941
+_SIG = pygit2.Signature("test author", "author@reconciler.invalid")
+
+
+def web(image: str, extra: str = "") -> str:
+    return textwrap.dedent(f"""\
+    web:
+      image: {image}
+      hosts: all
+      expose:
+        hosts: [{HOSTNAME}]
+        port: 8080
+        drain: 5s
+    {textwrap.indent(extra, '    ') if extra else ''}
+      health: {{type: http, path: /health, interval: 500ms, successes: 2, deadline: 30s}}
+      stop_timeout: 2s
+    """)
+
+
+class World:
+    def __init__(self, fleet, root: Path, routers: PrivateRouters) -> None:
+        self.fleet = fleet
+        self.routers = routers
+        self.work = root / "work"
+        self.bare = root / "env.git"
+        self.state = root / "state"
+        self.log = root / "agent.log"
+        (self.work / "environments" / ENV).mkdir(parents=True)
+        (self.work / "environments" / ENV / "known_hosts").write_text(Path(fleet.known_hosts_file).read_text())
+        pygit2.init_repository(str(self.work), initial_head="main")
+        git(root, "init", "-q", "--bare", "-b", "main", str(self.bare))
+        assert main(["install-hooks", str(self.bare)]) == 0
+        self.proc: subprocess.Popen | None = None
+        self.addresses = {h.name: h.address for h in fleet.hosts}
+
+    def push(self, service_yaml: str, message: str) -> str:
+        if git(self.work, "fetch", "-q", str(self.bare), "main", check=False).returncode == 0:
+            git(self.work, "reset", "-q", "--hard", "FETCH_HEAD")
+        hosts = "\n".join(f"  {h.name}: {{address: {h.address}, port: {h.port}, user: {h.user}}}" for h in self.fleet.hosts)
+        (self.work / "environments" / ENV / "environment.yaml").write_text(
+            f"hosts:\n{hosts}\n{self.routers.block()}services:\n" + textwrap.indent(service_yaml, "  "))
+        git(self.work, "add", "-A")
+        git(self.work, "commit", "-q", "-m", message)
+        git(self.work, "push", "-q", str(self.bare), "HEAD:main")
+        return git(self.work, "rev-parse", "HEAD").stdout.strip()
+
+    def start_agent(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "reconciler", "run", "--repo", str(self.bare), "--env", ENV, "--identity",
+             self.fleet.identity_file, "--state", str(self.state), "--log-format", "json"],
+            stdout=self.log.open("a"), stderr=subprocess.STDOUT)
+
+    def stop_agent(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(60)
+            self.proc = None
+
+    def lever(self, *argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "reconciler", *argv, "--repo", str(self.bare), "--env", ENV,
+                               "--identity", self.fleet.identity_file, "--yes"],
+                              capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "RECONCILER_STATE": str(self.state)})
+
+    def answers(self, path: str = "/") -> dict[str, tuple[int | None, str]]:
+        return {n: request(a, PORT, HOSTNAME, path)[:2] for n, a in self.addresses.items()}
+
+    def serving(self, version: str) -> bool:
+        return self.answers() == {n: (200, f"demo-web {version}") for n in self.addresses}
+
+    def results(self, commit: str) -> list[str]:
+        return [a.result for a in gitlog.attempts(pygit2.Repository(str(self.bare)), commit, ENV)]
+
+    def agent_log(self) -> str:
+        return self.log.read_text() if self.log.exists() else ""
+
+
+@pytest.fixture(scope="module")
+def world(fleet, tmp_path_factory):
+    root = tmp_path_factory.mktemp("mirror")
+    remove_containers(fleet, f"{ENV}-")
+    with PrivateRouters(fleet, root / "routers", PORT, ADMIN) as routers:
+        w = World(fleet, root, routers)
+        w.images = counting_images(fleet.registry)
+        try:
+            w.start_agent()
+            yield w
+        finally:
+            w.stop_agent()
+            remove_containers(fleet, f"{ENV}-")
+
+
+def test_a_deploy_mirrors_its_share_to_green_and_blue_answers_every_request(world):
+    first = world.push(web(world.images["mv1"]), "web mv1")
+    assert wait_for(lambda: world.serving("mv1"), 240), (world.answers(), world.agent_log()[-3000:])
+    watcher = JournalWatcher(world.state, ENV)
+    watcher.start()
+    load = Load(world.addresses, PORT, HOSTNAME, rate=10.0, max_requests=2000, max_seconds=240).start()
+    try:
+        commit = world.push(web(world.images["mv2"], "mirror: {percent: 30, for: 20s}\n"), "web mv2, mirrored first")
+        assert wait_for(lambda: world.serving("mv2") and "deployed" in world.results(commit), 300), \
+            (world.answers(), world.results(commit), world.agent_log()[-3000:])
+        time.sleep(1.0)
+    finally:
+        load.stop()
+        watcher.stop()
+    assert "deployed" in world.results(first)
+    failed = [s for s in load.samples if s.status != 200]
+    assert failed == [], failed[:5]
+    mirrored = clients = 0
+    for host in world.addresses:
+        begin = watcher.seen("begin", "StartMirror", host)
+        end = watcher.seen("done", "StopMirror", host)
+        assert begin and end, (host, watcher.records)
+        window = [s for s in load.samples if s.host == host and begin[0]["at"] <= s.started <= end[-1]["at"]]
+        # Blue answered every client request while green got copies.
+        assert window and {s.body for s in window} == {"demo-web mv1"}, (host, {s.body for s in window})
+        status, body, _ = request(world.addresses[host], PORT, HOSTNAME, "/hits")
+        assert status == 200, body
+        _, copies = (int(x) for x in body.split())
+        mirrored += copies
+        clients += len(window)
+    share = mirrored / clients
+    assert 0.22 <= share <= 0.38, (mirrored, clients, share)
+
+
+def mirror_p99(world, blocks: int = 20, block_seconds: float = 2.0, percent: int = 50, rate: float = 20.0):
+    """(p99 without, p99 with, samples each, green copies): blue's latency with mirroring on and off in
+    alternating blocks, the product's StartMirror/StopMirror steps through the router adapter."""
+    import docker
+
+    from reconciler.adapters.router import Router, RouterAccess
+    from reconciler.adapters.ssh import connect
+    from reconciler.core import router as rt
+    from reconciler.core import traffic
+
+    spares, routers, conns = {}, {}, []
+    try:
+        for h in world.fleet.hosts:
+            client = docker.DockerClient(base_url=f"unix://{h.docker_socket}", version="1.41")
+            c = client.containers.run(world.images["mv1"], name=f"{ENV}-spare", detach=True)
+            c.reload()
+            spares[h.name] = (client, c, c.attrs["NetworkSettings"]["IPAddress"])
+            r = world.routers.routers[h.name]
+            conn = connect(h.ssh_access())
+            conns.append(conn)
+            routers[h.name] = Router(conn, RouterAccess(h.name, str(r.config), f"kill -USR2 $(cat {r.root}/haproxy.pid)"),
+                                     rt.Site(r.settings()))
+        wait_for(lambda: all(request(a, 8080, HOSTNAME)[0] == 200 for _, _, a in spares.values()), 60)
+        load = Load(world.addresses, PORT, HOSTNAME, rate=rate, max_requests=int(rate * blocks * block_seconds * 2 + 100),
+                    max_seconds=blocks * block_seconds * 2 + 30, tag="off").start()
+        try:
+            for i in range(blocks * 2):
+                on = i % 2 == 1
+                for host, router in routers.items():
+                    step = (traffic.StartMirror(host, "web", "spare", spares[host][2], 8080, percent) if on
+                            else traffic.StopMirror(host, "web", spares[host][2], 8080))
+                    router.apply(step, persist=False)
+                load.tag = "on" if on else "off"
+                time.sleep(block_seconds)
+            for host, router in routers.items():
+                router.apply(traffic.StopMirror(host, "web", spares[host][2], 8080), persist=False)
+        finally:
+            load.stop()
+        copies = sum(int(request(a, 8080, HOSTNAME, "/hits")[1].split()[1]) for _, _, a in spares.values())
+        off = [s for s in load.samples if s.tag == "off"]
+        on = [s for s in load.samples if s.tag == "on"]
+        return load.samples, p99([s.seconds for s in off]), p99([s.seconds for s in on]), len(on), copies
+    finally:
+        for client, c, _ in spares.values():
+            c.remove(force=True)
+            client.close()
+        for conn in conns:
+            conn.close()
+
+
+def test_blue_p99_with_mirroring_is_within_ten_percent_of_without(world):
+    assert wait_for(lambda: world.serving("mv2"), 60)
+    samples, without, with_mirror, on_count, copies = mirror_p99(world)
+    assert [s for s in samples if s.status != 200] == []
+    assert {s.body for s in samples} == {"demo-web mv2"}  # the spare copy never answered a client
+    assert copies > 0.3 * on_count  # mirroring did happen (50 %)
+    assert with_mirror <= 1.10 * without, (with_mirror, without)
+
+
+def test_pause_holds_requests_and_resume_answers_them_all(world):
+    assert wait_for(lambda: world.serving("mv2"), 60)
+    load = Load(world.addresses, PORT, HOSTNAME, rate=5.0, max_requests=600, max_seconds=200).start()
+    try:
+        time.sleep(2.0)
+        paused = world.lever("pause", "web", "--deadline", "60s")
+        assert paused.returncode == 0, paused.stdout + paused.stderr
+        paused_at = time.time()
+        time.sleep(4.0)
+        resume_started = time.time()
+        resumed = world.lever("resume", "web")
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        time.sleep(3.0)
+    finally:
+        load.stop()
+    assert [s for s in load.samples if s.status != 200] == [], [s for s in load.samples if s.status != 200][:5]
+    held = [s for s in load.samples if paused_at < s.started < resume_started]
+    assert len(held) >= 10, "no requests started during the pause"
+    # Each was answered, by the service, only once the resume had begun: it was held, not failed.
+    assert all(s.started + s.seconds >= resume_started and s.body == "demo-web mv2" for s in held), \
+        [(s.started - paused_at, s.seconds) for s in held]
+    repo = pygit2.Repository(str(world.bare))
+    messages = [c.message.splitlines()[0] for c in repo.walk(repo.references["refs/heads/main"].target)][:2]
+    assert messages == ["Resume: web in mirror", "Pause: web in mirror"], messages
+
+
+def test_maintenance_answers_503_with_the_page_and_off_serves_again(world):
+    on = world.lever("maintenance", "on", "web", "--page", "<h1>mirror maintenance page</h1>")
+    assert on.returncode == 0, on.stdout + on.stderr
+    answers = world.answers()
+    assert answers == {n: (503, "<h1>mirror maintenance page</h1>") for n in world.addresses}, answers
+    off = world.lever("maintenance", "off", "web")
+    assert off.returncode == 0, off.stdout + off.stderr
+    assert world.serving("mv2"), world.answers()
