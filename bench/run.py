@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import REPO, Row, log, table  # noqa: E402
 
-FIGURES = ("startup", "noop", "oneshot", "deploy", "rollback", "router", "canary", "backup", "agent", "peer")
+FIGURES = ("startup", "noop", "oneshot", "deploy", "rollback", "router", "canary", "mirror", "backup", "agent", "peer")
 
 
 def _figure(name: str, args) -> list[Row]:
@@ -59,6 +59,10 @@ def _figure(name: str, args) -> list[Row]:
         from bench import canary
 
         return canary.run(reps=reps or 2)
+    if name == "mirror":
+        from bench import mirror
+
+        return mirror.run(reps=reps or 1)
     if name == "backup":
         from bench import backup
 

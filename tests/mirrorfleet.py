@@ -190,3 +190,64 @@ class Load:
 def p99(values: list[float]) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+
+
+def alternate_p99(fleet, routers: PrivateRouters, image: str, hostname: str, *, spare: str, spare_port: int,
+                  backend: str, port: int, blocks: int = 60, block_seconds: float = 1.0, percent: int = 30,
+                  rate: float = 20.0, target_port: int = 8080):
+    """Blue's latency with mirroring on and off in alternating blocks, in the same run.
+
+    A spare copy of ``image`` per host is the mirror's target (published on
+    ``spare_port`` only so its counts can be read from here); the product's
+    ``StartMirror``/``StopMirror`` steps go through the router adapter.
+    Returns (samples, p99 off, p99 on, samples on, copies the spares got).
+    """
+    import docker
+
+    from reconciler.adapters.router import Router, RouterAccess
+    from reconciler.adapters.ssh import connect
+
+    spares, drivers, conns = {}, {}, []
+    try:
+        for h in fleet.hosts:
+            client = docker.DockerClient(base_url=f"unix://{h.docker_socket}", version="1.41")
+            c = client.containers.run(image, name=spare, detach=True, ports={"8080/tcp": spare_port})
+            c.reload()
+            spares[h.name] = (client, c, c.attrs["NetworkSettings"]["IPAddress"], h.address)
+            r = routers.routers[h.name]
+            conn = connect(h.ssh_access())
+            conns.append(conn)
+            drivers[h.name] = Router(conn, RouterAccess(h.name, str(r.config), f"kill -USR2 $(cat {r.root}/haproxy.pid)"),
+                                     rt.Site(r.settings()))
+        deadline = time.monotonic() + 60
+        while not all(request(a, spare_port, hostname)[0] == 200 for *_, a in spares.values()):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the spare copies never answered")
+            time.sleep(0.5)
+        load = Load({h.name: h.address for h in fleet.hosts}, port, hostname, rate=rate,
+                    max_requests=int(rate * blocks * block_seconds * 2 + 100),
+                    max_seconds=blocks * block_seconds * 2 + 30, tag="off").start()
+        try:
+            for i in range(blocks * 2):
+                on = i % 2 == 1
+                for host, driver in drivers.items():
+                    address = spares[host][2]
+                    step = (traffic.StartMirror(host, backend, "spare", address, target_port, percent) if on
+                            else traffic.StopMirror(host, backend, address, target_port))
+                    driver.apply(step, persist=False)
+                load.tag = "on" if on else "off"
+                time.sleep(block_seconds)
+            for host, driver in drivers.items():
+                driver.apply(traffic.StopMirror(host, backend, spares[host][2], target_port), persist=False)
+        finally:
+            load.stop()
+        copies = sum(int(request(a, spare_port, hostname, "/hits")[1].split()[1]) for *_, a in spares.values())
+        off = [s for s in load.samples if s.tag == "off"]
+        on = [s for s in load.samples if s.tag == "on"]
+        return load.samples, p99([s.seconds for s in off]), p99([s.seconds for s in on]), len(on), copies
+    finally:
+        for client, c, *_ in spares.values():
+            c.remove(force=True)
+            client.close()
+        for conn in conns:
+            conn.close()

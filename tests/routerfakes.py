@@ -243,7 +243,8 @@ class RoutedWorld(World):
         from dataclasses import replace
 
         return {name: replace(host.observe(), router=rt.RouterView(
-            tuple(v for _, v in sorted(self.routers[name].servers().items())), self.routers[name].skeleton))
+            tuple(v for _, v in sorted(self.routers[name].servers().items())), self.routers[name].skeleton,
+            self.routers[name].view_maps()))
             for name, host in self.hosts.items()}
 
     def executor(self, env, revision: str = "r1", **kwargs):

@@ -10,10 +10,12 @@ restarted HAProxy comes back as it was:
 - ``mirror.map``: ``PERCENT@ADDR:PORT``.  Before a switch (``expose.mirror``)
   that share of the backend's requests is *also* sent to green.  HAProxy 2.6
   has no mirror directive; a Lua action (``_data/haproxy/reconciler.lua``)
-  copies the request and hands it to a Lua *task* (``core.register_task``,
-  allowed in an action's context) that sends it with ``core.httpclient()``.
-  The action returns at once: the client's request goes on to blue without
-  waiting for the copy, and green's answer is read and dropped by the task.
+  copies the request into a bounded queue that a few Lua *tasks* started
+  with HAProxy send with ``core.httpclient()`` (allowed in a task).  The
+  action returns at once: the client's request goes on to blue without
+  waiting for the copy, green's answer is read and dropped by the task, and
+  a full queue drops the copy (a slow green never piles up work in the
+  router that serves blue).
   ``0@ADDR:PORT`` is a stopped mirror (kept so a resumed run knows the
   mirroring for that green is over).
 - ``hold.map``: ``DEADLINE_MS``.  Requests wait in a Lua action
@@ -94,7 +96,9 @@ def backend_lines(settings: rt.RouterSettings, e: rt.Exposure) -> list[str]:
         f'    http-request return status 503 content-type text/plain string "{HELD_TOO_LONG}" '
         "if { var(txn.reconciler_held_out) -m found }",
         f"    http-request set-var(txn.reconciler_mirror) str({name}),map({map_path(files, 'mirror')})",
-        "    http-request lua.reconciler_mirror if { var(txn.reconciler_mirror) -m found }",
+        # A stopped mirror ("0@...") costs no Lua call.
+        "    http-request lua.reconciler_mirror if { var(txn.reconciler_mirror) -m found } "
+        "!{ var(txn.reconciler_mirror) -m beg 0@ }",
     ]
 
 

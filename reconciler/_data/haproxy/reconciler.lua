@@ -3,15 +3,41 @@
 --
 -- reconciler_mirror: copies a request to green before a switch.  The
 --   backend sets txn.reconciler_mirror from mirror.map ("PERCENT@ADDR:PORT").
---   The copy is sent by a task (core.register_task is allowed in an action;
---   core.httpclient in a task), so the action returns at once and the client's
---   request goes on to its server undelayed; green's answer is read and dropped.
+--   The action only queues the copy and returns, so the client's request goes
+--   on to its server undelayed; sender tasks (core.httpclient is allowed in a
+--   task) send the copies and drop green's answers.
 -- reconciler_hold: while hold.map has an entry for the backend, the request
 --   waits (core.msleep yields, so no thread is blocked), at most the entry's
 --   value in milliseconds; then txn.reconciler_held_out is set and the config
 --   answers 503.
 
 local hold_map = Map.new(os.getenv("RECONCILER_HOLD_MAP"), Map._str)
+
+-- The copies waiting for a sender, and the senders: a few tasks started with
+-- HAProxy (core.register_task in the body), each sending one copy at a time
+-- with core.httpclient() and dropping the answer.  A bounded number of
+-- copies in flight, whatever green does: a slow green cannot pile up
+-- connections or tasks in the router that serves blue.
+local queue = {}
+local MAX_QUEUED = 256
+local SENDERS = 8
+
+local function sender()
+  local idle = 10
+  while true do
+    local job = table.remove(queue, 1)
+    if job == nil then
+      core.msleep(idle)
+      if idle < 100 then idle = idle + 10 end
+    else
+      idle = 10
+      local client = core.httpclient()
+      client[job[1]](client, job[2])
+    end
+  end
+end
+
+for _ = 1, SENDERS do core.register_task(sender) end
 
 local methods = {GET = "get", HEAD = "head", POST = "post", PUT = "put", DELETE = "delete"}
 local skipped = {["content-length"] = true, ["connection"] = true, ["transfer-encoding"] = true,
@@ -53,10 +79,9 @@ core.register_action("reconciler_mirror", {"http-req"}, function(txn)
     if body == nil or #body ~= length then return end
     request.body = body
   end
-  core.register_task(function()
-    local client = core.httpclient()
-    client[verb](client, request)
-  end)
+  -- Queued, not sent here: the request goes on to blue at once.  A full
+  -- queue (green slower than the copies come) drops the copy, never delays blue.
+  if #queue < MAX_QUEUED then queue[#queue + 1] = {verb, request} end
 end, 0)
 
 core.register_action("reconciler_hold", {"http-req"}, function(txn, backend)

@@ -1,0 +1,145 @@
+"""Figures: mirroring live requests to green before the switch (``expose.mirror``), 3 hosts, under load.
+
+Setup: an HAProxy of the bench's own per host (``tests.mirrorfleet.PrivateRouters``:
+port 18340, admin 9951, so the shared routers are untouched) and the
+counting demo image (it tells at ``/hits`` how many requests it answered
+and how many were the mirror's copies).
+
+- **green's share**: a deploy mv1 -> mv2 with ``mirror: {percent: 30, for: 15s}``
+  through the engine, under bounded load (10 requests a second per host);
+  the copies green counted against the requests the hosts answered between
+  ``StartMirror`` begin and ``StopMirror`` done, against the 30 % asked for.
+- **blue's p99 with / without mirroring**: the product's
+  ``StartMirror``/``StopMirror`` steps toggled every 2 s (20 blocks each,
+  50 % to a spare copy of the image) while the load runs (20 requests a
+  second per host): p99 of the blocks with mirroring over p99 of the blocks
+  without, same run, interleaved.  Target <= 1.10.
+
+Containers are ``bench-mirror-*``; host port 18341 (the spare, published so
+its counts can be read).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+from bench.common import Row, cleanup, env_repo, log, ms
+
+ENV = "bench-mirror"
+HOSTNAME = "bench.mirror.test"
+PORT, ADMIN, SPARE_PORT = 18340, 9951, 18341
+PERCENT = 30
+
+
+def service(image: str, extra: str = "") -> str:
+    return textwrap.dedent(f"""\
+        web:
+          image: {image}
+          hosts: all
+          expose:
+            hosts: [{HOSTNAME}]
+            port: 8080
+            drain: 5s
+        {textwrap.indent(extra, '    ')}
+          health: {{type: http, path: /health, interval: 200ms, successes: 1, deadline: 30s}}
+          stop_timeout: 2s
+        """)
+
+
+class Events:
+    def __init__(self) -> None:
+        self.items: list[tuple[float, str, dict]] = []
+
+    def __call__(self, event: str, **fields) -> None:
+        self.items.append((time.time(), event, fields))
+
+    def at(self, event: str, step: str, host: str) -> list[float]:
+        return [t for t, e, f in self.items if e == event and f.get("step") == step and f.get("host") == host]
+
+
+def _write(repo, sb, routers, services: str, message: str) -> None:
+    import pygit2
+
+    hosts = "\n".join(f"  {h.name}: {{address: {h.address}, port: {h.port}, user: {h.user}}}" for h in sb.hosts)
+    (repo.path / "environments" / ENV / "environment.yaml").write_text(
+        f"hosts:\n{hosts}\n{routers.block()}services:\n" + textwrap.indent(services, "  "))
+    git = pygit2.Repository(str(repo.path))
+    git.index.add_all()
+    git.index.write()
+    sig = pygit2.Signature("bench", "bench@reconciler.invalid")
+    parents = [] if git.head_is_unborn else [git.head.target]
+    git.create_commit("HEAD", sig, sig, message, git.index.write_tree(), parents)
+
+
+def _deploy(repo, sb, events) -> None:
+    from reconciler.adapters import fleet
+    from reconciler.engine.run import Context, Request, run
+
+    def open_hosts(environment, known_hosts_file):
+        return fleet.open_hosts(environment.hosts, identity_file=sb.identity_file, known_hosts_file=known_hosts_file)
+
+    gitdir = repo.path / ".git"
+    ctx = Context(repo=gitdir, state_dir=gitdir / "reconciler", open_hosts=open_hosts, close_hosts=fleet.close_hosts,
+                  observers=(events,))
+    result = run(ctx, Request(ENV, "deploy", trigger="cli", actor="bench", force=True))
+    if result.result != "deployed":
+        raise RuntimeError(f"{ENV} deploy: {result.result} {result.reason}: {result.message}")
+
+
+def run(reps: int = 1) -> list[Row]:
+    from bench.common import sandbox
+    from tests.mirrorfleet import Load, PrivateRouters, alternate_p99, counting_images, request
+
+    sb = sandbox()
+    addresses = {h.name: h.address for h in sb.hosts}
+    images = counting_images(sb.registry)
+    repo = env_repo(sb, ENV)
+    cleanup(sb, f"{ENV}-")
+    with PrivateRouters(sb, Path(tempfile.mkdtemp(prefix="bench-mirror-routers-")), PORT, ADMIN) as routers:
+        try:
+            _write(repo, sb, routers, service(images["mv1"]), "web mv1")
+            _deploy(repo, sb, Events())
+            _write(repo, sb, routers, service(images["mv2"], f"mirror: {{percent: {PERCENT}, for: 15s}}\n"),
+                   "web mv2, mirrored first")
+            events = Events()
+            load = Load(addresses, PORT, HOSTNAME, rate=10.0, max_requests=2000, max_seconds=180).start()
+            try:
+                _deploy(repo, sb, events)
+            finally:
+                load.stop()
+            copies = window = 0
+            for host, address in addresses.items():
+                begin, end = events.at("begin", "StartMirror", host)[0], events.at("done", "StopMirror", host)[-1]
+                window += sum(1 for s in load.samples if s.host == host and begin <= s.started <= end)
+                copies += int(request(address, PORT, HOSTNAME, "/hits")[1].split()[1])
+            failed = sum(1 for s in load.samples if s.status != 200)
+            share = copies / window if window else 0.0
+            samples, without, with_mirror, on_count, spare_copies = alternate_p99(
+                sb, routers, images["mv1"], HOSTNAME, spare=f"{ENV}-spare", spare_port=SPARE_PORT, backend="web",
+                port=PORT)
+        finally:
+            cleanup(sb, f"{ENV}-")
+    ratio = with_mirror / without
+    off_count = len(samples) - on_count
+    log(f"mirror: share {share:.3f} ({copies}/{window}), p99 {ms(with_mirror)} with / {ms(without)} without")
+    return [
+        Row("mirror: green's share of live requests before the switch", f"{share:.1%}", f"{PERCENT}% asked",
+            share / (PERCENT / 100), "within 30 % +- 8", "yes" if abs(share - PERCENT / 100) <= 0.08 else "no",
+            f"deploy with mirror: {{percent: {PERCENT}, for: 15s}}, 3 hosts, 10 req/s per host; {copies} copies "
+            f"counted by green over {window} requests answered in the mirror window; {failed} failed requests",
+            dict(ours=share, copies=copies, window=window, failed=failed)),
+        Row("mirror: blue's p99 with mirroring / without", ms(with_mirror), ms(without), ratio, "<= 1.10x",
+            "yes" if ratio <= 1.10 else "no",
+            f"60+60 alternating 1 s blocks, 30 % mirrored to a spare, 20 req/s per host; {on_count} samples with, "
+            f"{off_count} without; {spare_copies} copies reached the spares",
+            dict(ours=with_mirror, baseline=without, samples_on=on_count, samples_off=off_count)),
+    ]
+
+
+if __name__ == "__main__":
+    from bench.common import table
+
+    print(table(run()))
