@@ -100,6 +100,64 @@ class PrivateRouter:
         self.proc = None
 
 
+@dataclass
+class Responder:
+    """A green stand-in that costs next to no CPU: an HAProxy answering 200 itself, in a host's namespace.
+
+    For measuring what mirroring costs blue's router path apart from the
+    work a second application does on the same two cores (every sandbox host
+    shares this machine's CPUs); its copies are counted by its own frontend.
+    """
+
+    host: str
+    address: str
+    netns: str
+    root: Path
+    port: int
+    proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "responder.cfg").write_text(
+            f"global\n    stats socket {self.root}/admin.sock level admin\n"
+            "defaults\n    mode http\n    timeout client 10s\n    timeout connect 5s\n    timeout server 10s\n"
+            f"frontend green\n    bind {self.address}:{self.port}\n"
+            '    http-request return status 200 content-type text/plain string "green stand-in"\n')
+        log = (self.root / "responder.log").open("a")
+        self.proc = subprocess.Popen(["nsenter", f"--net=/var/run/netns/{self.netns}", "haproxy", "-db",
+                                      "-f", str(self.root / "responder.cfg")],
+                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while not (self.root / "admin.sock").exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"responder on {self.host} did not start: {(self.root / 'responder.log').read_text()}")
+            time.sleep(0.2)
+
+    def requests(self) -> int:
+        import socket
+
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(self.root / "admin.sock"))
+            s.sendall(b"show stat -1 1 -1\n")
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        lines = data.decode().splitlines()
+        header = lines[0].lstrip("# ").split(",")
+        row = dict(zip(header, lines[1].split(",")))
+        return int(row["req_tot"] or 0)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.proc = None
+
+
 class PrivateRouters:
     def __init__(self, fleet, root: Path, port: int, admin_port: int) -> None:
         self.fleet = fleet
@@ -194,33 +252,41 @@ def p99(values: list[float]) -> float:
 
 def alternate_p99(fleet, routers: PrivateRouters, image: str, hostname: str, *, spare: str, spare_port: int,
                   backend: str, port: int, blocks: int = 60, block_seconds: float = 1.0, percent: int = 30,
-                  rate: float = 20.0, target_port: int = 8080):
+                  rate: float = 20.0, green: str = "spare"):
     """Blue's latency with mirroring on and off in alternating blocks, in the same run.
 
     A spare copy of ``image`` per host is the mirror's target (published on
     ``spare_port`` only so its counts can be read from here); the product's
     ``StartMirror``/``StopMirror`` steps go through the router adapter.
-    Returns (samples, p99 off, p99 on, samples on, copies the spares got).
+    ``green="responder"`` mirrors to a ``Responder`` on each host instead
+    (the router's cost alone).  Returns (samples, p99 off, p99 on, samples
+    on, copies the targets got).
     """
     import docker
 
     from reconciler.adapters.router import Router, RouterAccess
     from reconciler.adapters.ssh import connect
 
-    spares, drivers, conns = {}, {}, []
+    spares, drivers, conns, responders = {}, {}, [], {}
+    target_port = 8080 if green == "spare" else spare_port
     try:
         for h in fleet.hosts:
             client = docker.DockerClient(base_url=f"unix://{h.docker_socket}", version="1.41")
-            c = client.containers.run(image, name=spare, detach=True, ports={"8080/tcp": spare_port})
-            c.reload()
-            spares[h.name] = (client, c, c.attrs["NetworkSettings"]["IPAddress"], h.address)
+            if green == "spare":
+                c = client.containers.run(image, name=spare, detach=True, ports={"8080/tcp": spare_port})
+                c.reload()
+                spares[h.name] = (client, c, c.attrs["NetworkSettings"]["IPAddress"], h.address)
+            else:
+                responders[h.name] = Responder(h.name, h.address, h.netns, routers.root / f"responder-{h.name}", spare_port)
+                responders[h.name].start()
+                spares[h.name] = (client, None, h.address, h.address)
             r = routers.routers[h.name]
             conn = connect(h.ssh_access())
             conns.append(conn)
             drivers[h.name] = Router(conn, RouterAccess(h.name, str(r.config), f"kill -USR2 $(cat {r.root}/haproxy.pid)"),
                                      rt.Site(r.settings()))
         deadline = time.monotonic() + 60
-        while not all(request(a, spare_port, hostname)[0] == 200 for *_, a in spares.values()):
+        while green == "spare" and not all(request(a, spare_port, hostname)[0] == 200 for *_, a in spares.values()):
             if time.monotonic() > deadline:
                 raise RuntimeError("the spare copies never answered")
             time.sleep(0.5)
@@ -241,13 +307,19 @@ def alternate_p99(fleet, routers: PrivateRouters, image: str, hostname: str, *, 
                 driver.apply(traffic.StopMirror(host, backend, spares[host][2], target_port), persist=False)
         finally:
             load.stop()
-        copies = sum(int(request(a, spare_port, hostname, "/hits")[1].split()[1]) for *_, a in spares.values())
+        if green == "spare":
+            copies = sum(int(request(a, spare_port, hostname, "/hits")[1].split()[1]) for *_, a in spares.values())
+        else:
+            copies = sum(r.requests() for r in responders.values())
         off = [s for s in load.samples if s.tag == "off"]
         on = [s for s in load.samples if s.tag == "on"]
         return load.samples, p99([s.seconds for s in off]), p99([s.seconds for s in on]), len(on), copies
     finally:
         for client, c, *_ in spares.values():
-            c.remove(force=True)
+            if c is not None:
+                c.remove(force=True)
             client.close()
+        for r in responders.values():
+            r.stop()
         for conn in conns:
             conn.close()

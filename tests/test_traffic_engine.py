@@ -103,3 +103,13 @@ def test_a_database_pause_holds_during_the_database_steps_and_releases_on_their_
     assert database.held_at_run == [{h: {"web": "20000"} for h in HOSTS}]  # held while the database step ran
     assert all(r.maps_.get("hold") == {} for r in world.routers.values())  # and released after its failure
     assert all(backend(world, h) == {server(V1): (100, True)} for h in HOSTS)  # nothing else changed
+
+
+def test_a_deploy_that_fails_while_mirroring_stops_the_mirror_with_the_switch_back(world):
+    run(world, V1, "r1")
+    world.routers["h1"].fail_at = ("StopMirror", 1)  # the router refuses to stop it in the deploy
+    plan, outcome = run(world, V2, "r2")
+    assert outcome.result == "rolled-back" and "injected refusal" in outcome.failure
+    assert world.routers["h1"].maps_["mirror"]["web"].startswith("0@")  # stopped by the rollback
+    assert all(backend(world, h) == {server(V1): (100, True)} for h in HOSTS)
+    assert world.violations == []

@@ -30,6 +30,7 @@ class RouterDriver(Protocol):
     def header(self) -> tuple[str | None, str | None]: ...  # the config file's skeleton hash and owner
     def apply(self, step: rt.RouterStep, *, persist: bool = True): ...
     def persist(self) -> None: ...
+    def view_maps(self) -> tuple[tuple[str, str, str], ...]: ...
 
 
 class RoutedSteps:
@@ -47,6 +48,14 @@ class RoutedSteps:
             failure = DeployFailed(f"health check failed: {outcome.reason}", host=action.host)
             failure.evidence = [r.detail for r in outcome.evidence] + ([f"logs:\n{logs}"] if logs else [])
             raise failure
+
+    def _stop_mirror(self, router: RouterDriver, host: str, backend: str) -> None:
+        """A mirror this run started is stopped with the switch back: its green is going away."""
+        entry = {(n, k): v for n, k, v in router.view_maps()}.get(("mirror", backend))
+        percent, _, target = (entry or "0@").partition("@")
+        address, _, port = target.rpartition(":")
+        if percent not in ("", "0") and port.isdigit():
+            router.apply(traffic.StopMirror(host, backend, address, int(port)), persist=False)
 
     def _release_held(self, database_phase) -> None:
         """After a failed database step: every hold of the phase released (at once, each host)."""
@@ -119,6 +128,7 @@ class RoutedSteps:
             if isinstance(step, rt.WaitUp) and outcome.state != "healthy":
                 raise RouterError(f"switch back to {step.server}: {outcome.reason}; the router still "
                                   f"sends requests to this run's release", host=host)
+        self._stop_mirror(router, host, name)
         if left:
             router.persist()  # before this run's container stops: a restarted router keeps the switch back
         if touched.new is not None and touched.new != target:
