@@ -256,6 +256,10 @@ class Router:
         code, out = self._exec(f"umask 077; cat > {tmp} && {{ {self.access.check_command} {tmp} || exit 3; }} "
                                f"&& mv -f {tmp} {shlex.quote(cfg)}", text.encode(), "write config")
         if code == 3:
+            if not out and " -q" in f" {self.access.check_command} ":
+                # Quiet mode hides HAProxy's reason: ask again without it, on the rejected file.
+                loud = " ".join(w for w in self.access.check_command.split() if w != "-q")
+                _, out = self._exec(f"{loud} {tmp}", b"", "explain the rejected config")
             raise RouterConfigRejected(f"router: `{self.access.check_command}` rejected the config for "
                                        f"{cfg}; the running one is unchanged: {out[-800:]}", host=self.name)
         if code != 0:

@@ -96,9 +96,12 @@ def backend_lines(settings: rt.RouterSettings, e: rt.Exposure) -> list[str]:
         f'    http-request return status 503 content-type text/plain string "{HELD_TOO_LONG}" '
         "if { var(txn.reconciler_held_out) -m found }",
         f"    http-request set-var(txn.reconciler_mirror) str({name}),map({map_path(files, 'mirror')})",
-        # A stopped mirror ("0@...") costs no Lua call.
+        # The share is drawn here (rand below PERCENT), so only the copied requests
+        # run Lua at all, and a stopped mirror ("0@...") none.
+        "    http-request set-var(txn.reconciler_mirror_percent) var(txn.reconciler_mirror),field(1,@) "
+        "if { var(txn.reconciler_mirror) -m found }",
         "    http-request lua.reconciler_mirror if { var(txn.reconciler_mirror) -m found } "
-        "!{ var(txn.reconciler_mirror) -m beg 0@ }",
+        "{ rand(100),sub(txn.reconciler_mirror_percent) -m int lt 0 }",
     ]
 
 

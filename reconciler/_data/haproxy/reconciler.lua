@@ -2,7 +2,8 @@
 -- config reconciler writes (lua-load).  See reconciler/core/traffic.py.
 --
 -- reconciler_mirror: copies a request to green before a switch.  The
---   backend sets txn.reconciler_mirror from mirror.map ("PERCENT@ADDR:PORT").
+--   backend sets txn.reconciler_mirror from mirror.map ("PERCENT@ADDR:PORT")
+--   and calls this action for PERCENT % of the requests only.
 --   The action only queues the copy and returns, so the client's request goes
 --   on to its server undelayed; sender tasks (core.httpclient is allowed in a
 --   task) send the copies and drop green's answers.
@@ -20,7 +21,7 @@ local hold_map = Map.new(os.getenv("RECONCILER_HOLD_MAP"), Map._str)
 -- connections or tasks in the router that serves blue.
 local queue = {}
 local MAX_QUEUED = 256
-local SENDERS = 8
+local SENDERS = 4
 
 local function sender()
   local idle = 10
@@ -68,7 +69,8 @@ core.register_action("reconciler_mirror", {"http-req"}, function(txn)
   if spec == nil then return end
   local percent, target = string.match(spec, "^(%d+)@(%S+)$")
   percent = tonumber(percent)
-  if target == nil or percent == nil or percent <= 0 or math.random(100) > percent then return end
+  -- The config drew the share already (rand(100) below PERCENT): copy this one.
+  if target == nil or percent == nil or percent <= 0 then return end
   local verb = methods[txn.sf:method()]
   if verb == nil then return end
   local request = {url = "http://" .. target .. txn.sf:pathq(), headers = copy_headers(txn), timeout = 10000}

@@ -57,7 +57,6 @@ def lever(args, field: str, value, what: str) -> int:
     import pygit2
 
     from reconciler.adapters import gitlog
-    from reconciler.cli.commands import apply
     from reconciler.cli.commands._agent import git_dir
     from reconciler.cli.commands._common import choose_env
     from reconciler.engine.recording import cli_actor
@@ -79,4 +78,37 @@ def lever(args, field: str, value, what: str) -> int:
     else:
         print(f"{env}: {args.service} already says so; applying the branch head")
         args.rev = str(head.id)
-    return apply.run(args)
+    return _apply(args)
+
+
+LOCK_WAIT = 300.0  # seconds: the agent may be deploying this very commit (it saw the branch move)
+
+
+def _apply(args) -> int:
+    """``apply`` of the lever's commit, through the engine; while the agent holds the
+    environment's lock (it picked the commit up first), wait and try again: the
+    second run finds the work done (in sync) or finishes it."""
+    import time
+
+    from reconciler.cli.commands import _engine
+    from reconciler.cli.commands._common import finish, load_target
+    from reconciler.cli.commands.apply import print_result, progress_printer
+    from reconciler.core import report
+    from reconciler.engine.recording import cli_actor
+    from reconciler.engine.run import Request, run as run_engine
+
+    target = load_target(args)
+    deadline = time.monotonic() + LOCK_WAIT
+    while True:
+        ctx = _engine.context(args, target, observers=(progress_printer(),),
+                              confirm=_engine.asker(args, args.command, "apply these changes?",
+                                                    lambda plan: print(report.plan_text(plan))))
+        result = run_engine(ctx, Request(target.environment.name, "deploy", commit=target.revision, trigger="cli",
+                                         actor=cli_actor(), force=True))
+        if result.result != "locked" or time.monotonic() >= deadline:
+            break
+        print(f"{target.environment.name}: locked ({result.message}); waiting for it to finish")
+        time.sleep(2.0)
+    code = finish(result, "deploy")
+    print_result(target, result)
+    return code
