@@ -84,7 +84,7 @@ def _hand_to_deploy_user(host: HostLayout) -> None:
     """The router's directory and files belong to the deploy user; port 80 is bindable by it in the host's netns."""
     uid, gid = _deploy_ids()
     host.haproxy_dir.mkdir(parents=True, exist_ok=True)
-    for path in (host.haproxy_dir, *host.haproxy_dir.iterdir()):
+    for path in (host.haproxy_dir, *host.haproxy_dir.rglob("*")):  # the traffic files' directory too
         if not path.is_socket():
             os.chown(path, uid, gid)
     procs.run(["nsenter", f"--net={host.netns_path}", "sysctl", "-q", "-w",
@@ -128,6 +128,19 @@ def _valid(host: HostLayout) -> bool:
                      check=False).returncode == 0
 
 
+def _write_support_files(site: router.Site) -> None:
+    """The Lua, empty maps and pages the rendered config names (``core.traffic``), as the product writes them."""
+    from pathlib import Path
+
+    from reconciler import resources
+    from reconciler.core import traffic
+
+    lua = (resources.path("haproxy") / traffic.LUA_FILE).read_text()
+    for path, text in traffic.support_files(site, {}, lua).items():
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text)
+
+
 def ensure(host: HostLayout) -> SandboxRouter:
     """Make the host's HAProxy run (reusing a healthy one); return how to reach it."""
     described = description(host)
@@ -136,7 +149,9 @@ def ensure(host: HostLayout) -> SandboxRouter:
     stop(host)
     host.haproxy_dir.mkdir(parents=True, exist_ok=True)
     if not host.haproxy_config.exists() or not _valid(host):
-        host.haproxy_config.write_text(router.render_config(router.Site(described.settings()), {}))
+        site = router.Site(described.settings())
+        _write_support_files(site)
+        host.haproxy_config.write_text(router.render_config(site, {}))
     _hand_to_deploy_user(host)
     pid = procs.spawn_detached(argv(host), host.haproxy_log)
     if not procs.wait_until(lambda: answers(host) or not procs.alive(pid), timeout=START_TIMEOUT, interval=0.2) \
