@@ -218,7 +218,8 @@ def test_pause_holds_requests_and_resume_answers_them_all(world):
 
 def test_maintenance_answers_503_with_the_page_and_off_serves_again(world):
     on = world.lever("maintenance", "on", "web", "--page", "<h1>mirror maintenance page</h1>")
-    assert on.returncode == 0, on.stdout + on.stderr
+    assert on.returncode == 0, (on.stdout + on.stderr, git(world.bare, "log", "--oneline", "-8").stdout,
+                                world.agent_log()[-4000:])
     answers = world.answers()
     assert answers == {n: (503, "<h1>mirror maintenance page</h1>") for n in world.addresses}, answers
     off = world.lever("maintenance", "off", "web")

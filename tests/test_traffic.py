@@ -122,3 +122,12 @@ def test_the_traffic_fields_load_into_the_model():
     assert expose.mirror == model.Mirror(10, 30.0) and expose.pause == model.Pause(20.0)
     assert expose.database_pause == model.Pause(30.0) and expose.maintenance == model.Maintenance("<h1>x</h1>")
     assert rt.exposure_of(env.service("web")).page == "<h1>x</h1>"
+
+
+def test_the_maintenance_lever_parses_without_touching_the_state_option():
+    from reconciler.cli.main import build_parser
+
+    argv = ["maintenance", "on", "web", "--page", "<p>x</p>", "--yes"]
+    args = build_parser(argv).parse_args(argv)
+    assert (args.switch, args.service, args.page) == ("on", "web", "<p>x</p>")
+    assert getattr(args, "state", None) is None  # where the agent's state is: never "on"

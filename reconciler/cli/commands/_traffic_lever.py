@@ -18,7 +18,7 @@ from reconciler.cli.commands._common import add_target_arguments
 
 def add_arguments(parser, *, with_page: bool = False, with_deadline: bool = False, with_state: bool = False) -> None:
     if with_state:
-        parser.add_argument("state", choices=("on", "off"))
+        parser.add_argument("switch", choices=("on", "off"), help="on: answer 503 with the page; off: serve again")
     parser.add_argument("service", help="the exposed service")
     if with_page:
         parser.add_argument("--page", help="the HTML answered with the 503 (default: the router's page)")

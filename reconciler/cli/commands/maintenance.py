@@ -13,6 +13,6 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    if args.state == "on":
+    if args.switch == "on":
         return _traffic_lever.lever(args, "maintenance", {"page": args.page} if args.page else {}, "Maintenance on")
     return _traffic_lever.lever(args, "maintenance", None, "Maintenance off")
