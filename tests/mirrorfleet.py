@@ -72,6 +72,10 @@ class PrivateRouter:
                                  log="stdout", files=traffic.files_dir(str(self.config)))
 
     def start(self) -> None:
+        import os
+
+        from reconciler.sandbox.haproxy import _deploy_ids, run_as
+
         self.root.mkdir(parents=True, exist_ok=True)
         site = rt.Site(self.settings())
         lua = (resources.path("haproxy") / traffic.LUA_FILE).read_text()
@@ -79,8 +83,12 @@ class PrivateRouter:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             Path(path).write_text(text)
         self.config.write_text(rt.render_config(site, {}))
+        # The product reaches hosts as the deploy user: the router's files and process are that user's.
+        uid, gid = _deploy_ids()
+        for path in (self.root, *self.root.rglob("*")):
+            os.chown(path, uid, gid)
         log = (self.root / "haproxy.log").open("a")
-        self.proc = subprocess.Popen(["nsenter", f"--net=/var/run/netns/{self.netns}", "haproxy", "-W", "-db",
+        self.proc = subprocess.Popen(["nsenter", f"--net=/var/run/netns/{self.netns}", *run_as(), "haproxy", "-W", "-db",
                                       "-f", str(self.config), "-p", str(self.root / "haproxy.pid")],
                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 60
@@ -160,6 +168,15 @@ class Responder:
 
 class PrivateRouters:
     def __init__(self, fleet, root: Path, port: int, admin_port: int) -> None:
+        import os
+        import tempfile
+
+        from reconciler.sandbox.haproxy import _deploy_ids
+
+        # Under a directory the deploy user can reach (pytest's own tmp is root's, mode 0700).
+        root = Path(tempfile.mkdtemp(prefix=f"rcl-{root.name}-"))
+        os.chmod(root, 0o755)
+        os.chown(root, *_deploy_ids())
         self.fleet = fleet
         self.routers = {h.name: PrivateRouter(h.name, h.address, h.netns, root / h.name, port, admin_port)
                         for h in fleet.hosts}
@@ -171,8 +188,11 @@ class PrivateRouters:
         return self
 
     def __exit__(self, *exc) -> None:
+        import shutil
+
         for r in self.routers.values():
             r.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
 
     def block(self) -> str:
         """The environment's ``router:`` block for these routers ({host} filled in per host)."""
