@@ -131,3 +131,28 @@ def test_the_maintenance_lever_parses_without_touching_the_state_option():
     args = build_parser(argv).parse_args(argv)
     assert (args.switch, args.service, args.page) == ("on", "web", "<p>x</p>")
     assert getattr(args, "state", None) is None  # where the agent's state is: never "on"
+
+
+def test_the_levers_commit_is_signed_with_the_signing_key(tmp_path):
+    import subprocess
+
+    import pygit2
+
+    from reconciler.cli.commands._traffic_lever import _commit, edit_expose
+
+    key = tmp_path / "key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    repo = pygit2.init_repository(str(tmp_path / "repo"), bare=True, initial_head="main")
+    text = "services:\n  web:\n    # kept\n    expose: {port: 8080}\n"
+    sig = pygit2.Signature("t", "t@x")
+    blob = repo.create_blob(text.encode())
+    tb = repo.TreeBuilder()
+    tb.insert("environment.yaml", blob, pygit2.enums.FileMode.BLOB)
+    repo.create_commit("refs/heads/main", sig, sig, "first", tb.write(), [])
+    new_text = edit_expose(text, ("services", "web"), "pause", {"deadline": "30s"})
+    assert "# kept" in new_text and "pause" in new_text
+    commit = _commit(repo, "refs/heads/main", "environment.yaml", new_text, "Pause: web in e", str(key))
+    signature, _ = repo[commit].gpg_signature
+    assert signature.startswith(b"-----BEGIN SSH SIGNATURE-----")
+    assert repo.references["refs/heads/main"].target == repo[commit].id
+    assert edit_expose(new_text, ("services", "web"), "pause", None).count("pause") == 0

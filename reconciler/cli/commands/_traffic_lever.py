@@ -12,6 +12,7 @@ when, and the agent's next reconcile of the branch keeps it that way.
 from __future__ import annotations
 
 import io
+import os
 
 from reconciler.cli.commands._common import add_target_arguments
 
@@ -26,6 +27,9 @@ def add_arguments(parser, *, with_page: bool = False, with_deadline: bool = Fals
         parser.add_argument("--deadline", default="30s", help="how long each held request waits before its 503 (default 30s)")
     add_target_arguments(parser)
     parser.add_argument("--yes", action="store_true", help="apply without asking")
+    parser.add_argument("--signing-key", default=os.environ.get("RECONCILER_SIGNING_KEY"),
+                        help="SSH private key to sign the lever's commit (and its notes) with; needed under "
+                             "policy.require_signed (default: $RECONCILER_SIGNING_KEY)")
 
 
 def edit_expose(text: str, keys: tuple[str, ...], field: str, value) -> str:
@@ -71,8 +75,7 @@ def lever(args, field: str, value, what: str) -> int:
     if new_text != text:
         message = (f"{what}: {args.service} in {env}\n\n`reconciler {args.command}` by {cli_actor()} "
                    f"sets expose.{field} of {args.service}.\n")
-        commit = gitlog.commit_files(repo, branch, {path: new_text}, message,
-                                     gitlog.agent_signature())
+        commit = _commit(repo, branch, path, new_text, message, args.signing_key)
         print(f"committed {commit[:12]}: {what.lower()} for {args.service}")
         args.rev = commit
     else:
@@ -81,18 +84,41 @@ def lever(args, field: str, value, what: str) -> int:
     return _apply(args)
 
 
+def _commit(repo, branch: str, path: str, text: str, message: str, signing_key: str | None) -> str:
+    """The lever's commit on ``branch`` (signed with ``signing_key`` when given), no checkout needed."""
+    import pygit2
+
+    from reconciler.adapters import gitlog, gitsign
+    from reconciler.errors import WaitingError
+
+    signature = gitlog.agent_signature()
+    if not signing_key:
+        return gitlog.commit_files(repo, branch, {path: text}, message, signature)
+    reference = repo.references[branch]
+    parent = reference.peel(pygit2.Commit)
+    index = pygit2.Index()
+    index.read_tree(parent.tree)
+    index.add(pygit2.IndexEntry(path, repo.create_blob(text.encode("utf-8")), parent.tree[path].filemode))
+    new = gitsign.signed_commit(repo, signature, signature, message, index.write_tree(repo), [parent.id], signing_key)
+    try:
+        reference.set_target(new, f"reconciler: {message.splitlines()[0]}")
+    except pygit2.GitError:
+        raise WaitingError(f"{branch} moved while the lever committed (a push won); run it again") from None
+    return str(new)
+
+
 LOCK_WAIT = 300.0  # seconds: the agent may be deploying this very commit (it saw the branch move)
 
 
 def _apply(args) -> int:
-    """``apply`` of the lever's commit, through the engine; while the agent holds the
-    environment's lock (it picked the commit up first), wait and try again: the
-    second run finds the work done (in sync) or finishes it."""
+    """``apply`` of the lever's commit, through the engine (``_engine``, as ``apply`` runs it);
+    while the agent holds the environment's lock (it picked the commit up first), wait and
+    try again: the second run finds the work done (in sync) or finishes it."""
     import time
 
     from reconciler.cli.commands import _engine
     from reconciler.cli.commands._common import finish, load_target
-    from reconciler.cli.commands.apply import print_result, progress_printer
+    from reconciler.cli.progress import for_terminal
     from reconciler.core import report
     from reconciler.engine.recording import cli_actor
     from reconciler.engine.run import Request, run as run_engine
@@ -100,7 +126,7 @@ def _apply(args) -> int:
     target = load_target(args)
     deadline = time.monotonic() + LOCK_WAIT
     while True:
-        ctx = _engine.context(args, target, observers=(progress_printer(),),
+        ctx = _engine.context(args, target, observers=(for_terminal(),), signing_key=args.signing_key,
                               confirm=_engine.asker(args, args.command, "apply these changes?",
                                                     lambda plan: print(report.plan_text(plan))))
         result = run_engine(ctx, Request(target.environment.name, "deploy", commit=target.revision, trigger="cli",
@@ -110,5 +136,5 @@ def _apply(args) -> int:
         print(f"{target.environment.name}: locked ({result.message}); waiting for it to finish")
         time.sleep(2.0)
     code = finish(result, "deploy")
-    print_result(target, result)
+    _engine.print_result(target, result, "deploy")
     return code
