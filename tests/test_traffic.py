@@ -49,10 +49,10 @@ def test_commands_add_set_or_delete_a_map_entry_from_what_the_router_has():
     assert [c.line for c in traffic.commands(start, "/f", {})] == ["add map /f/mirror.map web 25@172.31.0.5:8080"]
     assert [c.line for c in traffic.commands(start, "/f", {"mirror": {"web": "0@x:1"}})] == \
         ["set map /f/mirror.map web 25@172.31.0.5:8080"]
-    assert [c.line for c in traffic.commands(traffic.Release("h1", "web"), "/f", {"hold": {"web": "1"}})] == \
+    assert [c.line for c in traffic.commands(traffic.ReleaseRequests("h1", "web"), "/f", {"hold": {"web": "1"}})] == \
         ["del map /f/hold.map web"]
-    assert traffic.commands(traffic.Release("h1", "web"), "/f", {}) == ()  # nothing held: nothing to send
-    assert [c.line for c in traffic.commands(traffic.Hold("h1", "web", 2.5), "/f", {})] == ["add map /f/hold.map web 2500"]
+    assert traffic.commands(traffic.ReleaseRequests("h1", "web"), "/f", {}) == ()  # nothing held: nothing to send
+    assert [c.line for c in traffic.commands(traffic.HoldRequests("h1", "web", 2.5), "/f", {})] == ["add map /f/hold.map web 2500"]
 
 
 def test_the_mirror_sits_between_green_up_and_the_switch_and_resumes_from_the_router():
@@ -89,9 +89,9 @@ def test_maintenance_and_pause_are_level_based():
     assert [s.step for s in traffic.settle_steps(_env(maintenance=model.Maintenance()), _observed())] == ["MaintenanceOn"]
     assert traffic.settle_steps(_env(maintenance=model.Maintenance()), _observed(("maintenance", "web", "on"))) == []
     assert [s.step for s in traffic.settle_steps(_env(), _observed(("maintenance", "web", "on")))] == ["MaintenanceOff"]
-    assert traffic.settle_steps(_env(pause=model.Pause(60.0)), _observed()) == [traffic.Hold("h1", "web", 60.0)]
+    assert traffic.settle_steps(_env(pause=model.Pause(60.0)), _observed()) == [traffic.HoldRequests("h1", "web", 60.0)]
     # A hold left by a run that died (or a resume): released.
-    assert traffic.settle_steps(_env(), _observed(("hold", "web", "30000"))) == [traffic.Release("h1", "web")]
+    assert traffic.settle_steps(_env(), _observed(("hold", "web", "30000"))) == [traffic.ReleaseRequests("h1", "web")]
     assert traffic.settle_steps(_env(), _observed()) == []
 
 
@@ -101,7 +101,7 @@ def test_a_database_pause_wraps_the_database_steps_only_when_there_are_some():
     env = _env(database_pause=model.Pause(20.0))
     backup = Backup("", "", "backup", database="db")
     wrapped = traffic.around_database(env, _observed(), [backup])
-    assert [a.step for a in wrapped] == ["Hold", "Backup", "Release"]
+    assert [a.step for a in wrapped] == ["HoldRequests", "Backup", "ReleaseRequests"]
     assert all(isinstance(a, traffic.DatabaseHold) for a in (wrapped[0], wrapped[2]))
     assert traffic.around_database(env, _observed(), []) == []
 

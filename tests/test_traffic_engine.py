@@ -67,10 +67,10 @@ def test_maintenance_and_pause_follow_the_desired_state(world):
     plan, outcome = run(world, V1, "r2", expose=Expose(8080, ("web.test",), maintenance=model.Maintenance("<p>x</p>"),
                                                        pause=model.Pause(12.0)))
     assert outcome.result == "deployed", outcome.failure
-    assert [s for s in steps(plan, "h1") if s != "Configure"] == ["MaintenanceOn", "Hold"]
+    assert [s for s in steps(plan, "h1") if s != "Configure"] == ["MaintenanceOn", "HoldRequests"]
     assert world.routers["h1"].maps_ == {"maintenance": {"web": "on"}, "hold": {"web": "12000"}}
     plan, outcome = run(world, V1, "r3", expose=Expose(8080, ("web.test",)))
-    assert [s for s in steps(plan, "h1") if s != "Configure"] == ["MaintenanceOff", "Release"]
+    assert [s for s in steps(plan, "h1") if s != "Configure"] == ["MaintenanceOff", "ReleaseRequests"]
     assert world.routers["h1"].maps_ == {"maintenance": {}, "hold": {}}
     assert world.plan(environment(web(V1, expose=Expose(8080, ("web.test",)))), "r3").in_sync
 
@@ -96,7 +96,7 @@ def test_a_database_pause_holds_during_the_database_steps_and_releases_on_their_
     # The planner wraps a database phase in holds (here one added by hand: no database in this fake).
     actions = traffic.around_database(env, observed, [Backup("", "", "verified backup", database="db")])
     plan = Plan(plan.environment, plan.revision, tuple(actions) + plan.actions, plan.changes, plan.findings)
-    assert [a.step for a in plan.actions[:7]] == ["Hold", "Hold", "Hold", "Backup", "Release", "Release", "Release"]
+    assert [a.step for a in plan.actions[:7]] == ["HoldRequests"] * 3 + ["Backup"] + ["ReleaseRequests"] * 3
     database = FailingDatabase(world)
     with pytest.raises(ReconcilerError, match="backup could not be verified"):
         world.executor(env, "r2", database=database).apply(plan)

@@ -172,7 +172,7 @@ class StopMirror(TrafficStep):
 
 
 @dataclass(frozen=True)
-class Hold(TrafficStep):
+class HoldRequests(TrafficStep):
     deadline: float = 30.0
 
     def entry(self):
@@ -180,7 +180,7 @@ class Hold(TrafficStep):
 
 
 @dataclass(frozen=True)
-class Release(TrafficStep):
+class ReleaseRequests(TrafficStep):
     def entry(self):
         return "hold", None
 
@@ -282,9 +282,9 @@ def reason(step: TrafficStep) -> str:
         return f"keep mirroring for {step.seconds:g}s"
     if isinstance(step, StopMirror):
         return "stop mirroring"
-    if isinstance(step, Hold):
+    if isinstance(step, HoldRequests):
         return f"hold new requests (each at most {step.deadline:g}s, then 503)"
-    if isinstance(step, Release):
+    if isinstance(step, ReleaseRequests):
         return "release the held requests and serve again"
     if isinstance(step, MaintenanceOn):
         return "maintenance: answer 503 with the maintenance page"
@@ -311,8 +311,8 @@ def settle_steps(desired: Environment, observed: Mapping[str, ObservedHost]) -> 
         expose = service.expose
         wanted: list[TrafficStep] = [MaintenanceOn(host, service.name) if expose.maintenance is not None
                                      else MaintenanceOff(host, service.name)]
-        wanted.append(Hold(host, service.name, expose.pause.deadline) if expose.pause is not None
-                      else Release(host, service.name))
+        wanted.append(HoldRequests(host, service.name, expose.pause.deadline) if expose.pause is not None
+                      else ReleaseRequests(host, service.name))
         steps += [s for s in wanted if not in_effect(s, maps)]
     return steps
 
@@ -328,14 +328,14 @@ def database_hold(desired: Environment, observed: Mapping[str, ObservedHost]) ->
         hold = service.expose.database_pause
         if hold is None or service.expose.pause is not None:
             continue
-        before.append(Hold(host, service.name, hold.deadline))
-        after.append(Release(host, service.name))
+        before.append(HoldRequests(host, service.name, hold.deadline))
+        after.append(ReleaseRequests(host, service.name))
     return before, after
 
 
 @dataclass(frozen=True)
 class DatabaseHold(Route):
-    """A ``Hold``/``Release`` that belongs to the database phase: the executor
+    """A ``HoldRequests``/``ReleaseRequests`` that belongs to the database phase: the executor
     runs it with the database steps, and releases on their failure too."""
 
 

@@ -59,7 +59,7 @@ class RoutedSteps:
 
     def _release_held(self, database_phase) -> None:
         """After a failed database step: every hold of the phase released (at once, each host)."""
-        releases = [a for a in database_phase if isinstance(a, Route) and isinstance(a.route, traffic.Release)]
+        releases = [a for a in database_phase if isinstance(a, Route) and isinstance(a.route, traffic.ReleaseRequests)]
         for action, exc in self._per_host(releases, lambda a: self._route(self.hosts[a.host], a)):
             self.report("failed" if exc else "done", step=action.step, host=action.host, service=action.service,
                         **({"error": str(exc)} if exc else {"reason": action.reason}))
