@@ -13,11 +13,10 @@ product, which reaches hosts as that user, can write its config and state
 file (the directory and files are the deploy user's) and signal its master
 to reload.  Binding port 80 takes ``net.ipv4.ip_unprivileged_port_start``
 lowered to the router's port inside the host's network namespace (the
-sysctl is per namespace: the machine's own is left alone).  While clients
-of the old code still reach hosts as root, the files they write are
-root's with mode 0600; ``CAP_DAC_READ_SEARCH`` (read any file, write
-none) lets the router read those too.  ``READ_ROOT_FILES`` drops it once
-nothing writes as root (see the README's "Hosts: the deploy user").
+sysctl is per namespace: the machine's own is left alone).  Nothing
+reaches hosts as root any more (sshd refuses it), so the router needs no
+capability: ``READ_ROOT_FILES`` stays off (it gave ``CAP_DAC_READ_SEARCH``
+while older sessions still wrote files as root).
 
 The config file belongs to the product once it exists: ``ensure`` writes
 the empty routing only when there is no config, or one HAProxy rejects, and
@@ -39,10 +38,9 @@ from reconciler.sandbox.description import SandboxRouter
 from reconciler.sandbox.layout import DEPLOY_USER, ROUTER_ADMIN, ROUTER_PORT, HostLayout
 
 START_TIMEOUT = 15.0
-# Transitional: the router may read files root wrote (mode 0600) while
-# sessions of older code still write them as root.  Write access stays the
-# deploy user's alone.
-READ_ROOT_FILES = True
+# Off: the router reads only its own user's files (it was on while sessions
+# of older code still wrote them as root).
+READ_ROOT_FILES = False
 
 
 def binary() -> str:

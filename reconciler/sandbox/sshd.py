@@ -1,11 +1,10 @@
 """One sshd per sandbox host, and the client side files that reach them.
 
 Key-only login with the sandbox identity, for the deploy user (in the
-docker group), whom the product and the tests reach hosts as; root may
-still log in (``AllowUsers``) because sessions of older code reach the live
-sandbox as root; retiring it changes this file's text, which ``ensure``
-applies by restarting the sshds, so it waits for a ``down``/``up`` when no
-one else uses the fleet.  ``SetEnv DOCKER_HOST`` points every remote ``docker`` command (including ``docker system dial-stdio``, the
+docker group), whom the product and the tests reach hosts as, and no one
+else: root cannot log in (``PermitRootLogin no``, ``AllowUsers``), so a
+path that still needed root fails in the tests instead of passing as root.
+``SetEnv DOCKER_HOST`` points every remote ``docker`` command (including ``docker system dial-stdio``, the
 Engine API transport over SSH) at that host's own engine.  Host keys and the
 identity survive ``down`` so ``known_hosts`` stays valid across runs.
 """
@@ -58,10 +57,8 @@ def sshd_config_text(host: HostLayout, authorized_keys: Path) -> str:
         "PubkeyAuthentication yes",
         "PasswordAuthentication no",
         "KbdInteractiveAuthentication no",
-        "PermitRootLogin prohibit-password",
-        # The deploy user is how the product reaches hosts; root only for
-        # sessions of older code (see the module's docstring).
-        f"AllowUsers root {DEPLOY_USER}",
+        "PermitRootLogin no",
+        f"AllowUsers {DEPLOY_USER}",  # the product reaches hosts as the deploy user only
         "UsePAM no",
         "UseDNS no",
         "PrintMotd no",
