@@ -210,3 +210,23 @@ def write_pin(root, port, key):
     path = root / f"known_hosts-{port}"
     path.write_text(f"[127.0.0.1]:{port} {key.get_name()} {key.get_base64()}\n")
     return path
+
+
+def test_a_command_fed_empty_input_gets_its_end_of_file(sshd, tmp_path):
+    """Reproduced on the fleet: a router started from an image persisted an
+    empty server state, the empty input went through ``Connection.run``
+    (which never closes the remote's standard input), and ``cat >`` waited
+    until the 30 s timeout.  Empty input is still fed, and ends."""
+    from reconciler.adapters.router import Router, RouterAccess
+    from reconciler.core import router as rt
+
+    conn = connect(sshd.access())
+    try:
+        router = Router(conn, RouterAccess(host="lo", config_file=str(tmp_path / "haproxy.cfg"), reload_command="true",
+                                           timeout=5.0), rt.Site(rt.RouterSettings(bind=":80")))
+        target = sshd.root / "empty-state"
+        assert router._exec(f"umask 077; cat > {target}", b"", "write server state") == (0, "")
+        assert target.read_bytes() == b""
+        assert router._exec(f"cat {target}; echo done", None, "read") == (0, "done")  # no input: not fed
+    finally:
+        conn.close()

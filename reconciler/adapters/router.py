@@ -179,11 +179,13 @@ class Router:
             raise RouterError(f"router {what}: `{command.line}` answered {answer.strip()!r}", host=self.name)
         return answer
 
-    def _exec(self, command: str, stdin: bytes, what: str) -> tuple[int, str]:
-        """A shell command on the host (fed ``stdin`` if any); its exit code and output
-        (stdout, then stderr)."""
+    def _exec(self, command: str, stdin: bytes | None, what: str) -> tuple[int, str]:
+        """A shell command on the host, fed ``stdin`` (None: no input); its exit code and
+        output (stdout, then stderr).  An empty ``stdin`` is still fed, so a ``cat >``
+        gets its end of file (``Connection.run`` never closes the remote's input:
+        a fresh router's empty server state hung its write until the timeout)."""
         timeout = max(self.access.timeout, 30.0)
-        if stdin:
+        if stdin is not None:
             code, out = ssh.feed(self._transport(), command, stdin, host=self.name, what=f"router {what}",
                                  timeout=timeout)
         else:
@@ -207,7 +209,7 @@ class Router:
 
     def header(self) -> tuple[str | None, str | None]:
         """The skeleton hash and the owner the config file on the host names (None, None: not ours)."""
-        code, out = self._exec(f"head -n 5 {shlex.quote(self.access.config_file)}", b"", "read config")
+        code, out = self._exec(f"head -n 5 {shlex.quote(self.access.config_file)}", None, "read config")
         return (core.hash_in(out), router_owner.owner_in(out)) if code == 0 else (None, None)
 
     def maps(self) -> dict[str, dict[str, str]]:
@@ -259,7 +261,7 @@ class Router:
             if not out and " -q" in f" {self.access.check_command} ":
                 # Quiet mode hides HAProxy's reason: ask again without it, on the rejected file.
                 loud = " ".join(w for w in self.access.check_command.split() if w != "-q")
-                _, out = self._exec(f"{loud} {tmp}", b"", "explain the rejected config")
+                _, out = self._exec(f"{loud} {tmp}", None, "explain the rejected config")
             raise RouterConfigRejected(f"router: `{self.access.check_command}` rejected the config for "
                                        f"{cfg}; the running one is unchanged: {out[-800:]}", host=self.name)
         if code != 0:
@@ -275,7 +277,7 @@ class Router:
         if code != 0:
             raise RouterConfigRejected(f"router: haproxy -c rejected the config for {cfg}; the running one is "
                                        f"unchanged: {out[-800:]}", host=self.name)
-        code, out = self._exec(f"mv -f {shlex.quote(tmp)} {shlex.quote(cfg)}", b"", "write config")
+        code, out = self._exec(f"mv -f {shlex.quote(tmp)} {shlex.quote(cfg)}", None, "write config")
         if code != 0:
             raise RouterError(f"router write {cfg}: exit {code}: {out}", host=self.name)
 
@@ -320,7 +322,7 @@ class Router:
         if self.access.reloader is not None:
             self.access.reloader()
         else:
-            code, out = self._exec(self.access.reload_command, b"", "reload")
+            code, out = self._exec(self.access.reload_command, None, "reload")
             if code != 0:
                 raise RouterError(f"router reload `{self.access.reload_command}`: exit {code}: {out}", host=self.name)
         wanted = core.backends(self.site)

@@ -253,13 +253,15 @@ def _base(host: "DockerHost") -> str:
     return f"{HOST_TMPFS}/reconciler-secrets.{host.conn.user}"
 
 
-def _run(host: "DockerHost", command: str, stdin: bytes, what: str) -> None:
-    """``command`` through the host's shell, ``stdin`` (if any) on its
-    standard input (the only way a value travels: never in an argv)."""
+def _run(host: "DockerHost", command: str, stdin: bytes | None, what: str) -> None:
+    """``command`` through the host's shell, ``stdin`` (None: no input) on
+    its standard input (the only way a value travels: never in an argv).
+    An empty ``stdin`` is still fed, so a ``cat >`` gets its end of file
+    (``Connection.run`` never closes the remote's standard input)."""
     from reconciler.adapters import ssh
 
     def run() -> tuple[int, bytes]:
-        if stdin:
+        if stdin is not None:
             return ssh.feed(host.transport, command, stdin, host=host.name, what=what, timeout=host.timeout)
         status, out, err = ssh.run(host.conn, command, host=host.name, what=what, timeout=host.timeout)
         return status, out + err
@@ -283,7 +285,7 @@ def write_files(host: "DockerHost", files: dict[str, bytes]) -> str:
                f"{{ [ \"$(stat -f -c %T {b})\" = tmpfs ] || {{ echo '{base} is not on a tmpfs' >&2; exit 3; }}; }} && "
                f"{{ [ -O {b} ] && [ \"$(stat -c %a {b})\" = 700 ] || "
                f"{{ echo '{base} is not ours alone (owner or mode is not us, 0700); remove it' >&2; exit 4; }}; }} && "
-               f"mkdir -m 755 {d}", b"", f"make the secrets directory {directory}")
+               f"mkdir -m 755 {d}", None, f"make the secrets directory {directory}")
     try:
         for name, value in sorted(files.items()):
             path = shlex.quote(f"{directory}/{name}")
@@ -310,4 +312,4 @@ def discard(host: "DockerHost", directory: str | None) -> None:
     base = _base(host)
     if os.path.dirname(directory) != base:
         return  # not one this user made: not ours to remove
-    _run(host, f"rm -rf -- {shlex.quote(directory)}", b"", f"remove the secrets directory {directory}")
+    _run(host, f"rm -rf -- {shlex.quote(directory)}", None, f"remove the secrets directory {directory}")
