@@ -23,6 +23,7 @@ from pathlib import Path
 
 from reconciler import resources
 from reconciler.core import router as rt
+from reconciler.core import router_config
 from reconciler.core import traffic
 from reconciler.sandbox import images
 
@@ -82,7 +83,7 @@ class PrivateRouter:
         for path, text in traffic.support_files(site, {}, lua).items():
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             Path(path).write_text(text)
-        self.config.write_text(rt.render_config(site, {}))
+        self.config.write_text(router_config.render_config(site, {}))
         # The product reaches hosts as the deploy user: the router's files and process are that user's.
         uid, gid = _deploy_ids()
         for path in (self.root, *self.root.rglob("*")):

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.core import router as rt
+from reconciler.core import router_config
 from reconciler.sandbox import haproxy, procs
 
 
@@ -68,7 +69,7 @@ def start(fleet, port: int, admin_port: int) -> OwnRouters:
             user = pwd.getpwnam(h.user)
             settings = rt.RouterSettings(bind=f"{h.address}:{port}", admin=f"127.0.0.1:{admin_port}",
                                          socket=str(d / "admin.sock"), state_file=str(d / "server-state"), log="stdout")
-            (d / "haproxy.cfg").write_text(rt.render_config(rt.Site(settings), {}))
+            (d / "haproxy.cfg").write_text(router_config.render_config(rt.Site(settings), {}))
             for path in (d, d / "haproxy.cfg"):
                 os.chown(path, user.pw_uid, user.pw_gid)
             as_user = [] if user.pw_uid == 0 else ["setpriv", f"--reuid={h.user}", f"--regid={h.user}", "--init-groups"]

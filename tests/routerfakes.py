@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from fakes import FakeHost, World
 from reconciler.core import router as rt
+from reconciler.core import router_config
 from reconciler.core import traffic
 from reconciler.core.health import CheckResult, Verdict
 from reconciler.core.model import HealthCheck
@@ -237,7 +238,7 @@ class RoutedWorld(World):
         """What a Configure writes on each host: the desired site's skeleton."""
         for name, router in self.routers.items():
             site = rt.site_for(env, name)
-            router.site_hash = rt.skeleton_hash(site) if site is not None else None
+            router.site_hash = router_config.skeleton_hash(site) if site is not None else None
 
     def observe(self):
         from dataclasses import replace

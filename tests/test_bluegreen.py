@@ -16,6 +16,7 @@ import pytest
 from fakes import NEVER_OK, image
 from reconciler.core import model
 from reconciler.core import router as rt
+from reconciler.core import router_config
 from reconciler.core.model import Environment, Expose, HealthCheck, Host, Policy, RouterConfig, Rollout, Service
 from reconciler.core.plan import plan_deploy, plan_rollback
 from routerfakes import Killed, RoutedWorld
@@ -76,7 +77,7 @@ def test_a_first_deploy_configures_each_router_and_routes_the_new_containers(wor
     for h in HOSTS:
         assert backend(world, h) == {server(V1): (100, True)}
         assert world.hosts[h].by_name("prod-web").state == "running"
-        assert world.routers[h].skeleton == rt.skeleton_hash(rt.site_for(environment(web()), h))
+        assert world.routers[h].skeleton == router_config.skeleton_hash(rt.site_for(environment(web()), h))
     assert world.violations == []
     assert world.plan(environment(web(V1)), "r1").in_sync  # the router is observed too: nothing left
 

@@ -15,6 +15,7 @@ import pytest
 from fakes import image
 from reconciler.core import canary, model
 from reconciler.core import router as rt
+from reconciler.core import router_config
 from reconciler.core.model import Canary, Environment, Expose, HealthCheck, Host, Policy, RouterConfig, Rollout, Service
 from reconciler.core.plan import Plan
 from routerfakes import Killed, RoutedWorld
@@ -284,7 +285,7 @@ def test_a_first_canary_deploy_has_no_traffic_to_share_and_switches_straight_to_
 
 def test_the_config_has_the_sticky_cookie_and_the_qa_route():
     env = environment(web(V1, canary_=replace(CANARY, qa_cookie="qa")))
-    text = rt.render_config(rt.site_for(env, "h1"), {"web": (rt.Server("web-a", "10.0.0.2", 8080, 100),),
+    text = router_config.render_config(rt.site_for(env, "h1"), {"web": (rt.Server("web-a", "10.0.0.2", 8080, 100),),
                                                      "web.qa": (rt.Server("web-b", "10.0.0.3", 8080, 100),)})
     assert "    acl qa_web req.hdr(X-Canary) -m found\n    acl qa_web req.cook(qa) -m found\n" \
            "    use_backend web.qa if host_web qa_web { nbsrv(web.qa) gt 0 }\n    use_backend web if host_web\n" in text
@@ -296,7 +297,7 @@ def test_the_config_has_the_sticky_cookie_and_the_qa_route():
     add = rt.AddServer("h1", "web", "web-x", "10.0.0.9", 8080, sticky=True)
     assert "enable dynamic-cookie backend web" in [c.line for c in rt.commands(add)]
     # Without a canary, the config is what blue-green had.
-    plain = rt.render_config(rt.site_for(environment(web(V1, strategy="auto")), "h1"), {})
+    plain = router_config.render_config(rt.site_for(environment(web(V1, strategy="auto")), "h1"), {})
     assert "cookie" not in plain and "qa" not in plain
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from reconciler.core import router as r
+from reconciler.core import router_config
 from reconciler.core.model import HealthCheck
 
 SETTINGS = r.RouterSettings(bind="10.0.0.5:80", admin="127.0.0.1:9901", socket="/run/haproxy/admin.sock",
@@ -17,9 +18,9 @@ def site(*exposures: r.Exposure) -> r.Site:
 
 
 def test_empty_site_renders_the_global_part_and_a_404_for_everything():
-    assert r.render_config(site(), {}) == f"""\
+    assert router_config.render_config(site(), {}) == f"""\
 # Written by reconciler: this host's routing, rewritten after every router change.
-# skeleton: {r.skeleton_hash(site())}
+# skeleton: {router_config.skeleton_hash(site())}
 global
     stats socket ipv4@127.0.0.1:9901 level admin
     stats socket /run/haproxy/admin.sock mode 600 level admin expose-fd listeners
@@ -47,7 +48,7 @@ backend reconciler-unrouted
 
 
 def test_services_share_one_frontend_most_specific_rule_first_and_servers_keep_their_state():
-    text = r.render_config(
+    text = router_config.render_config(
         site(r.Exposure("site", 8080, check=CHECK),
              r.Exposure("api", 9000, path="/api/", check=r.RouterCheck(kind="tcp")),
              r.Exposure("admin", 8080, hostnames=("admin.example.com",), path="/ops", check=CHECK),
@@ -88,10 +89,10 @@ def test_services_share_one_frontend_most_specific_rule_first_and_servers_keep_t
 
 def test_the_skeleton_hash_ignores_servers_and_follows_rules():
     base = site(r.Exposure("web", 8080))
-    with_servers = r.render_config(base, {"web": (r.Server("w1", "1.2.3.4", 8080, 100),)})
-    assert r.hash_in(with_servers) == r.hash_in(r.render_config(base, {})) == r.skeleton_hash(base)
-    assert r.skeleton_hash(site(r.Exposure("web", 8080, path="/x"))) != r.skeleton_hash(base)
-    assert r.hash_in("global\n    daemon\n") is None
+    with_servers = router_config.render_config(base, {"web": (r.Server("w1", "1.2.3.4", 8080, 100),)})
+    assert router_config.hash_in(with_servers) == router_config.hash_in(router_config.render_config(base, {})) == router_config.skeleton_hash(base)
+    assert router_config.skeleton_hash(site(r.Exposure("web", 8080, path="/x"))) != router_config.skeleton_hash(base)
+    assert router_config.hash_in("global\n    daemon\n") is None
 
 
 @pytest.mark.parametrize("exposures, expected", [
@@ -115,7 +116,7 @@ def test_problems_name_every_clash_and_bad_value(exposures, expected):
 
 def test_render_refuses_a_site_with_problems():
     with pytest.raises(ValueError, match="both claim"):
-        r.render_config(site(r.Exposure("a", 80), r.Exposure("b", 80)), {})
+        router_config.render_config(site(r.Exposure("a", 80), r.Exposure("b", 80)), {})
 
 
 def test_router_check_from_a_service_health_check():

@@ -23,6 +23,7 @@ from reconciler.adapters.hosts import DockerHost
 from reconciler.adapters.router import Router
 from reconciler.adapters.ssh import connect
 from reconciler.core import router as cr
+from reconciler.core import router_config
 from reconciler.core.model import ImageRef
 from reconciler.sandbox import haproxy, layout
 from tests.loadgen import Load, one_request
@@ -46,7 +47,7 @@ def test_haproxy_accepts_the_config_we_render(tmp_path):
                    (cr.Exposure("web", 8080, hostnames=("web.example.com",), path="/app", check=CHECK),
                     cr.Exposure("api", 9000, path="/api", check=cr.RouterCheck(kind="tcp")),
                     cr.Exposure("site", 80, check=cr.RouterCheck(path="/", body_contains="welcome home"))))
-    text = cr.render_config(site, {"web": (cr.Server("web-a", "10.0.0.2", 8080, 100),
+    text = router_config.render_config(site, {"web": (cr.Server("web-a", "10.0.0.2", 8080, 100),
                                           cr.Server("web-b", "10.0.0.3", 8080, 0, "drain")),
                                   "api": (cr.Server("api-a", "10.0.0.4", 9000, 0, "maint"),)})
     path = tmp_path / "haproxy.cfg"

@@ -148,10 +148,11 @@ def test_a_router_no_longer_needed_is_removed_after_the_deploy():
 
 def test_the_config_names_its_owner_and_another_environment_is_refused_while_the_owner_serves():
     from reconciler.core import router as rt
+    from reconciler.core import router_config
     from reconciler.core import router_owner
 
-    text = router_owner.stamp(rt.render_config(rt.Site(rt.RouterSettings(bind=":80")), {}), "shop")
-    assert router_owner.owner_in(text) == "shop" and rt.hash_in(text) is not None  # both in the first lines
+    text = router_owner.stamp(router_config.render_config(rt.Site(rt.RouterSettings(bind=":80")), {}), "shop")
+    assert router_owner.owner_in(text) == "shop" and router_config.hash_in(text) is not None  # both in the first lines
     assert text.splitlines()[2] == "# owner: shop" and text.splitlines()[3] == "global"
     up = rt.ServerState("web", "web-abc", "172.31.11.2", 8080, 100, 0, True)
     said = router_owner.refusal("test", "shop", [up], "h1", "/etc/haproxy/haproxy.cfg")

@@ -6,6 +6,7 @@ import pytest
 
 from reconciler.core import model
 from reconciler.core import router as rt
+from reconciler.core import router_config
 from reconciler.core import traffic
 from test_bluegreen_schema import ROUTER, load, problems, web as web_yaml
 from schema_helpers import env_with
@@ -26,7 +27,7 @@ def test_the_support_files_sit_beside_the_config():
 
 
 def test_the_config_loads_the_lua_and_each_backend_checks_its_maps_in_order():
-    text = rt.render_config(rt.Site(SETTINGS, (WEB,)), {})
+    text = router_config.render_config(rt.Site(SETTINGS, (WEB,)), {})
     assert "    lua-load /etc/haproxy/reconciler/reconciler.lua" in text
     assert "    setenv RECONCILER_HOLD_MAP /etc/haproxy/reconciler/hold.map" in text
     backend = text.split("backend web", 1)[1]
@@ -34,13 +35,13 @@ def test_the_config_loads_the_lua_and_each_backend_checks_its_maps_in_order():
                                          "lua.reconciler_mirror")]
     assert order == sorted(order)
     # Without a files directory (an old sandbox config) no traffic rule is written.
-    assert "lua" not in rt.render_config(rt.Site(rt.RouterSettings(bind=":80"), (WEB,)), {})
+    assert "lua" not in router_config.render_config(rt.Site(rt.RouterSettings(bind=":80"), (WEB,)), {})
 
 
 def test_a_new_maintenance_page_changes_the_skeleton_the_switches_do_not():
     plain = rt.Site(SETTINGS, (WEB,))
     paged = rt.Site(SETTINGS, (rt.Exposure("web", 8080, ("shop.test",), page="<h1>later</h1>"),))
-    assert rt.skeleton_hash(plain) != rt.skeleton_hash(paged)
+    assert router_config.skeleton_hash(plain) != router_config.skeleton_hash(paged)
     assert traffic.support_files(paged, {}, "")["/etc/haproxy/reconciler/maintenance-web.html"] == "<h1>later</h1>\n"
 
 

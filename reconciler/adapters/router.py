@@ -40,6 +40,7 @@ import paramiko
 from reconciler.adapters import ssh
 from reconciler.adapters.ssh import _ack_at_once
 from reconciler.core import router as core
+from reconciler.core import router_config
 from reconciler.core import router_owner
 from reconciler.core import traffic
 from reconciler.core.health import CheckResult, Verdict
@@ -210,7 +211,7 @@ class Router:
     def header(self) -> tuple[str | None, str | None]:
         """The skeleton hash and the owner the config file on the host names (None, None: not ours)."""
         code, out = self._exec(f"head -n 5 {shlex.quote(self.access.config_file)}", None, "read config")
-        return (core.hash_in(out), router_owner.owner_in(out)) if code == 0 else (None, None)
+        return (router_config.hash_in(out), router_owner.owner_in(out)) if code == 0 else (None, None)
 
     def maps(self) -> dict[str, dict[str, str]]:
         """``core.traffic``'s map entries (map -> backend -> value), one command line; {} without them."""
@@ -234,13 +235,13 @@ class Router:
 
     def needs_configure(self) -> bool:
         """Whether the site's frontend or backends differ from the host's config (a reload is due)."""
-        return self.config_hash() != core.skeleton_hash(self.site)
+        return self.config_hash() != router_config.skeleton_hash(self.site)
 
     # ------------------------------------------------------------ writing the config
     def persist(self, observation: Observation | None = None) -> None:
         """Write what the router runs now into its config and state file, so a restart restores it."""
         observation = observation or self.observe()
-        text = router_owner.stamp(core.render_config(self.site, core.servers_by_backend(observation.servers)),
+        text = router_owner.stamp(router_config.render_config(self.site, core.servers_by_backend(observation.servers)),
                                   self.access.owner)
         self._write_support_files()
         state_file = self.site.settings.state_file

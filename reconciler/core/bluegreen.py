@@ -28,6 +28,7 @@ from typing import Mapping
 
 from reconciler.core import model
 from reconciler.core import router as rt
+from reconciler.core import router_config
 from reconciler.core import traffic
 from reconciler.core.model import Environment, ObservedContainer, ObservedHost, Service
 from reconciler.core.plan import Action, Adopt, Aside, CheckHealth, Remove, Revive, Route, Start, Switch
@@ -46,7 +47,7 @@ def configures(desired: Environment, observed: Mapping[str, ObservedHost]) -> li
     for host in sorted(observed):
         site = rt.site_for(desired, host) if host in {h.name for h in desired.hosts} else None
         view = observed[host].router
-        if site is None or view is None or view.skeleton == rt.skeleton_hash(site):
+        if site is None or view is None or view.skeleton == router_config.skeleton_hash(site):
             continue
         why = "no config of ours" if view.skeleton is None else "its backends or rules changed"
         out.append(Route(host, "", f"write the router's config ({why}) with the live servers, and reload it",

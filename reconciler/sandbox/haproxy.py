@@ -31,7 +31,7 @@ import pwd
 import shutil
 import socket
 
-from reconciler.core import router
+from reconciler.core import router, router_config
 from reconciler.errors import SandboxError
 from reconciler.sandbox import procs
 from reconciler.sandbox.description import SandboxRouter
@@ -149,7 +149,7 @@ def ensure(host: HostLayout) -> SandboxRouter:
     if not host.haproxy_config.exists() or not _valid(host):
         site = router.Site(described.settings())
         _write_support_files(site)
-        host.haproxy_config.write_text(router.render_config(site, {}))
+        host.haproxy_config.write_text(router_config.render_config(site, {}))
     _hand_to_deploy_user(host)
     pid = procs.spawn_detached(argv(host), host.haproxy_log)
     if not procs.wait_until(lambda: answers(host) or not procs.alive(pid), timeout=START_TIMEOUT, interval=0.2) \
