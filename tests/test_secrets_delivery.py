@@ -102,7 +102,7 @@ def test_a_file_secret_is_written_on_stdin_to_a_tmpfs_directory_and_mounted_read
     assert mount["Target"] == "/run/secrets" and mount["ReadOnly"] and mount["Type"] == "bind"
     assert mount["Source"].startswith("/dev/shm/reconciler-secrets.deploy/")
     setup, write = runs
-    assert "tmpfs" in setup[0] and "-O" in setup[0] and setup[1] == b""
+    assert "tmpfs" in setup[0] and "-O" in setup[0] and setup[1] is None  # no input
     assert write[1] == CANARY.encode() and f"{mount['Source']}/api-key" in write[0]
     assert all(CANARY not in command and CANARY not in what for command, _, what in runs)
     assert CANARY not in repr(created)
