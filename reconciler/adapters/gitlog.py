@@ -427,8 +427,10 @@ def _blob_text(repo: pygit2.Repository, commit: pygit2.Commit, path: str) -> str
     return repo[entry.id].data.decode("utf-8")
 
 
-def commit_files(repo: pygit2.Repository, branch_ref: str, changes: dict[str, str], message: str, signature: pygit2.Signature) -> str:
-    """A commit on ``branch_ref`` replacing ``changes`` (path -> text), no checkout needed.
+def commit_files(repo: pygit2.Repository, branch_ref: str, changes: dict[str, str], message: str, signature: pygit2.Signature,
+                 signing_key: str | None = None) -> str:
+    """A commit on ``branch_ref`` replacing ``changes`` (path -> text), no checkout needed,
+    signed with ``signing_key`` when given (``WaitingError`` if the branch moved meanwhile).
 
     In a working tree whose HEAD is that branch, the files and the index are
     updated too, and an uncommitted edit of the same file refuses the commit
@@ -447,7 +449,15 @@ def commit_files(repo: pygit2.Repository, branch_ref: str, changes: dict[str, st
         mode = parent.tree[path].filemode if path in parent.tree else pygit2.enums.FileMode.BLOB
         index.add(pygit2.IndexEntry(path, repo.create_blob(text.encode("utf-8")), mode))
     tree = index.write_tree(repo)
-    new = repo.create_commit(branch_ref, signature, signature, message, tree, [parent.id])
+    if signing_key:
+        signed = _signed_commit(repo, branch_ref, signature, message, tree, parent.id, signing_key)
+        if signed is None:
+            from reconciler.errors import WaitingError
+
+            raise WaitingError(f"{branch_ref} moved while the commit was signed (a push won); run it again")
+        new = pygit2.Oid(hex=signed)
+    else:
+        new = repo.create_commit(branch_ref, signature, signature, message, tree, [parent.id])
     if checked_out:
         for path, text in changes.items():
             Path(repo.workdir, path).write_text(text, encoding="utf-8")

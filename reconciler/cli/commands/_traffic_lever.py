@@ -38,8 +38,10 @@ def edit_expose(text: str, keys: tuple[str, ...], field: str, value) -> str:
 
     from reconciler.errors import StalledError
 
-    yaml = YAML(typ="rt")
+    yaml = YAML(typ="rt")  # round-trip: plain data only, comments kept
     yaml.preserve_quotes = True
+    # The branch head's own file, which the pre-receive hook validated with the
+    # bounded parser; the round-trip loader builds plain data only.
     data = yaml.load(text)
     node = data
     for key in keys:
@@ -86,25 +88,9 @@ def lever(args, field: str, value, what: str) -> int:
 
 def _commit(repo, branch: str, path: str, text: str, message: str, signing_key: str | None) -> str:
     """The lever's commit on ``branch`` (signed with ``signing_key`` when given), no checkout needed."""
-    import pygit2
+    from reconciler.adapters import gitlog
 
-    from reconciler.adapters import gitlog, gitsign
-    from reconciler.errors import WaitingError
-
-    signature = gitlog.agent_signature()
-    if not signing_key:
-        return gitlog.commit_files(repo, branch, {path: text}, message, signature)
-    reference = repo.references[branch]
-    parent = reference.peel(pygit2.Commit)
-    index = pygit2.Index()
-    index.read_tree(parent.tree)
-    index.add(pygit2.IndexEntry(path, repo.create_blob(text.encode("utf-8")), parent.tree[path].filemode))
-    new = gitsign.signed_commit(repo, signature, signature, message, index.write_tree(repo), [parent.id], signing_key)
-    try:
-        reference.set_target(new, f"reconciler: {message.splitlines()[0]}")
-    except pygit2.GitError:
-        raise WaitingError(f"{branch} moved while the lever committed (a push won); run it again") from None
-    return str(new)
+    return gitlog.commit_files(repo, branch, {path: text}, message, gitlog.agent_signature(), signing_key)
 
 
 LOCK_WAIT = 300.0  # seconds: the agent may be deploying this very commit (it saw the branch move)
