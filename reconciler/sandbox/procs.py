@@ -55,8 +55,11 @@ def spawn_detached(argv: Sequence[str], log: Path) -> int:
     """Start a daemon in its own session with output appended to ``log``; return its pid."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
+        # cwd "/": a daemon outlives the directory it was started from (a CI
+        # clone, a test's tmp dir), and HAProxy's master re-executes itself
+        # on every reload, which fails once its start directory is gone.
         proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                start_new_session=True, close_fds=True)
+                                start_new_session=True, close_fds=True, cwd="/")
     return proc.pid
 
 
