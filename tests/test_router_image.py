@@ -205,3 +205,38 @@ def test_render_of_an_image_router_validates_back_to_the_same(tmp_path, capsys):
     out = rendered(tmp_path / "written", "prod", capsys=capsys)
     assert f"image: {IMAGE}" in out and "reload:" not in out
     assert load_repo(repository(tmp_path / "pasted", "prod", out), "prod") == original
+
+
+def test_a_router_whose_process_does_not_run_its_config_file_is_configured_again():
+    """Reproduced on the fleet: a reload failed after the config file was
+    written, the next plan trusted the file's skeleton, and every retry's
+    ``add server`` was answered "No such backend" (noted rolled-back, never
+    converging).  The skeleton counts only when the process serves the site."""
+    from reconciler.core import bluegreen
+    from reconciler.core import router as rt
+    from reconciler.core import router_config
+    from reconciler.engine import routing
+
+    env = load(ROUTER.replace(f"  image: {IMAGE}\n", ""))
+    site = rt.site_for(env, "h1")
+
+    class Stale:
+        def __init__(self, serves: bool) -> None:
+            self.serves = serves
+
+        def servers(self):
+            return {}
+
+        def header(self):
+            return router_config.skeleton_hash(site), env.name
+
+        def serves_site(self):
+            return self.serves
+
+    observed = {"h1": ObservedHost("h1", (), None)}
+    stale = routing.observe(env, observed, {"h1": Stale(False)})
+    assert stale["h1"].router.skeleton is None
+    assert [a.host for a in bluegreen.configures(env, stale)] == ["h1"]  # the plan writes and reloads it again
+    live = routing.observe(env, observed, {"h1": Stale(True)})
+    assert live["h1"].router.skeleton == router_config.skeleton_hash(site)
+    assert bluegreen.configures(env, live) == []

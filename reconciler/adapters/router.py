@@ -206,7 +206,16 @@ class Router:
         return Observation(servers, state_text, backends)
 
     def servers(self) -> core.Observed:
-        return self.observe().servers
+        self._seen = self.observe()
+        return self._seen.servers
+
+    def serves_site(self) -> bool | None:
+        """Whether the running router (as last observed by ``servers``) has every
+        backend of the site; None before any observation.  The config file's
+        skeleton is not enough: a reload that failed after the file was written
+        leaves the file saying what the process does not run."""
+        seen = getattr(self, "_seen", None)
+        return None if seen is None else core.backends(self.site) <= seen.backends
 
     def header(self) -> tuple[str | None, str | None]:
         """The skeleton hash and the owner the config file on the host names (None, None: not ours)."""

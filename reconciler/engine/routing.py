@@ -73,6 +73,11 @@ def _view(environment: Environment, host: str, router: Any, observed: ObservedHo
     refused = router_owner.refusal(environment.name, owner, servers.values(), host, config_file)
     if refused:
         raise RouterOwned(refused, host=host)
+    if skeleton is not None and hasattr(router, "serves_site") and router.serves_site() is False:
+        # The file is ours but the process does not run it (a reload failed
+        # after the write): no skeleton, so the plan configures it again
+        # instead of adding servers to backends the router does not have.
+        skeleton = None
     maps = router.view_maps() if hasattr(router, "view_maps") else ()  # core.traffic's entries
     return rt.RouterView(tuple(servers[k] for k in sorted(servers)), skeleton, maps)
 
