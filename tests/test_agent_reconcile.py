@@ -9,6 +9,7 @@ import pytest
 from agentrepo import DIGEST1, DIGEST2, DIGEST3, commit, files_for, init
 from fakes import NEVER_OK, World
 from reconciler.adapters import gitlog
+from reconciler.adapters import githistory
 from reconciler.adapters.journal import Journal, read_status
 from reconciler.adapters.locks import Locks
 from reconciler.core.model import ImageRef
@@ -79,7 +80,7 @@ def test_a_never_healthy_commit_is_rolled_back_reverted_and_not_retried(tmp_path
     # The revert commit is what runs: it deploys as in sync and is noted.
     after = reconcile(context(tmp_path, world), "staging")
     assert after.result == "in-sync" and gitlog.latest(repo, head, "staging").result == "in-sync"
-    assert gitlog.running_at(repo, "staging", 10**12)[("h1", "web")].image == str(V1)
+    assert githistory.running_at(repo, "staging", 10**12)[("h1", "web")].image == str(V1)
     assert c1 != head
 
 

@@ -25,7 +25,7 @@ import pytest
 
 from reconciler.adapters import gitlog
 from reconciler.adapters.db import list_backups, verify
-from reconciler.adapters.gitlog import set_scalar
+from reconciler.adapters.gitedit import set_scalar
 from tests.dbfleet import columns, sql
 from tests.envrepo import serving
 from tests.pushing import wait_for

@@ -8,6 +8,7 @@ import dataclasses
 
 from agentrepo import commit, files_for
 from reconciler.adapters import gitlog
+from reconciler.adapters import githistory
 from reconciler.adapters.journal import Journal, read_status
 from reconciler.adapters.locks import Locks
 from reconciler.engine.run import Request, reconcile, run
@@ -96,8 +97,8 @@ def test_a_never_healthy_release_is_recorded_per_host_while_it_served(tmp_path, 
     assert (str(BAD), "running") in timeline  # then the broken release ran
     assert timeline[-1] == (str(V1), "running")  # and the old one is back
     broken_at = next(s.at for s in attempt.serving if s.image == str(BAD))
-    assert gitlog.running_at(repo, "staging", broken_at)[("h1", "web")].image == str(BAD)
-    assert gitlog.running_at(repo, "staging", attempt.finished)[("h1", "web")].image == str(V1)
+    assert githistory.running_at(repo, "staging", broken_at)[("h1", "web")].image == str(BAD)
+    assert githistory.running_at(repo, "staging", attempt.finished)[("h1", "web")].image == str(V1)
 
 
 def test_a_lever_killed_at_any_journal_step_never_leaves_a_record_that_lies(tmp_path):
@@ -140,7 +141,7 @@ def test_a_lever_killed_at_any_journal_step_never_leaves_a_record_that_lies(tmp_
         running = serving(world)
         head = gitlog.branch_head(repo, "refs/heads/main")
         frozen = Locks(base / "state").frozen("staging")
-        levers = [a for entry in gitlog.history(repo, env="staging") for a in entry.attempts if a.operation == "rollback"]
+        levers = [a for entry in githistory.history(repo, env="staging") for a in entry.attempts if a.operation == "rollback"]
         if running == (str(V1), "running"):
             # The lever took effect: git says so (its commit) or the environment is frozen saying why.
             assert frozen is not None or repo[head].message.startswith("Roll back staging"), (n, result)

@@ -61,6 +61,7 @@ def test_an_unsigned_or_untrusted_commit_is_refused_and_a_signed_one_deploys_wit
     untrusted = signed_commit(work, keys, "mallory", "signed by a key nobody trusts")
     result = reconcile(signed_context(tmp_path, world, keys), "staging")
     assert (result.result, result.reason) == ("refused", "BadSignature") and serving(world) is None
+    assert gitlog.latest(repo, untrusted, "staging").reason == "BadSignature"  # the refusal is noted on that commit
 
     (work / "README").write_text("by alice\n")
     git(work, "add", "-A")

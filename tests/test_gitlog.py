@@ -6,6 +6,8 @@ import pygit2
 import pytest
 
 from reconciler.adapters import gitlog
+from reconciler.adapters import gitedit
+from reconciler.adapters import githistory
 from reconciler.core.record import Attempt, Serving
 from agentrepo import DIGEST1, DIGEST2, commit, env_yaml, files_for, init, read
 
@@ -55,7 +57,7 @@ def test_a_version_1_note_reads_as_one_attempt(repo):
     repo.create_note(v1, sig, sig, c1, gitlog.NOTES_REF, True)
     (old,) = gitlog.attempts(repo, c1, "staging")
     assert old.result == "deployed" and old.image_of("web") == "r/web:v1"
-    assert gitlog.running_at(repo, "staging", 13)[("h1", "web")].image == "r/web:v1"
+    assert githistory.running_at(repo, "staging", 13)[("h1", "web")].image == "r/web:v1"
     note(repo, c1, "staging", "in-sync", finished=30.0)
     assert [a.result for a in gitlog.attempts(repo, c1, "staging")] == ["deployed", "in-sync"]
 
@@ -120,13 +122,13 @@ def test_history_says_who_wrote_who_merged_what_changed_and_the_outcome(repo):
     note(repo, c2, "staging", "rolled-back", started=2001, finished=2060,
          serving=(Serving(2005, "h1", "web", v2, "c2"), Serving(2045, "h1", "web", None, "c2", "exited"),
                   Serving(2046, "h1", "web", v1, "c1")))
-    entries = gitlog.history(repo, env="staging")
+    entries = githistory.history(repo, env="staging")
     assert [e.commit for e in entries] == [c2, c1]  # the docs commit does not concern staging
     assert entries[0].author == "Bob <bob@x>" and entries[0].committer == "Merger <m@x>"
     assert entries[0].changed == ("environments/staging/environment.yaml",)
     assert entries[0].attempts[0].result == "rolled-back"
-    assert [e.commit for e in gitlog.history(repo, env="staging", service="web")] == [c1]
-    at = lambda t: {k: s.image for k, s in gitlog.running_at(repo, "staging", t).items()}  # noqa: E731
+    assert [e.commit for e in githistory.history(repo, env="staging", service="web")] == [c1]
+    at = lambda t: {k: s.image for k, s in githistory.running_at(repo, "staging", t).items()}  # noqa: E731
     assert at(1500) == {("h1", "web"): v1, ("h2", "web"): v1}
     assert at(2020) == {("h1", "web"): v2, ("h2", "web"): v1}  # per host: h1 ran the broken release then
     assert at(2045.5) == {("h1", "web"): None, ("h2", "web"): v1}
@@ -139,14 +141,14 @@ def test_proven_image_is_the_last_healthy_deploy(repo):
     c2 = commit(repo, files_for(DIGEST2, tag="v2"), "second")
     note(repo, c1, "staging", "deployed", finished=5, digests={"web": f"r/web:v1@{DIGEST1}"})
     note(repo, c2, "staging", "rolled-back", finished=9, digests={"web": f"r/web:v2@{DIGEST2}"})
-    image, proof = gitlog.proven_image(repo, "staging", "web")
+    image, proof = githistory.proven_image(repo, "staging", "web")
     assert image == f"r/web:v1@{DIGEST1}" and proof.commit == c1
 
 
 def test_parse_time():
-    assert gitlog.parse_time("1970-01-01T00:01:00Z") == 60.0
-    assert gitlog.parse_time("60") == 60.0
-    assert gitlog.parse_time("1970-01-01T01:01:00+01:00") == 60.0
+    assert githistory.parse_time("1970-01-01T00:01:00Z") == 60.0
+    assert githistory.parse_time("60") == 60.0
+    assert githistory.parse_time("1970-01-01T01:01:00+01:00") == 60.0
 
 
 def test_promote_copies_the_proven_digest_keeping_comments(repo, capsys):
@@ -167,14 +169,14 @@ def test_promote_copies_the_proven_digest_keeping_comments(repo, capsys):
 def test_promote_refuses_what_never_ran_healthy(repo):
     commit(repo, {**files_for(env="staging"), **files_for(env="production")}, "v1")
     with pytest.raises(Exception, match="no healthy deploy"):
-        gitlog.promote(repo, "web", "staging", "production")
+        gitedit.promote(repo, "web", "staging", "production")
 
 
 def test_revert_is_an_ordinary_commit_keeping_the_file_as_written(repo):
     commit(repo, files_for(), "v1")
     bad = commit(repo, files_for(DIGEST2, tag="v2"), "v2")
     commit(repo, {"README": "x"}, "docs")
-    new = gitlog.revert(repo, bad, "refs/heads/main")
+    new = gitedit.revert(repo, bad, "refs/heads/main")
     assert read(repo, new, "environments/staging/environment.yaml") == env_yaml()
     assert read(repo, new, "README") == "x"
     assert repo[new].message == f'Revert "v2"\n\nThis reverts commit {bad}.\n'
@@ -204,5 +206,5 @@ def test_healthy_since_is_the_start_of_the_current_image_streak(repo):
     note(repo, c1, "staging", "deployed", finished=10, digests={"web": v1})
     note(repo, c2, "staging", "deployed", finished=20, digests={"web": v2})
     note(repo, c3, "staging", "in-sync", finished=30, digests={"web": v2})
-    assert gitlog.healthy_since(repo, "staging", "web", v2) == 20  # not 30: the flag commit kept v2
-    assert gitlog.healthy_since(repo, "staging", "web", v1) is None  # v1 is not what runs now
+    assert githistory.healthy_since(repo, "staging", "web", v2) == 20  # not 30: the flag commit kept v2
+    assert githistory.healthy_since(repo, "staging", "web", v1) is None  # v1 is not what runs now

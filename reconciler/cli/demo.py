@@ -239,7 +239,7 @@ def copy_example(work: Path, sandbox: Sandbox, dsn: str, paths: Paths, example: 
     """The example copied into the work clone and pinned to the sandbox: host
     keys, image digests, each host's engine socket, and each declared
     ``database.dsn_file`` pointed at a file the demo writes outside the repository.  Returns the DSN files written."""
-    from reconciler.adapters.gitlog import set_scalar
+    from reconciler.adapters.gitedit import set_scalar
 
     example = resources.path("desired-state") if example is None else example
     shutil.copytree(example, work, dirs_exist_ok=True)
@@ -277,7 +277,7 @@ def release_text(text: str, image: str, *, first: bool) -> str:
     Edited in place (comments and layout kept), as a person would."""
     from ruamel.yaml import YAML
 
-    from reconciler.adapters.gitlog import set_scalar
+    from reconciler.adapters.gitedit import set_scalar
 
     text = set_scalar(text, ("services", SERVICE, "image"), image)
     if not first:

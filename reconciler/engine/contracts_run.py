@@ -11,7 +11,7 @@ next drift check.
 
 from __future__ import annotations
 
-from reconciler.adapters import gitlog
+from reconciler.adapters import githistory
 from reconciler.core.contracts import next_contract_in, plan_contract
 from reconciler.core.plan import Plan
 from reconciler.engine.state import RunState
@@ -26,7 +26,7 @@ def _observe(run: RunState):
     from reconciler.engine.contract import observe_contracts
 
     env = run.environment
-    since = {s.name: gitlog.healthy_since(run.repo, run.env, s.name, str(s.image)) for s in env.services if s.migrations}
+    since = {s.name: githistory.healthy_since(run.repo, run.env, s.name, str(s.image)) for s in env.services if s.migrations}
     return observe_contracts(env, run.hosts, since, run.ctx.clock())
 
 

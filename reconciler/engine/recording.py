@@ -21,6 +21,7 @@ import socket
 from typing import Any, Iterable, Mapping
 
 from reconciler.adapters import gitlog
+from reconciler.adapters import githistory
 from reconciler.adapters.locks import Locks
 from reconciler.adapters.journal import (PHASE_FINISHED, PHASE_RECORDING, PHASE_ROLLING_BACK, Journal, JournalState,
                                          Status, TouchedRecord, read_status, write_status)
@@ -154,7 +155,7 @@ def supersede(run: RunState) -> tuple[str, ...]:
     since = run.status.last_attempted
     paths = gitlog.environment_paths(run.env)
     skipped = [c for c in gitlog.commits_between(run.repo, since, run.commit)
-               if any(gitlog._under(p, paths) for p in gitlog.changed_paths(run.repo, run.repo[c]))]
+               if any(gitlog.under(p, paths) for p in githistory.changed_paths(run.repo, run.repo[c]))]
     marked = gitlog.mark_superseded(run.repo, run.env, skipped, run.commit, run.ctx.clock(), actor=run.actor,
                                     signature=gitlog.agent_signature(run.ctx.agent_name, run.ctx.agent_email),
                                     signing_key=run.ctx.signing_key)

@@ -63,6 +63,7 @@ def lever(args, field: str, value, what: str) -> int:
     import pygit2
 
     from reconciler.adapters import gitlog
+    from reconciler.adapters import gitedit
     from reconciler.cli.commands._agent import git_dir
     from reconciler.cli.commands._common import choose_env
     from reconciler.engine.recording import cli_actor
@@ -71,7 +72,7 @@ def lever(args, field: str, value, what: str) -> int:
     repo = gitlog.open_repo(git_dir(args.repo))
     branch = gitlog.environment_branch(repo, env)
     head = repo.references[branch].peel(pygit2.Commit)
-    path, image_keys = gitlog.service_file(repo, head, env, args.service)
+    path, image_keys = gitedit.service_file(repo, head, env, args.service)
     text = repo[head.tree[path].id].data.decode("utf-8")
     new_text = edit_expose(text, image_keys[:-1], field, value)
     if new_text != text:
@@ -89,8 +90,9 @@ def lever(args, field: str, value, what: str) -> int:
 def _commit(repo, branch: str, path: str, text: str, message: str, signing_key: str | None) -> str:
     """The lever's commit on ``branch`` (signed with ``signing_key`` when given), no checkout needed."""
     from reconciler.adapters import gitlog
+    from reconciler.adapters import gitedit
 
-    return gitlog.commit_files(repo, branch, {path: text}, message, gitlog.agent_signature(), signing_key)
+    return gitedit.commit_files(repo, branch, {path: text}, message, gitlog.agent_signature(), signing_key)
 
 
 LOCK_WAIT = 300.0  # seconds: the agent may be deploying this very commit (it saw the branch move)

@@ -28,27 +28,28 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from reconciler.adapters import gitlog
+    from reconciler.adapters import githistory
     from reconciler.core import record
     repo = gitlog.open_repo(git_dir(args.repo))
     if args.at:
         choose_env(args)
-        at = gitlog.parse_time(args.at)
-        running = {k: v for k, v in gitlog.running_at(repo, args.env, at).items() if not args.service or k[1] == args.service}
+        at = githistory.parse_time(args.at)
+        running = {k: v for k, v in githistory.running_at(repo, args.env, at).items() if not args.service or k[1] == args.service}
         if args.json:
             print(json.dumps([asdict(s) for _, s in sorted(running.items())], indent=2, sort_keys=True))
             return 0
         if not running:
-            print(f"{args.env} at {gitlog.iso(at)}: nothing recorded by reconciler yet")
+            print(f"{args.env} at {githistory.iso(at)}: nothing recorded by reconciler yet")
             return 0
-        print(f"{args.env} at {gitlog.iso(at)}:")
+        print(f"{args.env} at {githistory.iso(at)}:")
         for (host, service), s in sorted(running.items()):
             what = s.image if s.image else f"nothing running ({s.state})"
-            since = f"since {gitlog.iso(s.at)}"
+            since = f"since {githistory.iso(s.at)}"
             rev = f" rev {s.revision[:12]}" if s.revision else ""
             container = f" container {s.container[:12]}" if s.container else ""
             print(f"  {host}/{service}: {what}{rev}{container} {since}")
         return 0
-    entries = gitlog.history(repo, env=args.env, service=args.service, limit=args.limit)
+    entries = githistory.history(repo, env=args.env, service=args.service, limit=args.limit)
     writers = None
     if args.verify_notes:
         from reconciler.adapters import notes_trust, signatures
@@ -76,9 +77,9 @@ def run(args) -> int:
                          indent=2, sort_keys=True))
         return code
     for e in entries:
-        merged = "" if e.committer == e.author else f", merged by {e.committer} {gitlog.iso(e.committed)}"
-        print(f"{gitlog.iso(e.committed)} {e.commit[:12]} {e.subject}")
-        print(f"    by {e.author} {gitlog.iso(e.authored)}{merged}")
+        merged = "" if e.committer == e.author else f", merged by {e.committer} {githistory.iso(e.committed)}"
+        print(f"{githistory.iso(e.committed)} {e.commit[:12]} {e.subject}")
+        print(f"    by {e.author} {githistory.iso(e.authored)}{merged}")
         print(f"    changed: {', '.join(e.changed) or '(nothing)'}")
         if not e.attempts:
             print("    outcome: not deployed")
@@ -86,7 +87,7 @@ def run(args) -> int:
             op = "" if a.operation == "deploy" else f"{a.operation} "
             who = f" by {a.actor}" if a.actor else ""
             trigger = f" ({a.trigger})" if a.trigger else ""
-            print(f"    {a.environment}: {op}{a.result} {gitlog.iso(a.finished or a.started)}{who}{trigger}")
+            print(f"    {a.environment}: {op}{a.result} {githistory.iso(a.finished or a.started)}{who}{trigger}")
             if a.signer:
                 print(f"        signed by {a.signer}")
             if a.message:

@@ -15,8 +15,9 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from reconciler.adapters import gitlog
+    from reconciler.adapters import gitedit
 
     repo = gitlog.open_repo(git_dir(args.repo))
-    commit, image = gitlog.promote(repo, args.service, args.source, args.target)
+    commit, image = gitedit.promote(repo, args.service, args.source, args.target)
     print(f"{args.target}: {args.service} -> {image} (commit {commit[:12]})")
     return 0

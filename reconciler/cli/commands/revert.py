@@ -14,12 +14,13 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from reconciler.adapters import gitlog
+    from reconciler.adapters import gitedit
 
     repo = gitlog.open_repo(git_dir(args.repo))
     if args.env:
         ref = gitlog.environment_branch(repo, args.env)
     else:
         ref = repo.references["HEAD"].target
-    new = gitlog.revert(repo, args.commit, ref)
+    new = gitedit.revert(repo, args.commit, ref)
     print(f"{ref}: reverted {args.commit[:12]} in {new[:12]}")
     return 0
