@@ -22,7 +22,8 @@ from reconciler.adapters.db.connection import tool, tool_env, with_database
 from reconciler.adapters.db.migrate import apply_contract, apply_expand
 from reconciler.adapters.db.testing import can_run_cluster, scratch_cluster
 from reconciler.core import model
-from reconciler.core.contracts import ContractRollbackRefused, ContractsView, ServiceContract, plan_contract
+from reconciler.core.contracts import ContractsView, ServiceContract, plan_contract
+from reconciler.errors import ContractRollbackRefused
 from reconciler.core.migrations import MigrationRefused, parse_files
 from reconciler.core.model import Database, Environment, Host, Migrations, Policy, Service
 from reconciler.core.plan import DATABASE_STEPS, Backup, Migrate, plan_rollback

@@ -134,7 +134,7 @@ def test_without_root_up_says_root_is_needed(monkeypatch) -> None:
 
 
 def _engine(host):
-    from reconciler.adapters.hosts import engine_client
+    from reconciler.adapters.dialstdio import engine_client
     from reconciler.adapters.ssh import connect
 
     conn = connect(host.ssh_access())

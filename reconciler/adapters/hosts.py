@@ -29,8 +29,8 @@ import paramiko
 import requests.exceptions
 
 from reconciler.adapters import secrets, ssh
-from reconciler.adapters.dialstdio import (  # noqa: F401 (engine_client: for users of this module)
-    DIAL_STDIO, LOST_CONNECTION, LOST_REQUESTS, EngineChannels, engine_client, engine_client_over)
+from reconciler.adapters.dialstdio import (
+    LOST_CONNECTION, LOST_REQUESTS, EngineChannels, engine_client_over)
 from reconciler.core import model
 from reconciler.core.health import CheckResult
 from reconciler.core.model import ContainerSpec, HealthCheck, ImageRef, ObservedContainer, ObservedHost, Service

@@ -30,7 +30,6 @@ from typing import Iterable
 
 from reconciler.core.model import Environment
 from reconciler.core.plan import Backup, CheckMigrations, Finding, Migrate, Plan, order_services
-from reconciler.errors import ContractRollbackRefused  # noqa: F401  (ContractRollbackRefused is raised here, defined in the tree)
 
 RESTORE_HINT = ("`reconciler db backups --env ENV`, then `reconciler db restore BACKUP --env ENV`")
 

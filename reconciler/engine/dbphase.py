@@ -68,11 +68,11 @@ from reconciler.adapters.db.connection import database_name, with_database
 from reconciler.adapters.db.images import LABEL_ROLE, DatabaseHost, database_host
 from reconciler.adapters.db.migrate import advisory_lock, apply_contract
 from reconciler.core import contracts
-from reconciler.core.contracts import ContractRollbackRefused, ImageFacts
+from reconciler.core.contracts import ImageFacts
 from reconciler.core.migrations import MigrationError, MigrationFile, check_expand, parse_files
 from reconciler.core.model import Database, Environment, Service
 from reconciler.core.plan import Backup, CheckMigrations, Migrate
-from reconciler.errors import StalledError
+from reconciler.errors import ContractRollbackRefused, StalledError
 
 BACKUP_DIR_ENV = "RECONCILER_BACKUP_DIR"
 DEFAULT_BACKUP_DIR = "/var/lib/reconciler/backups"
