@@ -35,7 +35,6 @@ from reconciler.adapters.db.commands import command_runs
 from reconciler.adapters.db.images import database_host
 from reconciler.core import model
 from reconciler.core.contracts import (
-    ContractRollbackRefused,
     ContractsView,
     ServiceContract,
     soak_remaining,
@@ -49,7 +48,7 @@ from reconciler.engine.dbphase import (
     refuse_older_release,
 )
 
-__all__ = ["ContractRollbackRefused", "observe_contracts", "refuse_older_release", "refuse_rollback_past_contracts"]
+__all__ = ["observe_contracts", "refuse_older_release", "refuse_rollback_past_contracts"]
 
 
 def observe_contracts(environment: Environment, hosts: Mapping[str, Any], healthy_since: Mapping[str, float],
