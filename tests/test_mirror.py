@@ -125,3 +125,53 @@ def test_without_a_ref_watcher_the_tracker_itself_wakes_the_agent_when_a_fetch_m
         assert reasons == ["fetch:origin"]
     finally:
         tracker.stop()
+
+
+@pytest.fixture
+def refusing_host(tmp_path):
+    """A hosted repository behind a real git server (git daemon on loopback,
+    receive-pack on, so the server runs hooks as a forge does) whose
+    pre-receive hook refuses every push; and the agent's clone of it."""
+    import shutil
+    import socket
+    import subprocess
+
+    from tests.pushing import wait_for
+
+    daemon = shutil.which("git-daemon") or "/usr/lib/git-core/git-daemon"
+    root = tmp_path / "served"
+    hosted = pygit2.init_repository(str(root / "hosted.git"), bare=True, initial_head="main")
+    commit(hosted, "v1")
+    hook = root / "hosted.git" / "hooks" / "pre-receive"
+    hook.write_text("#!/bin/sh\necho 'signed commits only' >&2\nexit 1\n")
+    hook.chmod(0o755)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([daemon, "--reuseaddr", "--listen=127.0.0.1", f"--port={port}", f"--base-path={root}",
+                               "--export-all", "--enable=receive-pack", str(root)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def listening() -> bool:
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", port)) == 0
+        assert wait_for(listening, timeout=30), "git daemon did not listen"
+        local = pygit2.clone_repository(f"git://127.0.0.1:{port}/hosted.git", str(tmp_path / "agent.git"), bare=True)
+        yield hosted, local
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_a_push_the_hosted_repository_refuses_is_said_so_not_called_pushed(refusing_host):
+    hosted, local = refusing_host
+    before = head(hosted)
+    revert = commit(local, "v1 again (an unsigned revert)")
+    local.create_note("rolled-back", SIG, SIG, revert, mirror.NOTES_REF)
+    events = []
+    results = mirror.sync(local.path, "origin", lambda event, **f: events.append((event, f)))
+    assert [(r.action, r.refused) for r in results] == [("push-refused", "pre-receive hook declined")]
+    assert head(pygit2.Repository(hosted.path)) == before  # the server really has none of it
+    refused = sorted(f["ref"] for e, f in events if e == "mirror-push-refused")
+    assert refused == ["refs/heads/main", mirror.NOTES_REF]
+    assert not any(e == "mirror-sync" and f["action"] == "pushed" for e, f in events)
