@@ -176,6 +176,8 @@ def test_exit_codes_of_plan_apply_lock_and_run_once(shell, tmp_path, hosts, caps
     assert main(["apply", *cli, "--yes"]) == exitcodes.WAITING
     assert "frozen" in capsys.readouterr().err
     assert main(["run", "--once", *cli]) == exitcodes.WAITING
+    said = capsys.readouterr()
+    assert "hooks-outdated" in said.out + said.err and "pre-receive is missing" in said.out + said.err  # no install-hooks here
     assert main(["unlock", "--repo", repo.path]) == exitcodes.OK
     # An unknown environment is an error, not a usage mistake.
     assert main(["plan", *cli, "--env", "nope"]) == exitcodes.ERROR

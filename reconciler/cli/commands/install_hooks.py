@@ -10,16 +10,6 @@ from pathlib import Path
 from reconciler.cli.commands._agent import git_dir
 from reconciler.cli.commands._common import add_repo_argument
 
-HOOKS = ("pre-receive", "post-receive")
-
-
-def hooks_source() -> Path:
-    """The hooks of this installation (package data: reconciler.resources)."""
-    from reconciler import resources
-
-    return resources.path("hooks")
-
-
 def add_arguments(parser) -> None:
     add_repo_argument(parser, positional_alias=True)
     parser.add_argument("--socket", help="the agent's nudge socket (default: <git dir>/reconciler.sock)")
@@ -54,8 +44,9 @@ def render(text: str, *, reconciler: str, python: str, socket: str, branches: st
 
 
 def run(args) -> int:
-    from reconciler.errors import StalledError
+    from reconciler.adapters import hook_files
     from reconciler.agent.triggers import default_socket_path
+    from reconciler.errors import StalledError
 
     gdir = git_dir(args.repo)
     target = gdir / "hooks"
@@ -64,12 +55,13 @@ def run(args) -> int:
     reconciler = exe.parent / "reconciler"
     command = shlex.quote(str(reconciler)) if reconciler.exists() else f"{shlex.quote(str(exe))} -m reconciler"
     socket = str(Path(args.socket) if args.socket else default_socket_path(gdir))
-    for name in HOOKS:
-        text = (hooks_source() / name).read_text()
+    for name in hook_files.HOOKS:
+        text = (hook_files.templates() / name).read_text()
         dest = target / name
         if dest.exists() and "reconciler" not in dest.read_text(errors="replace") and not args.force:
             raise StalledError(f"{dest} exists and is not reconciler's; pass --force to replace it")
-        rendered = render(text, reconciler=command, python=str(exe), socket=socket, branches=args.branches)
+        rendered = hook_files.with_marker(name, render(text, reconciler=command, python=str(exe), socket=socket,
+                                                       branches=args.branches))
         tmp = dest.with_suffix(".tmp")
         tmp.write_text(rendered)
         tmp.chmod(0o755)

@@ -43,7 +43,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from reconciler.adapters import fleet, gitlog, source
+    from reconciler.adapters import fleet, gitlog, hook_files, source
     from reconciler.core import schema
     from reconciler.agent.loop import Agent, EnvLoop, make_logger
     from reconciler.engine.run import Context, reconcile
@@ -74,6 +74,9 @@ def run(args) -> int:
     state = location.path
     state.mkdir(parents=True, exist_ok=True)
     publish_state(gdir, location)  # so that `reconciler lock` from any shell finds this state
+    for hook in hook_files.installed(gdir):
+        if hook.problem():
+            log("hooks-outdated", hook=hook.name, state=hook.state, message=hook.problem())
     # Connections stay open between reconciles: a drift check then costs
     # an Engine API call per host, not an SSH handshake.
     connections = fleet.ConnectionCache(identity_file=args.identity, timeout=args.timeout, idle=args.keep_connections, log=log)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 # journal and locks are the standard library only; the SSH side (fleet) and
 # the report are imported by run(), so `status --help` stays instant.
+from reconciler.adapters import hook_files
 from reconciler.adapters.journal import Status, read_status
 from reconciler.adapters.locks import Freeze, LockInfo, Locks, pid_alive
 from reconciler.cli.commands._agent import StateLocation, add_state_argument, git_dir, read_pointer, state_location
@@ -50,6 +51,7 @@ class AgentView:
     holder_stale: bool
     agent: AgentProcess | None
     unreadable: str | None = None  # a state file this user may not read
+    hooks: tuple[str, ...] = ()  # what is wrong with the repository's hooks (hook_files), none: current
 
 
 def agent_view(gdir: Path, location: StateLocation, env: str) -> AgentView:
@@ -61,13 +63,15 @@ def agent_view(gdir: Path, location: StateLocation, env: str) -> AgentView:
         here = pointer.get("host") == locks.hostname
         agent = AgentProcess(int(pointer.get("pid", 0)), str(pointer.get("host")), float(pointer.get("written", 0)),
                              pid_alive(int(pointer.get("pid", 0))) if here else None)
+    hooks = tuple(h.problem() for h in hook_files.installed(gdir) if h.problem())
     try:
         holder = locks.holder(env)
         return AgentView(env, location, read_status(location.path, env), locks.frozen(env), holder,
-                         holder is not None and locks.is_stale(holder), agent)
+                         holder is not None and locks.is_stale(holder), agent, hooks=hooks)
     except PermissionError as exc:
         # Written 0600 by the agent's user: say which file, do not hide the rest.
-        return AgentView(env, location, Status(env), None, None, False, agent, unreadable=f"{exc.filename}: permission denied")
+        return AgentView(env, location, Status(env), None, None, False, agent,
+                         unreadable=f"{exc.filename}: permission denied", hooks=hooks)
 
 
 def _when(ts: float | None) -> str:
@@ -106,6 +110,8 @@ def agent_view_text(view: AgentView) -> str:
         message = (st.message or "").strip().splitlines()
         stalled = f"{st.stalled_commit[:12]}: {st.reason or 'Stalled'}" + (f": {message[0]}" if message else "")
     row("stalled", stalled)
+    for problem in view.hooks or ("current",):
+        row("hooks", problem)
     return "\n".join(lines)
 
 
@@ -124,6 +130,7 @@ def agent_view_json(view: AgentView) -> dict:
         "frozen": asdict(view.freeze) if view.freeze else None,
         "reconciling": {**asdict(view.holder), "stale": view.holder_stale} if view.holder else None,
         "unreadable": view.unreadable,
+        "hooks": list(view.hooks),
     }
 
 
