@@ -175,3 +175,30 @@ def test_a_push_the_hosted_repository_refuses_is_said_so_not_called_pushed(refus
     refused = sorted(f["ref"] for e, f in events if e == "mirror-push-refused")
     assert refused == ["refs/heads/main", mirror.NOTES_REF]
     assert not any(e == "mirror-sync" and f["action"] == "pushed" for e, f in events)
+
+
+def test_an_unreachable_remote_is_a_failed_fetch_and_a_bug_is_said_as_one(repos, monkeypatch, tmp_path):
+    """The tracker lives on through both; only the network is called a failed fetch."""
+    from reconciler.agent.triggers import RemoteTracker
+
+    hosted, local = repos
+    local.remotes.set_url("origin", f"file://{tmp_path}/gone.git")
+    said = []
+    logged = threading.Event()
+
+    def log(event, **fields):
+        said.append((event, fields))
+        logged.set()
+
+    tracker = RemoteTracker(local.path, "origin", interval=3600, log=log).start()
+    try:
+        assert logged.wait(30)
+        assert said[0][0] == "fetch-failed" and "gone.git" in said[0][1]["error"]
+        logged.clear()
+        monkeypatch.setattr(mirror, "sync", lambda *a, **k: None)  # a bug: iterating None
+        tracker.poke()
+        assert logged.wait(30)
+        event, fields = said[1]
+        assert event == "internal-error" and fields["error"].startswith("TypeError") and "Traceback" in fields["traceback"]
+    finally:
+        tracker.stop()

@@ -222,7 +222,7 @@ class Locks:
 def _who() -> str:
     try:
         user = getpass.getuser()
-    except Exception:
+    except (KeyError, OSError):  # no login name and no passwd entry (a container's bare uid)
         user = str(os.getuid())
     return f"{user}@{socket.gethostname()}"
 

@@ -190,13 +190,23 @@ class RemoteTracker:
         self._thread.join(timeout=5)
 
     def _loop(self) -> None:
+        import traceback
+
+        import pygit2
+
         from reconciler.agent import mirror
 
         while not self._stop.is_set():
             try:
                 moved = [r for r in mirror.sync(self.repo_path, self.remote, self.log) if r.action in mirror.MOVED]
-            except Exception as exc:  # the next round tries again; a bad network is normal
+            except (pygit2.GitError, OSError) as exc:  # the next round tries again; a bad network is normal
                 self.log("fetch-failed", remote=self.remote, error=str(exc))
+                moved = []
+            except Exception as exc:
+                # A bug, not the network: said as one, with its traceback; the
+                # tracker thread goes on (the agent must not lose its remote).
+                self.log("internal-error", remote=self.remote, error=f"{type(exc).__name__}: {exc}",
+                         traceback=traceback.format_exc())
                 moved = []
             if moved and self.on_trigger is not None:
                 self.on_trigger(f"fetch:{self.remote}")
