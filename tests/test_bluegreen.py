@@ -287,3 +287,11 @@ def test_a_candidate_left_serving_by_a_dead_run_is_drained_before_it_goes(world,
         running = [c.name for c in world.hosts[h].containers.values() if c.state == "running"]
         assert running == ["prod-web"], (h, running)
     assert world.violations == []
+
+
+def test_the_router_waits_for_green_up_through_the_start_period_and_then_the_deadline(world):
+    slow = replace(CHECK, start_period=20.0)
+    deploy(world, V1, "r1", health=slow)
+    plan = world.plan(environment(web(V2, health=slow)), "r2")
+    waits = [a.route.deadline for a in plan.actions if a.step == "WaitUp"]
+    assert waits == [30.0] * len(HOSTS)  # the start period (20s) given on top of the deadline (10s)

@@ -68,3 +68,14 @@ def test_single_success_required_by_default():
 def test_next_check_at_once_then_every_interval():
     assert next_check_at(CHECK, 5.0, None) == 5.0
     assert next_check_at(CHECK, 5.0, 7.5) == 8.5
+
+
+def test_a_start_period_is_given_on_top_of_the_deadline_and_a_pass_in_it_counts():
+    slow = HealthCheck(kind="http", port=80, interval=1.0, successes=3, deadline=10.0, start_period=30.0)
+    failing = results(*[False] * 39)
+    assert judge(slow, 0.0, failing, 39.9).state == "pending"  # without the start period: unhealthy at 10s
+    got = judge(slow, 0.0, failing, 40.0)
+    assert got.state == "unhealthy"
+    assert got.reason == "not healthy within 10s after a 30s start period (0/3 consecutive passes); last: check 38: fail"
+    assert judge(slow, 0.0, results(True, True, True), 3.0).state == "healthy"  # a fast starter is not made to wait
+

@@ -111,7 +111,7 @@ def _cutover(service: Service, host: str, green: str, address: str, view: rt.Rou
         others = (rt.server_name(service.name, fallback_blue.config_hash),) \
             if fallback_blue is not None and fallback_blue.config_hash else ()
     return rt.cutover_steps(host, service.name, green=rt.Server(green, address, exposure.port), others=others,
-                            check=exposure.check, up_deadline=service.health.deadline,
+                            check=exposure.check, up_deadline=service.health.allowed,
                             drain_deadline=service.expose.drain, ready=not fresh, sticky=exposure.sticky is not None)
 
 

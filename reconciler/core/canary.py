@@ -108,7 +108,7 @@ def standby_steps(service: Service, host: str, blue: str, container: str) -> lis
     return [(900, Route(host, service.name, f"keep {blue} running as the router's standby (a backup server) "
                                             "during the watch", route=add, container=container)),
             (901, Route(host, service.name, f"wait until the router sees the standby {name} UP",
-                        route=rt.WaitUp(host, service.name, name, service.health.deadline))),
+                        route=rt.WaitUp(host, service.name, name, service.health.allowed))),
             (902, Route(host, service.name, f"the standby {name} takes requests if no other server is UP",
                         route=rt.SetWeights(host, service.name, ((name, rt.FULL_WEIGHT),)), persist=True))]
 
@@ -136,7 +136,7 @@ def sequence(service: Service, host: str, green: rt.Server, others: tuple[str, .
     """Every router step (and ``Pause``) of ``service``'s canary on ``host``."""
     exposure = rt.exposure_of(service)
     canary = service.rollout.canary
-    name, up, drain = service.name, service.health.deadline, service.expose.drain
+    name, up, drain = service.name, service.health.allowed, service.expose.drain
     sticky = exposure.sticky is not None
     others = tuple(o for o in others if o != green.name)
     steps: list[rt.RouterStep] = [

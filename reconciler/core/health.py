@@ -4,12 +4,14 @@ The clock is passed in, so every rule here is tested without sleeping.
 Rules (the ones Docker's HEALTHCHECK and Kubernetes' probes taught users):
 
 - a container that exited or died is unhealthy at once (``fatal``);
-- failures during the start period do not count against the service
-  (only the final streak and the deadline decide);
+- failures before the verdict do not count against the service: only the
+  final streak and the deadline decide;
 - healthy means the last ``successes`` checks all passed, one after the
   other: a flapping service never gets there;
-- not healthy by the deadline (counted from the container's start) is
-  unhealthy, and the verdict carries the last checks as evidence.
+- not healthy by the deadline is unhealthy, and the verdict carries the
+  last checks as evidence.  The deadline counts from the end of the start
+  period (Docker's ``start_period``: time to boot, given on top), so a slow
+  starter needs no inflated deadline.
 """
 
 from __future__ import annotations
@@ -58,11 +60,12 @@ def judge(check: HealthCheck, started_at: float, results: Sequence[CheckResult],
     streak = consecutive_successes(results)
     if streak >= check.successes:
         return Verdict("healthy", f"{streak} consecutive checks passed", evidence)
-    if now - started_at >= check.deadline:
+    if now - started_at >= check.allowed:
         last = results[-1].detail if results else "no check completed"
+        within = f"{check.deadline:g}s" + (f" after a {check.start_period:g}s start period" if check.start_period else "")
         return Verdict(
             "unhealthy",
-            f"not healthy within {check.deadline:g}s ({streak}/{check.successes} consecutive passes); last: {last}",
+            f"not healthy within {within} ({streak}/{check.successes} consecutive passes); last: {last}",
             evidence,
         )
     return Verdict("pending", f"{streak}/{check.successes} consecutive passes", evidence)
@@ -72,7 +75,7 @@ def next_check_at(check: HealthCheck, started_at: float, last_at: float | None) 
     """When to run the next check: at once, then every interval.
 
     Checks run during the start period too: a pass there counts (a fast
-    starter is not made to wait), a failure costs nothing because only the
-    streak and the deadline decide.
+    starter is not made to wait, as with Docker's), a failure costs nothing
+    because only the streak and the deadline decide.
     """
     return started_at if last_at is None else last_at + check.interval

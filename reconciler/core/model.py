@@ -141,9 +141,15 @@ class HealthCheck:
     command: tuple[str, ...] = ()
     interval: float = 1.0
     timeout: float = 2.0
-    start_period: float = 0.0
+    start_period: float = 0.0  # a slow starter's extra time: the deadline counts from its end
     successes: int = 1
     deadline: float = 60.0
+
+    @property
+    def allowed(self) -> float:
+        """How long a new container has, from its start, to become healthy
+        (or the router to see it UP): the start period, then the deadline."""
+        return self.start_period + self.deadline
 
 
 @dataclass(frozen=True)

@@ -92,7 +92,7 @@ class RoutedSteps:
         router = self.routers[host]
         service = self._service(name) if name in {s.name for s in self.desired.services} else None
         drain = service.expose.drain if service is not None and service.expose is not None else 30.0
-        deadline = service.health.deadline if service else 60.0
+        deadline = service.health.allowed if service else 60.0
         target = touched.previous
         if target is None:
             active = self._find(host, name, model.ROLE_ACTIVE)
