@@ -13,6 +13,7 @@ connection is up, while the caller does the rest of its work.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 import time
@@ -143,7 +144,7 @@ class Opening:
             if not complete:  # a failed host, or a bug: the run has none of its hosts
                 self.close()
         if failures:
-            raise _all_failures(failures)
+            raise all_failures(failures)
         return drivers, outcomes
 
     def close(self) -> None:
@@ -154,7 +155,7 @@ class Opening:
             close_hosts({name: future.result()[0]})
 
 
-def _all_failures(failures: list[ReconcilerError]) -> ReconcilerError:
+def all_failures(failures: list[ReconcilerError]) -> ReconcilerError:
     # A key problem is the most serious finding: report it as such.
     failures = sorted(failures, key=lambda e: not isinstance(e, (HostKeyMismatch, UnknownHostKey)))
     first = failures[0]
@@ -213,6 +214,14 @@ class ConnectionCache:
     seconds are closed; never one a reconcile holds (between ``open`` and
     ``release``).  The agent's default (600 s) outlasts the default drift
     interval, so drift checks find their connections open.
+
+    ``borrow`` hands the same connections to a reader beside whatever holds
+    them (the agent's API observing for ``plan``): leases are counted, so a
+    connection stays open while any holder has it.  Two threads may use one
+    host's driver at once (``hosts.DockerHost``: every request is its own
+    channel, a reopen happens once).  Opening is one at a time per
+    environment (``_opening``): a reconcile and a borrow that both find a
+    host closed wait for one handshake, not two.
     """
 
     def __init__(self, *, identity_file: str, timeout: float = 10.0, idle: float = 60.0, log: Log | None = None) -> None:
@@ -222,13 +231,26 @@ class ConnectionCache:
         self.log = log or _quiet
         self._open: dict[tuple, DockerHost] = {}
         self._used: dict[tuple, float] = {}
-        self._leased: set[tuple] = set()
+        self._leased: dict[tuple, int] = {}  # key -> holders (reconciles and borrows)
         self._lock = threading.Lock()
+        self._opening: dict[str, threading.Lock] = {}
         self._timer: threading.Timer | None = None
 
-    def open(self, environment, known_hosts_file: str) -> dict[str, DockerHost]:
+    @staticmethod
+    def _keys(environment, known_hosts_file: str) -> Callable[[Host], tuple]:
         pins = hashlib.sha256(Path(known_hosts_file).read_bytes()).hexdigest()
-        key = lambda h: (environment.name, h.name, h.address, h.port, h.user, h.docker_socket, pins)  # noqa: E731
+        return lambda h: (environment.name, h.name, h.address, h.port, h.user, h.docker_socket, pins)
+
+    def _opening_lock(self, environment: str) -> threading.Lock:
+        with self._lock:
+            return self._opening.setdefault(environment, threading.Lock())
+
+    def open(self, environment, known_hosts_file: str) -> dict[str, DockerHost]:
+        with self._opening_lock(environment.name):
+            return self._open_now(environment, known_hosts_file)
+
+    def _open_now(self, environment, known_hosts_file: str) -> dict[str, DockerHost]:
+        key = self._keys(environment, known_hosts_file)
         cached: dict[str, DockerHost] = {}
         with self._lock:
             for host in environment.hosts:
@@ -250,8 +272,36 @@ class ConnectionCache:
             for host in environment.hosts:
                 self._open[key(host)] = hosts[host.name]
                 self._used[key(host)] = time.monotonic()
-                self._leased.add(key(host))
+                self._leased[key(host)] = self._leased.get(key(host), 0) + 1
         return {h.name: hosts[h.name] for h in environment.hosts}
+
+    @contextlib.contextmanager
+    def borrow(self, environment, known_hosts_file: str):
+        """The environment's kept connections (host name -> driver), held for
+        the block beside any reconcile that holds them too.  A kept one is
+        handed out as it is, untested: the caller's own read (retried once on
+        a reopened connection) is the test.  Hosts with none kept are opened
+        as a reconcile opens them, and kept after."""
+        key = self._keys(environment, known_hosts_file)
+        drivers = self._lease_kept(environment, key)
+        if drivers is None:
+            with self._opening_lock(environment.name):
+                drivers = self._lease_kept(environment, key)  # opened meanwhile?
+                if drivers is None:
+                    drivers = self._open_now(environment, known_hosts_file)
+        try:
+            yield drivers
+        finally:
+            self.release(drivers)
+
+    def _lease_kept(self, environment, key) -> dict[str, DockerHost] | None:
+        with self._lock:
+            found = {h.name: self._open.get(key(h)) for h in environment.hosts}
+            if any(d is None for d in found.values()):
+                return None
+            for host in environment.hosts:
+                self._leased[key(host)] = self._leased.get(key(host), 0) + 1
+            return found
 
     def _still_working(self, environment: str, cached: Mapping[str, DockerHost]) -> dict[str, DockerHost]:
         """The cached connections whose engine answers; the others closed."""
@@ -284,7 +334,10 @@ class ConnectionCache:
             for key, driver in self._open.items():
                 if id(driver) in released:
                     self._used[key] = now
-                    self._leased.discard(key)
+                    if self._leased.get(key, 0) > 1:
+                        self._leased[key] -= 1
+                    else:
+                        self._leased.pop(key, None)
             if self._timer is None:
                 self._start_timer()
 
@@ -307,7 +360,7 @@ class ConnectionCache:
         for stale in [k for k in self._open if k[0] == environment and k not in keep]:
             close_hosts({stale[1]: self._open.pop(stale)})
             self._used.pop(stale, None)
-            self._leased.discard(stale)
+            self._leased.pop(stale, None)
 
     def close_all(self) -> None:
         with self._lock:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import shlex
+import threading
 import time
 from typing import TYPE_CHECKING, Callable
 
@@ -120,8 +121,13 @@ def _summarised(summary: dict) -> ObservedContainer:
 
 
 class DockerHost:
-    """One host: its SSH connection and its engine.  Not thread-safe; the
-    executor gives each host its own worker.
+    """One host: its SSH connection and its engine.  The executor gives each
+    host its own worker; reads may come from other threads at the same time
+    (the agent's API observing beside a reconcile; a plan's router requests):
+    every request is its own channel of the one connection (paramiko's
+    transport and urllib3's pool are thread-safe), and a lost connection is
+    reopened once, by the first thread to find it lost
+    (tests/test_driver_threads.py).
 
     With ``reconnect`` (a function returning a new connection through the
     same pinned access, as ``fleet.open_hosts`` gives), a lost connection is
@@ -138,6 +144,7 @@ class DockerHost:
         self._log = log or (lambda event, **fields: None)
         self._lost: str | None = None  # why the connection is no longer trusted
         self._closed = False
+        self._reopening = threading.Lock()
         self._bind(conn)
         # The engine client asks for its channels on whatever connection is
         # current, so reopening does not rebuild it; the pooled channels of
@@ -165,16 +172,19 @@ class DockerHost:
         ``HostUnreachable`` if the connection is gone, the host's refusal as
         paramiko raises it otherwise.  The database tunnel uses this too."""
         self._ensure_open(what)
+        conn = self.conn
         try:
-            return ssh.open_channel(self.transport, kind, dest_addr, src_addr, host=self.name, what=what, timeout=timeout)
+            return ssh.open_channel(conn.transport, kind, dest_addr, src_addr, host=self.name, what=what, timeout=timeout)
         except HostUnreachable as exc:
-            self._lose(what, exc)
+            self._lose(what, exc, conn)
             raise
 
     def _alive(self) -> bool:
         return ssh.alive(self.transport)
 
-    def _lose(self, what: str, exc: BaseException) -> None:
+    def _lose(self, what: str, exc: BaseException, conn=None) -> None:
+        if conn is not None and conn is not self.conn:
+            return  # it failed on a connection another thread has replaced already
         if self._lost is None:
             self._lost = f"{what}: {ssh.innermost(exc)}"
             self._log("connection-lost", host=self.name, operation=what, error=ssh.innermost(exc))
@@ -185,11 +195,16 @@ class DockerHost:
             raise HostUnreachable(f"{what}: the connection to the host was closed", host=self.name)
         if self._lost is None and self._alive():
             return
-        why = self._lost or "the SSH connection was closed"
-        if self._reconnect is None:
-            self._lost = why
-            raise HostUnreachable(f"{what}: {why}; no way to reconnect", host=self.name)
-        self.reopen(why, what)
+        with self._reopening:
+            if self._closed:
+                raise HostUnreachable(f"{what}: the connection to the host was closed", host=self.name)
+            if self._lost is None and self._alive():
+                return  # another thread reopened it while this one waited
+            why = self._lost or "the SSH connection was closed"
+            if self._reconnect is None:
+                self._lost = why
+                raise HostUnreachable(f"{what}: {why}; no way to reconnect", host=self.name)
+            self.reopen(why, what)
 
     def reopen(self, why: str, what: str = "reconnect") -> None:
         """Replace the connection with a new one through the same pinned
@@ -217,6 +232,7 @@ class DockerHost:
         attempts = 2 if retry and self._reconnect is not None else 1
         for _ in range(attempts):
             self._ensure_open(what)
+            conn = self.conn
             try:
                 return fn(*args, **kwargs)
             except requests.exceptions.RequestException as exc:
@@ -229,7 +245,7 @@ class DockerHost:
                 if self._alive():
                     raise  # a bug, not a lost connection
                 failure = exc  # a dead transport re-raises what its thread died of
-            self._lose(what, failure)
+            self._lose(what, failure, conn)
         if isinstance(failure, HostUnreachable):
             reason = _without_host(failure, self.name)
         else:

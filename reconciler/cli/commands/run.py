@@ -112,12 +112,18 @@ def run(args) -> int:
     tracker = RemoteTracker(gdir, args.remote, args.fetch_interval, log, agent.trigger).start() if args.remote else None
     webhook = (Webhook(args.webhook_port, tracker.poke, args.webhook_address, secret=secret, log=log).start()
                if tracker and args.webhook_port else None)
-    log("agent-started", repo=str(gdir), state=str(state), state_source=location.source, socket=str(sock.path), pid=os.getpid())
+    from reconciler.agent import api
+    from reconciler.agent.observer import Observer
+
+    # plan and status ask here for the hosts' state, observed on the connections kept above.
+    server = api.start(state, Observer(gdir, state, connections, environments, log), log)
+    log("agent-started", repo=str(gdir), state=str(state), state_source=location.source, socket=str(sock.path),
+        api=str(server.path) if server else None, pid=os.getpid())
     try:
         stop.wait()  # blocks; the loops and triggers run in their threads
     finally:
         log("agent-stopping")
-        for part in (webhook, tracker, watcher, sock):
+        for part in (server, webhook, tracker, watcher, sock):
             if part is not None:
                 part.stop()
         agent.stop()  # lets a reconcile in progress finish; the journal covers a kill

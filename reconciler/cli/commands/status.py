@@ -4,7 +4,9 @@ then per host and service what runs, at which digest, and drift.
 
 The agent's view is read from its state directory, found the way every
 command finds it (``_agent.resolve_state``), so a shell sees what the agent
-under the systemd unit sees.
+under the systemd unit sees.  The hosts' part is asked of the running agent
+when it owns the same shape of environment (``_observe``: observed on its
+connections, now), else observed from here over SSH.
 """
 
 from __future__ import annotations
@@ -21,13 +23,15 @@ from reconciler.adapters.journal import Status, read_status
 from reconciler.adapters.locks import Freeze, LockInfo, Locks, pid_alive
 from reconciler.cli.commands._agent import StateLocation, add_state_argument, git_dir, read_pointer, state_location
 from reconciler.cli.commands._common import add_target_arguments, load_target
+from reconciler.cli.commands._observe import add_agent_argument
 
 
 def add_arguments(parser) -> None:
     add_target_arguments(parser)
     add_state_argument(parser)
+    add_agent_argument(parser)
     parser.add_argument("--json", action="store_true",
-                        help="machine-readable output: {environment, desired, agent, hosts}")
+                        help="machine-readable output: {environment, desired, agent, hosts, observed}")
     parser.add_argument("--all", action="store_true", help="include retired containers kept for rollback")
 
 
@@ -135,9 +139,30 @@ def agent_view_json(view: AgentView) -> dict:
 
 
 def run(args) -> int:
+    from reconciler.cli.commands import _observe
+    from reconciler.core import report
+
     target = load_target(args)
+    way = _observe.through_agent(args, target, routers=False)
+    if isinstance(way, _observe.FromAgent):
+        view = agent_view(git_dir(args.repo), state_location(args), target.environment.name)
+        env, rows = way.environment, report.running_rows(way.environment, way.hosts)
+    else:
+        view, env, rows = one_shot(args, target)
+    _observe.say(way)
+    if args.json:
+        print(json.dumps({"environment": env.name, "desired": target.revision, "agent": agent_view_json(view), "hosts": rows,
+                          "observed": way.json()}, indent=2, sort_keys=True))
+    else:
+        print(agent_view_text(view))
+        print(f"{env.name} (desired @ {target.revision[:12]}):")
+        print(report.running_text(rows, include_retired=args.all))
+    return 0
+
+
+def one_shot(args, target) -> tuple[AgentView, object, list[dict]]:
+    """The hosts opened and observed from here, in the background while the agent's view is read."""
     env = target.environment
-    # The hosts are opened and observed in the background while the agent's view is read.
     with target.observing(lambda driver: driver.observe(), args.timeout) as observations:
         from reconciler.adapters import secret_files
         from reconciler.core import report
@@ -145,12 +170,4 @@ def run(args) -> int:
         view = agent_view(git_dir(args.repo), state_location(args), env.name)
         observed = observations.result()
         env = secret_files.resolve(env, observations.hosts())  # host-file secrets hashed as the agent hashes them
-        rows = report.running_rows(env, observed)
-    if args.json:
-        print(json.dumps({"environment": env.name, "desired": target.revision, "agent": agent_view_json(view), "hosts": rows},
-                         indent=2, sort_keys=True))
-    else:
-        print(agent_view_text(view))
-        print(f"{env.name} (desired @ {target.revision[:12]}):")
-        print(report.running_text(rows, include_retired=args.all))
-    return 0
+        return view, env, report.running_rows(env, observed)
