@@ -329,7 +329,11 @@ def open_streamlocal(transport: Any, socket_path: str, *, host: str, what: str, 
         return channel
     # Refused: paramiko's open-failure handler dropped the channel and left
     # the reason as the transport's saved exception, as for open_channel.
-    raise transport.get_exception() or paramiko.SSHException(f"Unable to open a channel to {socket_path}.")
+    # That is one slot per transport: of two refusals at once (two threads
+    # on one connection), one thread may find it emptied by the other; the
+    # channel was refused all the same (tests/test_driver_threads.py).
+    raise transport.get_exception() or paramiko.ChannelException(
+        paramiko.OPEN_FAILED_CONNECT_FAILED, "refused (the host's reason went to a channel opened at the same time)")
 
 
 def run(conn: "Connection", command: str, *, host: str, what: str, timeout: float) -> tuple[int, bytes, bytes]:
