@@ -11,6 +11,10 @@
    OpenSSH ``ssh host docker ps -a`` on the same hosts with the same pinned
    keys and the same user (the sandbox's: the deploy user, whose /bin/sh
    reads no rc files; root's bash read them, ~150 ms a command), interleaved.
+   Twice: with ``--no-agent`` (the one-shot observation: SSH from the CLI
+   process), and through the running agent (``reconciler run`` on the same
+   repository, its own process; ``plan`` asks it on its API socket and it
+   observes on the connections it keeps), all three interleaved.
 
 Run alone: ``.venv/bin/python bench/oneshot.py [--reps N]``.
 """
@@ -112,18 +116,40 @@ def ssh_loop(sb) -> list[str]:
     return ["sh", "-c", f"for h in {loop}; do {one} $h docker ps -a >/dev/null & done; wait"]
 
 
-def one_shot(sb, repo, reps: int) -> tuple[list[float], list[float]]:
+def start_agent(sb, repo, state: Path) -> subprocess.Popen:
+    """``reconciler run`` on the repository, until its API answers a plan."""
     from bench.cli_startup import entry_point
 
-    plan_argv = [entry_point(), "plan", "--repo", str(repo.path), "--env", ENV, "--identity", sb.identity_file]
+    proc = subprocess.Popen([entry_point(), "run", "--repo", str(repo.path), "--env", ENV, "--identity", sb.identity_file,
+                             "--state", str(state), "--log-format", "json"],
+                            stdout=(state.parent / "agent.log").open("a"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while not (state / "api.sock").exists():
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            raise RuntimeError(f"the agent's API did not come up: {(state.parent / 'agent.log').read_text()[-800:]}")
+        time.sleep(0.1)
+    return proc
+
+
+def one_shot(sb, repo, reps: int, state: Path) -> tuple[list[float], list[float], list[float]]:
+    from bench.cli_startup import entry_point
+
+    plan_argv = [entry_point(), "plan", "--repo", str(repo.path), "--env", ENV, "--identity", sb.identity_file,
+                 "--state", str(state)]
+    direct_argv = plan_argv + ["--no-agent"]
     loop_argv = ssh_loop(sb)
-    for argv in (plan_argv, loop_argv):  # warm-up: page cache, .pyc files, sshd's first sessions
+    for argv in (plan_argv, direct_argv, loop_argv):  # warm-up: page cache, .pyc files, sshd's first sessions
         timed(argv)
-    ours, base = [], []
+    said = subprocess.run(plan_argv, capture_output=True, text=True, timeout=120).stderr
+    if "observed through the agent" not in said:
+        raise RuntimeError(f"plan did not go through the agent: {said[-500:]}")
+    agent, direct, base = [], [], []
     for _ in range(reps):
-        ours.append(timed(plan_argv))
+        agent.append(timed(plan_argv))
+        direct.append(timed(direct_argv))
         base.append(timed(loop_argv))
-    return ours, base
+    return agent, direct, base
 
 
 def run(reps: int = 10) -> list[Row]:
@@ -132,14 +158,21 @@ def run(reps: int = 10) -> list[Row]:
 
     sb = sandbox()
     repo = env_repo(sb, ENV)
+    state = repo.path.parent / "state"
+    state.mkdir()
+    agent = None
     try:
         commit_with_sockets(repo, sb, services_yaml(sb.images["v1"]))
         result = deploy_target(repo.target(), report_progress=lambda *a, **k: None)
         if result.outcome is None or result.outcome.result != "deployed":
             raise RuntimeError(f"setup deploy failed: {result.outcome and result.outcome.failure}")
         first = first_request(sb, reps * 2)
-        ours, base = one_shot(sb, repo, reps)
+        agent = start_agent(sb, repo, state)
+        through, ours, base = one_shot(sb, repo, reps, state)
     finally:
+        if agent is not None:
+            agent.terminate()
+            agent.wait(60)
         cleanup(sb, f"{ENV}-")
     b = median(base)
     sl, ds, before = first["streamlocal"], first["dial-stdio"], first["before"]
@@ -158,7 +191,11 @@ def run(reps: int = 10) -> list[Row]:
         ratio_row("SSH connect, one host: now / before (Nagle on in the handshake)",
                   median(first["connect"]), median(first["connect-before"]), 1.0, target="< 1x (report)",
                   note=f"now {spread(first['connect'])}, before {spread(first['connect-before'])}"),
-        ratio_row(f"one-shot plan 3 hosts / ssh loop, as {sb.hosts[0].user}", median(ours), b, 1.0,
+        ratio_row(f"one-shot plan 3 hosts through the agent / ssh loop, as {sb.hosts[0].user}", median(through), b, 1.0,
+                  note=f"median of {reps}, whole processes, interleaved with the two others; the agent "
+                       "(`reconciler run`, its own process) observes on the connections it keeps; "
+                       f"ours {ms(min(through))}-{ms(max(through))}"),
+        ratio_row(f"one-shot plan 3 hosts --no-agent / ssh loop, as {sb.hosts[0].user}", median(ours), b, 1.0,
                   note=f"median of {reps}, whole processes, interleaved; the installed entry point; baseline: "
                        "parallel `ssh host docker ps -a` (OpenSSH, same pinned keys, same user); "
                        f"ours {ms(min(ours))}-{ms(max(ours))}, ssh loop {ms(min(base))}-{ms(max(base))}"),

@@ -39,11 +39,10 @@ import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from reconciler.core import observe_shape
-from reconciler.core import observed_codec as codec
-from reconciler.core.model import Environment, ObservedHost
+if TYPE_CHECKING:  # the core is imported when asked, so that `plan --help` loads none of it
+    from reconciler.core.model import Environment, ObservedHost
 
 CONNECT_TIMEOUT = 2.0
 
@@ -88,6 +87,9 @@ def answer_timeout(ssh_timeout: float) -> float:
 
 def decide(target_env: Environment, status: int, doc: Any, *, routers: bool = True) -> FromAgent | Fallback:
     """What an answer of the agent means for the CLI; raises the hosts' error (502)."""
+    from reconciler.core import observe_shape
+    from reconciler.core import observed_codec as codec
+
     if not isinstance(doc, Mapping):
         return Fallback(f"the agent answered {status} without a JSON object")
     if status == 502 and isinstance(doc.get("error"), Mapping):
@@ -177,23 +179,46 @@ def _parse(raw: bytes) -> tuple[int, Any]:
         raise _NoAnswer(f"the answer is not JSON: {exc}") from None
 
 
-def ask(socket_path: Path, target_env: Environment, pins: bytes, *, routers: bool, timeout: float) -> FromAgent | Fallback:
-    """Ask the agent on ``socket_path`` to observe ``target_env``'s hosts now."""
+def ask(socket_path: Path, target_env: Environment, pins: bytes, *, routers: bool, timeout: float,
+        meanwhile: Callable[[], object] | None = None) -> FromAgent | Fallback:
+    """Ask the agent on ``socket_path`` to observe ``target_env``'s hosts now;
+    ``meanwhile()`` runs on this thread while the agent observes (the
+    planner's imports: the agent's few milliseconds are not waited for idle)."""
+    import threading
+
+    from reconciler.core import observe_shape
+    from reconciler.core import observed_codec as codec
+
     request = {"api": codec.API_VERSION, "codec": codec.VERSION, "shape": observe_shape.shape(target_env, pins),
                "routers": routers}
-    try:
-        status, doc = _exchange(socket_path, "POST", codec.observe_path(target_env.name),
-                                json.dumps(request).encode(), timeout)
-    except _NoAnswer as exc:
-        return Fallback(str(exc))
+    got: list = []
+
+    def exchange() -> None:
+        try:
+            got.append(_exchange(socket_path, "POST", codec.observe_path(target_env.name),
+                                 json.dumps(request).encode(), timeout))
+        except _NoAnswer as exc:
+            got.append(exc)
+
+    asking = threading.Thread(target=exchange, name="ask-agent", daemon=True)
+    asking.start()
+    if meanwhile is not None:
+        meanwhile()
+    asking.join()
+    if not got:  # the thread died of a bug: seen here, not hidden by a fallback
+        raise AssertionError("asking the agent ended without an answer or a reason")
+    if isinstance(got[0], _NoAnswer):
+        return Fallback(str(got[0]))
+    status, doc = got[0]
     return decide(target_env, status, doc, routers=routers)
 
 
-def through_agent(args, target, *, routers: bool) -> FromAgent | Fallback:
+def through_agent(args, target, *, routers: bool, meanwhile: Callable[[], object] | None = None) -> FromAgent | Fallback:
     """The agent's observation for ``target`` (``engine.target.Target``), or why not."""
     if getattr(args, "no_agent", False):
         return Fallback("--no-agent")
     from reconciler.cli.commands._agent import state_location
+    from reconciler.core import observed_codec as codec
     from reconciler.errors import StalledError
 
     try:
@@ -201,7 +226,7 @@ def through_agent(args, target, *, routers: bool) -> FromAgent | Fallback:
     except StalledError as exc:  # a pointer naming a state directory that is gone: no agent there
         return Fallback(str(exc))
     pins = Path(target.known_hosts_file).read_bytes()
-    return ask(path, target.environment, pins, routers=routers, timeout=answer_timeout(args.timeout))
+    return ask(path, target.environment, pins, routers=routers, timeout=answer_timeout(args.timeout), meanwhile=meanwhile)
 
 
 def say(way: FromAgent | Fallback) -> None:

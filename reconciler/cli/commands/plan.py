@@ -23,7 +23,7 @@ def run(args) -> int:
     from reconciler.cli.commands import _observe
 
     target = load_target(args)
-    way = _observe.through_agent(args, target, routers=True)
+    way = _observe.through_agent(args, target, routers=True, meanwhile=_planner)
     if isinstance(way, _observe.FromAgent):
         env, observed = way.environment, way.hosts
     else:
@@ -40,6 +40,12 @@ def run(args) -> int:
     else:
         print(report.plan_text(plan))
     return exitcodes.OK if plan.in_sync else exitcodes.CHANGES
+
+
+def _planner() -> None:
+    """Loaded while the agent observes."""
+    from reconciler.core import report  # noqa: F401
+    from reconciler.core.plan import plan_deploy  # noqa: F401
 
 
 def one_shot(args, target):
