@@ -176,6 +176,11 @@ def test_another_api_version_is_refused_and_the_socket_is_for_the_agents_user_an
     assert status == 200 and doc["environments"] == [ENV] and doc["api"] == 1
     status, _ = _observe._exchange(api.socket_path(agent.state), "GET", "/v2/agent", b"", 5)
     assert status == 404
+    status, doc = _observe._exchange(api.socket_path(agent.state), "POST", f"/v1/environments/{ENV}/observe", b"{", 5)
+    assert status == 400 and doc["refused"].startswith("not JSON")
+    status, doc = _observe._exchange(api.socket_path(agent.state), "POST", "/v1/environments/prod/observe",
+                                     json.dumps({"api": 1, "codec": 1, "shape": {"environment": "prod"}}).encode(), 5)
+    assert status == 409 and doc["refused"] == "prod: not an environment this agent reconciles"
 
 
 def test_plan_through_the_agent_loads_no_ssh_nor_docker_library(agent):

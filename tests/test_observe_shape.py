@@ -60,6 +60,7 @@ def test_the_same_environment_is_answered_and_so_is_another_image():
     (lambda: {**shape(env()), "environment": "prod"}, "environment: 'prod' asked"),
     (lambda: {**shape(env()), "hosts": {"h9": {}}}, "host h9: not a host of the agent's environment"),
     (lambda: {**shape(env()), "hosts": {}}, "no hosts asked"),
+    (lambda: {**shape(env()), "secrets": ["/etc/shadow"]}, "secrets: expected a list of"),
 ])
 def test_a_shape_that_is_not_the_agents_is_refused_saying_why(theirs, says):
     why = observe_shape.refusal(shape(env()), theirs())

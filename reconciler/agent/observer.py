@@ -32,11 +32,12 @@ from typing import Callable, Mapping
 
 from reconciler.core import observe_shape, observed_codec
 from reconciler.core.model import Environment
-from reconciler.errors import ReconcilerError
+from reconciler.errors import ReconcilerError, StalledError
 
 
-class Refused(Exception):
-    """The agent does not answer for this shape; the message says why."""
+class Refused(StalledError):
+    """The agent does not answer for this shape (or this environment); the
+    message says why.  The API answers it 409, and the CLI observes itself."""
 
 
 @dataclass(frozen=True)

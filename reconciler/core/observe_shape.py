@@ -95,10 +95,14 @@ def refusal(ours: Mapping, theirs: Mapping, *, routers: bool = True) -> str | No
             if asked.get(key) != hosts[name].get(key):
                 return f"host {name}: " + _differs(key, hosts[name].get(key), asked.get(key))
     mine = ours.get("secrets") or []
-    for entry in theirs.get("secrets") or []:
+    asked_secrets = theirs.get("secrets") or []
+    if not isinstance(asked_secrets, list) or not all(isinstance(e, Mapping) for e in asked_secrets):
+        return "secrets: expected a list of {service, name, file, hosts}"
+    for entry in asked_secrets:
         if entry not in mine:
+            hosts = entry.get("hosts")
             return (f"host-file secret {entry.get('service')}/{entry.get('name')} ({entry.get('file')} on "
-                    f"{', '.join(entry.get('hosts') or [])}): not so in the agent's environment")
+                    f"{', '.join(map(str, hosts)) if isinstance(hosts, list) else hosts}): not so in the agent's environment")
     return None
 
 
