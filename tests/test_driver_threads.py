@@ -111,3 +111,21 @@ def test_a_borrowed_connection_outlives_the_reconcile_that_shared_it_and_the_idl
         assert host.connections == 2
     finally:
         cache.close_all()
+
+
+def test_a_borrow_for_a_newer_commit_leaves_the_connections_a_reconcile_of_an_older_one_holds(host, tmp_path):
+    env = Environment("threads", (Host("f1", "127.0.0.1", "root", host.port),), ())
+    older = tmp_path / "known_hosts-older"
+    older.write_text(open(host.known_hosts_file).read())
+    newer = tmp_path / "known_hosts-newer"
+    newer.write_text("# a comment: another pin file\n" + older.read_text())
+    cache = ConnectionCache(identity_file=host.identity_file, timeout=3.0)
+    try:
+        held = cache.open(env, str(older))  # a reconcile of the older commit, deploying
+        with cache.borrow(env, str(newer)) as borrowed:  # `plan` asks while the head has new pins
+            assert borrowed["f1"] is not held["f1"] and borrowed["f1"].ping() == ENGINE_VERSION
+            assert held["f1"].conn.transport.is_active() and held["f1"].observe().containers == ()
+        assert held["f1"].conn.transport.is_active()
+        cache.release(held)
+    finally:
+        cache.close_all()

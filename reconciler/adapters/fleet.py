@@ -281,27 +281,46 @@ class ConnectionCache:
         the block beside any reconcile that holds them too.  A kept one is
         handed out as it is, untested: the caller's own read (retried once on
         a reopened connection) is the test.  Hosts with none kept are opened
-        as a reconcile opens them, and kept after."""
+        and kept after; nothing else of the cache is touched (a reconcile of
+        an older commit may hold connections this environment no longer has)."""
         key = self._keys(environment, known_hosts_file)
         drivers = self._lease_kept(environment, key)
         if drivers is None:
             with self._opening_lock(environment.name):
-                drivers = self._lease_kept(environment, key)  # opened meanwhile?
-                if drivers is None:
-                    drivers = self._open_now(environment, known_hosts_file)
+                drivers = self._lease_kept(environment, key, partial=True)  # opened meanwhile?
+                missing = [h for h in environment.hosts if drivers.get(h.name) is None]
+                if missing:
+                    drivers.update(self._open_missing(missing, key, known_hosts_file, leased=drivers))
         try:
             yield drivers
         finally:
             self.release(drivers)
 
-    def _lease_kept(self, environment, key) -> dict[str, DockerHost] | None:
+    def _lease_kept(self, environment, key, *, partial: bool = False) -> dict[str, DockerHost] | None:
+        """The kept drivers of ``environment``'s hosts, leased; None when one is
+        missing, unless ``partial`` (then those found, leased)."""
         with self._lock:
-            found = {h.name: self._open.get(key(h)) for h in environment.hosts}
-            if any(d is None for d in found.values()):
+            found = {h.name: d for h in environment.hosts if (d := self._open.get(key(h))) is not None}
+            if len(found) < len(environment.hosts) and not partial:
                 return None
             for host in environment.hosts:
-                self._leased[key(host)] = self._leased.get(key(host), 0) + 1
+                if host.name in found:
+                    self._leased[key(host)] = self._leased.get(key(host), 0) + 1
             return found
+
+    def _open_missing(self, missing: list[Host], key, known_hosts_file: str, *, leased) -> dict[str, DockerHost]:
+        try:
+            opened = open_hosts(missing, identity_file=self.identity_file, known_hosts_file=known_hosts_file,
+                                timeout=self.timeout, log=self.log)
+        except ReconcilerError:
+            self.release(leased)
+            raise
+        with self._lock:
+            for host in missing:
+                self._open[key(host)] = opened[host.name]
+                self._used[key(host)] = time.monotonic()
+                self._leased[key(host)] = self._leased.get(key(host), 0) + 1
+        return opened
 
     def _still_working(self, environment: str, cached: Mapping[str, DockerHost]) -> dict[str, DockerHost]:
         """The cached connections whose engine answers; the others closed."""
@@ -357,7 +376,8 @@ class ConnectionCache:
                 self._start_timer()
 
     def _forget_others(self, environment: str, keep: set) -> None:
-        for stale in [k for k in self._open if k[0] == environment and k not in keep]:
+        # One still held (a borrow beside this reconcile) is left to the idle timer.
+        for stale in [k for k in self._open if k[0] == environment and k not in keep and k not in self._leased]:
             close_hosts({stale[1]: self._open.pop(stale)})
             self._used.pop(stale, None)
             self._leased.pop(stale, None)
