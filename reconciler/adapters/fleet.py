@@ -232,6 +232,7 @@ class ConnectionCache:
         self._open: dict[tuple, DockerHost] = {}
         self._used: dict[tuple, float] = {}
         self._leased: dict[tuple, int] = {}  # key -> holders (reconciles and borrows)
+        self._borrowed: dict[tuple, int] = {}  # key -> borrows among them
         self._lock = threading.Lock()
         self._opening: dict[str, threading.Lock] = {}
         self._timer: threading.Timer | None = None
@@ -291,9 +292,19 @@ class ConnectionCache:
                 missing = [h for h in environment.hosts if drivers.get(h.name) is None]
                 if missing:
                     drivers.update(self._open_missing(missing, key, known_hosts_file, leased=drivers))
+        keys = [key(h) for h in environment.hosts]
+        with self._lock:
+            for k in keys:
+                self._borrowed[k] = self._borrowed.get(k, 0) + 1
         try:
             yield drivers
         finally:
+            with self._lock:
+                for k in keys:
+                    if self._borrowed.get(k, 0) > 1:
+                        self._borrowed[k] -= 1
+                    else:
+                        self._borrowed.pop(k, None)
             self.release(drivers)
 
     def _lease_kept(self, environment, key, *, partial: bool = False) -> dict[str, DockerHost] | None:
@@ -376,8 +387,8 @@ class ConnectionCache:
                 self._start_timer()
 
     def _forget_others(self, environment: str, keep: set) -> None:
-        # One still held (a borrow beside this reconcile) is left to the idle timer.
-        for stale in [k for k in self._open if k[0] == environment and k not in keep and k not in self._leased]:
+        # One a borrow still holds (beside this reconcile) is left to the idle timer.
+        for stale in [k for k in self._open if k[0] == environment and k not in keep and k not in self._borrowed]:
             close_hosts({stale[1]: self._open.pop(stale)})
             self._used.pop(stale, None)
             self._leased.pop(stale, None)
@@ -391,3 +402,4 @@ class ConnectionCache:
             self._open.clear()
             self._used.clear()
             self._leased.clear()
+            self._borrowed.clear()
