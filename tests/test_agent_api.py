@@ -236,3 +236,11 @@ def test_two_asks_at_once_are_served_at_once(agent):
     for t in threads:
         t.join(10)
     assert [type(r) for r in results] == [_observe.FromAgent, _observe.FromAgent]
+
+
+def test_an_agent_whose_socket_path_is_too_long_runs_without_its_api_and_says_so(tmp_path):
+    deep = tmp_path / ("d" * 100)
+    deep.mkdir()
+    said = []
+    assert api.start(deep, Observer(deep, deep, None, lambda: []), lambda event, **f: said.append((event, f))) is None
+    assert said[0][0] == "api-unavailable" and said[0][1]["socket"] == str(deep / "api.sock")
