@@ -183,21 +183,26 @@ def test_another_api_version_is_refused_and_the_socket_is_for_the_agents_user_an
     assert status == 409 and doc["refused"] == "prod: not an environment this agent reconciles"
 
 
-def test_plan_through_the_agent_loads_no_ssh_nor_docker_library(agent):
+@pytest.mark.parametrize("command", ["plan", "status"])
+def test_plan_and_status_through_the_agent_load_no_ssh_nor_docker_library(agent, command):
     agent.run_web()
-    probe = textwrap_probe(agent)
+    probe = textwrap_probe(agent, command)
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=60,
                           env={**_clean_env(), "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr
     assert "observed through the agent (pid" in done.stderr, done.stderr
     loaded = json.loads(done.stdout.strip().splitlines()[-1])
     assert [m for m in loaded if m.split(".")[0] in ("paramiko", "fabric", "invoke", "docker", "requests", "urllib3")] == []
-    plan = json.loads("\n".join(done.stdout.strip().splitlines()[:-1]))
-    assert plan["observed"]["via"] == "agent" and plan["in_sync"] is True
+    shown = json.loads("\n".join(done.stdout.strip().splitlines()[:-1]))
+    assert shown["observed"]["via"] == "agent"
+    if command == "plan":
+        assert shown["in_sync"] is True
+    else:
+        assert [(r["host"], r["service"]) for r in shown["hosts"]] == [("h1", "web")]
 
 
-def textwrap_probe(agent) -> str:
-    argv = ["plan", "--repo", str(agent.repo_path), "--env", ENV, "--identity", str(agent.identity),
+def textwrap_probe(agent, command: str) -> str:
+    argv = [command, "--repo", str(agent.repo_path), "--env", ENV, "--identity", str(agent.identity),
             "--state", str(agent.state), "--json"]
     return ("import json, sys\nfrom reconciler.cli.main import main\n"
             f"code = main({argv!r})\n"
