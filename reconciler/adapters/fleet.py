@@ -299,13 +299,20 @@ class ConnectionCache:
         try:
             yield drivers
         finally:
+            # By key, not by driver: a reconcile's open may have the driver out
+            # of the table for its test at this moment.
             with self._lock:
+                now = time.monotonic()
                 for k in keys:
-                    if self._borrowed.get(k, 0) > 1:
-                        self._borrowed[k] -= 1
-                    else:
-                        self._borrowed.pop(k, None)
-            self.release(drivers)
+                    for counts in (self._borrowed, self._leased):
+                        if counts.get(k, 0) > 1:
+                            counts[k] -= 1
+                        else:
+                            counts.pop(k, None)
+                    if k in self._open:
+                        self._used[k] = now
+                if self._timer is None and self._open:
+                    self._start_timer()
 
     def _lease_kept(self, environment, key, *, partial: bool = False) -> dict[str, DockerHost] | None:
         """The kept drivers of ``environment``'s hosts, leased; None when one is
@@ -324,7 +331,7 @@ class ConnectionCache:
             opened = open_hosts(missing, identity_file=self.identity_file, known_hosts_file=known_hosts_file,
                                 timeout=self.timeout, log=self.log)
         except ReconcilerError:
-            self.release(leased)
+            self.release(leased)  # those found kept: in the table (the opening lock is held)
             raise
         with self._lock:
             for host in missing:
