@@ -63,6 +63,10 @@ def at(rollout: str, marker: str) -> str:
     ("{strategy: canary, pause: 0s}", '0s', "services.web.rollout.pause: must be longer than 0s"),
     ("{watch: 0s}", '0s', "services.web.rollout.watch: must be longer than 0s"),
     ("{strategy: canary, steps: [0, 100]}", '0, 100', "services.web.rollout.steps: a first step of 0 holds QA traffic"),
+    # A canary's share is the service's, on every host together: host batches would do nothing.
+    ("{strategy: canary, batch_size: 2}", '2}', "services.web.rollout.batch_size: a canary shifts the weights on "
+                                              "every host of the service together"),
+    ("{batch_size: 1, strategy: canary}", '1,', "services.web.rollout.batch_size: a canary shifts"),
 ])
 def test_bad_values_are_refused_where_they_are_written(rollout, marker, expected):
     found = problems(rollout)

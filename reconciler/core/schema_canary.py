@@ -18,6 +18,11 @@
 traffic only.  Every key but ``watch`` and ``abort`` needs ``strategy:
 canary``, and all of them need ``expose`` (the router that shifts weights,
 counts errors and switches back): a key that would do nothing is refused.
+
+``batch_size`` is refused with ``strategy: canary``: a canary's share is
+the service's, shifted on every host of the service together (as Argo
+Rollouts and Flagger shift a service's traffic weight, not host by host),
+so host batches would have nothing to do.  Batches are for blue-green.
 """
 
 from __future__ import annotations
@@ -45,6 +50,11 @@ def parse(fields: dict[str, Node], problems: Problems, what: str, *, strategy: s
         if key in fields and strategy not in ("canary", BAD):
             problems.at(fields[key], f"{what}.{key}: only with 'strategy: canary'")
             out["canary"] = BAD
+    if "batch_size" in fields and strategy == "canary":
+        problems.at(fields["batch_size"], f"{what}.batch_size: a canary shifts the weights on every host of the "
+                                          "service together (its share is the service's); remove batch_size, or "
+                                          "use 'strategy: blue-green' to deploy hosts in batches")
+        out["canary"] = BAD
     if "watch" in fields:
         out["watch"] = duration(fields["watch"], problems, f"{what}.watch", positive=True)
     if "abort" in fields:

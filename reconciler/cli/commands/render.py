@@ -103,8 +103,9 @@ def service_document(service) -> dict:
 
 def _rollout(rollout) -> dict:
     """The rollout keys a user writes; canary and watch keys only where they apply."""
-    doc: dict = {"batch_size": rollout.batch_size, "strategy": rollout.strategy}
     canary = rollout.canary if rollout.strategy == "canary" else None
+    # A canary runs on every host at once: it takes no batch_size (core.schema_canary).
+    doc: dict = {**({} if canary is not None else {"batch_size": rollout.batch_size}), "strategy": rollout.strategy}
     if canary is not None:
         doc.update(steps=list(canary.steps), pause=canary.pause, sticky=canary.sticky)
         qa = {k: v for k, v in (("header", canary.qa_header), ("cookie", canary.qa_cookie)) if v}
