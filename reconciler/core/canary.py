@@ -25,9 +25,10 @@ stops (``Release``).  The executor reports when a watch began (``watch``
 records in the journal), and a run that died mid-watch is continued for
 what is left of the window (``resumed_watches``), never skipped.
 
-A run killed mid-canary resumes from the first step the router does not
-show in effect (``core.router.resume``): the weights go back to the
-earliest step not in effect, and each later pause is observed again.
+A run killed mid-canary continues from the weight the router has, never
+lower (``core.canary_resume``): the steps below green's observed weight are
+dropped, the rest resume from the first not in effect, and the pause the
+dead run had begun at that weight holds only what is left of it.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ _SWITCH_AT = 1000
 
 @dataclass(frozen=True)
 class Pause(rt.RouterStep):
-    """In a router sequence: hold the canary at ``weight`` (never "in effect": a resumed run observes it again)."""
+    """In a router sequence: hold the canary at ``weight`` (never "in effect": a resumed run observes it again,
+    for what is left of it)."""
 
     server: str = ""
     weight: int = 0
@@ -54,13 +56,15 @@ class Pause(rt.RouterStep):
 
 @dataclass(frozen=True)
 class Observe(CheckHealth):
-    """Hold a canary step ``seconds``: fails when the router sees ``server`` DOWN or its errors break the rule.
+    """Hold a canary step ``seconds`` (from ``since``, a wall-clock time a dead run began it; 0: from
+    when the step begins): fails when the router sees ``server`` DOWN or its errors break the rule.
 
     A CheckHealth, so its failure rolls the deploy back on every host."""
 
     server: str = ""
     weight: int = 0
     seconds: float = 0.0
+    since: float = 0.0
     max_errors: int | None = None
     max_error_rate: float | None = None
 
@@ -213,6 +217,8 @@ def _rule(rollout: model.Rollout) -> str:
 def deploy(desired: Environment, service: Service, hosts: tuple[str, ...], pairs: bluegreen.Pairs,
            observed: Mapping[str, ObservedHost]) -> list[Action]:
     """The canary of ``service`` on ``hosts``, all at once, step by step."""
+    from reconciler.core import canary_resume
+
     env = desired.name
     release = model.config_hash(service)
     green = rt.server_name(service.name, release)
@@ -245,7 +251,7 @@ def deploy(desired: Environment, service: Service, hosts: tuple[str, ...], pairs
             others = (rt.server_name(service.name, active.config_hash),) if active is not None and active.config_hash else ()
             qa_others = ()
         full = sequence(service, host, rt.Server(green, address, exposure.port), others, qa_others, fresh=fresh)
-        steps = rt.resume(full, view.observed) if address and view is not None else full
+        steps = canary_resume.resume(full, view.observed, service.name, green) if address and view is not None else full
         items += _actions(service, host, steps, len(full), candidate_name)
         blue = standbys(desired, service, [host], pairs).get(host)
         if blue is not None:

@@ -42,10 +42,12 @@ def plan_for(run: RunState) -> Plan:
         interrupted = run.interrupted if run.carried else None
         run.seeds = recovery.carried_seeds(interrupted, observed)
         plan = recovery.with_resumes(plan_deploy(env, observed, run.commit), env, observed, interrupted)
-        if interrupted is not None:  # a watch the dead run began continues for what is left of it
+        if interrupted is not None:  # a watch or a canary pause the dead run began: what is left of it
             from reconciler.core.canary import resumed_watches
 
-            plan = resumed_watches(plan, env, observed, interrupted.records)
+            from reconciler.core.canary_resume import resumed_pauses
+
+            plan = resumed_pauses(resumed_watches(plan, env, observed, interrupted.records), interrupted.records)
         return plan
     if run.operation == "rollback":
         plan = plan_rollback(env, observed, run.request.to_revision)
