@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Mapping, Protocol
 
 from reconciler.core import model
 from reconciler.core import router as rt
-from reconciler.core import traffic
+from reconciler.core import switch_back, traffic
 from reconciler.core.plan import Route
 from reconciler.errors import DeployFailed, RouterError
 
@@ -86,7 +86,10 @@ class RoutedSteps:
         before the switch).  It is started, switched to once the router sees
         it UP (``resume``: whatever is in effect already is skipped, so a
         green that never got a request costs no router command), this run's
-        container is drained out, and only then removed or retired again.
+        release is put in maintenance (no request reaches it, not even a
+        sticky client's; ``core.switch_back``) and waited for until its
+        sessions in flight end, and only then its container is removed or
+        retired again.
         """
         env, host, name = self.desired.name, touched.host, touched.service
         router = self.routers[host]
@@ -94,6 +97,7 @@ class RoutedSteps:
         drain = service.expose.drain if service is not None and service.expose is not None else 30.0
         deadline = service.health.allowed if service else 60.0
         target = touched.previous
+        failing = None  # this run's release, refused every request at once (core.switch_back)
         if target is None:
             active = self._find(host, name, model.ROLE_ACTIVE)
             target = active.id if active is not None and active.id != touched.new else None
@@ -102,9 +106,15 @@ class RoutedSteps:
             if not seen.running:
                 driver.start(target)
             green = exposure.server(seen.config_hash or seen.id, driver.address(target))
-            others = [s for (b, s) in router.servers() if b == name and s != green.name]
-            steps = rt.cutover_steps(host, name, green=green, others=others, check=exposure.check,
-                                     up_deadline=deadline, drain_deadline=drain, sticky=exposure.sticky is not None)
+            observed = router.servers()
+            others = [s for (b, s) in observed if b == name and s != green.name]
+            if touched.new is not None and touched.new != target:
+                new = driver.inspect(touched.new)
+                failing = rt.server_name(name, new.config_hash or new.id)
+            # This run's release is refused every request, a sticky client's too (core.switch_back).
+            steps = switch_back.steps(host, name, retained=green, failing=failing, others=others, check=exposure.check,
+                                      up_deadline=deadline, drain_deadline=drain, observed=observed,
+                                      sticky=exposure.sticky is not None)
         elif touched.new is not None:
             # Nothing to go back to (a first deploy): this run's server out, like its container.
             new = driver.inspect(touched.new)
@@ -114,7 +124,7 @@ class RoutedSteps:
         else:
             steps = ()
         observed = router.servers()
-        left = rt.resume(steps, observed)
+        left = switch_back.resume(steps, observed)
         if exposure.qa_backend:
             # QA requests stop going to this run's release first (maintenance: at once) and
             # its QA server goes after the switch back (a delete may wait for connections).
@@ -125,6 +135,9 @@ class RoutedSteps:
                     *left, *(rt.DelServer(host, qa, srv) for srv in out))
         for step in left:
             outcome = router.apply(step, persist=isinstance(step, rt.Drain))
+            if isinstance(step, rt.Maint) and step.backend == name and step.server == failing:
+                self.report("aborted", host=host, service=name, server=step.server,
+                            reason=f"{step.server} in maintenance: no request reaches it, a sticky one neither")
             if isinstance(step, rt.WaitUp) and outcome.state != "healthy":
                 raise RouterError(f"switch back to {step.server}: {outcome.reason}; the router still "
                                   f"sends requests to this run's release", host=host)
