@@ -18,7 +18,9 @@ does not before its weight is raised.
 (b) a canary of a release that fails 30 % of its requests (the router's own
 error counters): aborted at its first public step, every host back on blue
 with 0 failed requests after the switch back, recorded rolled-back in git
-and reverted.
+and reverted; a client holding the failing release's sticky cookie is
+answered by blue from the moment of the abort (the release in ``maint``:
+``drain`` would still honour its cookie).
 (c) the watch after the switch: a release whose check fails 20 s after it
 starts is switched back on every host by the watch, and recorded so; blue,
 kept running as the router's standby, answers from the moment the release
@@ -34,6 +36,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -46,7 +49,7 @@ from reconciler.sandbox import error_image
 from tests import ownrouter
 from tests.bgfleet import JournalWatcher, write_environment
 from tests.envrepo import remove_containers
-from tests.loadgen import Load, one_request
+from tests.loadgen import Answer, Load, fetch, one_request
 from tests.pushing import git, wait_for
 
 pytestmark = [pytest.mark.fleet, pytest.mark.slow]
@@ -158,6 +161,39 @@ def world(fleet, tmp_path_factory):
         ownrouter.stop(routers)
 
 
+class CookieHolder:
+    """Per host: fresh sessions until one is answered by a release whose body starts with ``prefix``,
+    then that release's sticky cookie on every request, kept whatever the router sets after."""
+
+    def __init__(self, addresses: dict[str, str], prefix: str, rate: float = 20.0, max_seconds: float = 150.0) -> None:
+        self.addresses, self.prefix, self.rate, self.max_seconds = addresses, prefix, rate, max_seconds
+        self.answers: list[Answer] = []
+        self.stopping = threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=item, daemon=True) for item in addresses.items()]
+
+    def _run(self, host: str, address: str) -> None:
+        start, cookie = time.monotonic(), ""
+        for i in range(int(self.rate * self.max_seconds)):
+            if self.stopping.is_set():
+                return
+            time.sleep(max(0.0, start + i / self.rate - time.monotonic()))
+            began = time.time()
+            status, body, set_cookie = fetch(address, HOSTNAME, PORT, cookie=cookie)
+            self.answers.append(Answer(host, began, time.time(), status, body, cookie))
+            if not cookie and body.startswith(self.prefix) and set_cookie:
+                cookie = set_cookie.split(";", 1)[0]
+
+    def __enter__(self) -> "CookieHolder":
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopping.set()
+        for t in self.threads:
+            t.join(timeout=30)
+
+
 def _done(watcher: JournalWatcher, step: str, host: str, reason: str) -> float:
     times = [r["at"] for r in watcher.seen("done", step, host) if r.get("reason", "").startswith(reason)]
     assert times, f"{host}: no {step} '{reason}...' in the journal"
@@ -236,11 +272,14 @@ def test_a_canary_with_errors_is_aborted_to_blue_and_reverted(world):
     errors = error_image.push(world.fleet.registry, "demo/web")
     watcher = JournalWatcher(world.state, ENV)
     watcher.start()
-    with world.load() as load:
-        bad = world.push(service(errors, rollout=CANARY, env="  env: {ERROR_PERCENT: '30'}"),
+    # A count rule (more than 5 errors) gives the cookie holders a moment to get v6's cookie.
+    rollout = CANARY.replace("{errors: 1%}", "{errors: 5}")
+    with world.load() as load, CookieHolder(world.addresses, "demo-web v6") as holders:
+        bad = world.push(service(errors, rollout=rollout, env="  env: {ERROR_PERCENT: '30'}"),
                          "web v6 as a canary: fails 30 % of its requests")
         assert wait_for(lambda: "rolled-back" in world.results(bad), timeout=240), world.agent_log()
         assert wait_for(lambda: world.head() != bad, timeout=60), "no revert commit"
+        time.sleep(2)  # the holders' requests after the switch back
     watcher.stop()
     attempt = world.attempts(bad)[-1]
     assert "canary at 10%" in attempt.message and "errors" in attempt.message, attempt.message
@@ -264,6 +303,22 @@ def test_a_canary_with_errors_is_aborted_to_blue_and_reverted(world):
               f"rollback {[round(t - ten, 2) for t in rb]}, restored {round(_restored(watcher, host) - ten, 2)}")
     assert all(a.body == "demo-web v6 failed this one" for a in failed), failed[:3]
     assert world.serving("v2")
+    # A client holding v6's cookie: answered by blue from the moment v6 is in maintenance (the
+    # abort's first router command on the public backend), not only once the switch back is over.
+    held = 0
+    for host in world.addresses:
+        aborted = [r["at"] for r in watcher.records.values() if r.get("event") == "aborted" and r.get("host") == host]
+        assert aborted, f"{host}: no 'aborted' in the journal"
+        mine = [a for a in holders.answers if a.host == host and a.cookie]
+        if not mine:
+            continue  # this host's holder never got v6's cookie before the abort
+        held += 1
+        after = [a for a in mine if a.started > aborted[0]]
+        assert after and {(a.status, a.body) for a in after} == {(200, "demo-web v2")}, (host, after[:3])
+        print(host, f"v6's cookie: {len([a for a in mine if a.started <= aborted[0]])} requests before the abort, "
+                    f"{len([a for a in after if a.started < _restored(watcher, host)])} between it and the end of "
+                    f"the switch back, {len(after)} after it: all answered by v2")
+    assert held, "no cookie holder got v6's cookie during the canary"
 
 
 def test_the_watch_after_the_switch_switches_back_a_release_that_fails_later(world):
