@@ -14,7 +14,10 @@ The moments of each step come from the agent's journal.
 unhealthy container, every answer by a version expected at its moment; the
 green share per step follows the weights; a sticky session stays on one
 version; QA requests reach green from the first step while public traffic
-does not before its weight is raised.
+does not before its weight is raised.  On the way, every host's router is
+reloaded during the 10 % pause (it keeps its weights), and the agent is
+killed with SIGKILL during the 50 % pause: the restarted agent goes on from
+50 % (never a step back) and holds only what was left of that pause.
 (b) a canary of a release that fails 30 % of its requests (the router's own
 error counters): aborted at its first public step, every host back on blue
 with 0 failed requests after the switch back, recorded rolled-back in git
@@ -34,6 +37,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -44,6 +48,7 @@ import pygit2
 import pytest
 
 from reconciler.adapters import gitlog
+from reconciler.adapters.router import _parse
 from reconciler.cli.main import main
 from reconciler.sandbox import error_image
 from tests import ownrouter
@@ -194,6 +199,10 @@ class CookieHolder:
             t.join(timeout=30)
 
 
+def _pauses(watcher: JournalWatcher, weight: int) -> list[dict]:
+    return [r for r in watcher.records.values() if r.get("event") == "pause" and r.get("weight") == weight]
+
+
 def _done(watcher: JournalWatcher, step: str, host: str, reason: str) -> float:
     times = [r["at"] for r in watcher.seen("done", step, host) if r.get("reason", "").startswith(reason)]
     assert times, f"{host}: no {step} '{reason}...' in the journal"
@@ -213,6 +222,43 @@ def _restored(watcher: JournalWatcher, host: str) -> float:
     return max(times)
 
 
+def _admin(world, host: str, line: str) -> str:
+    """One Runtime API line on ``host``'s router, through its unix admin socket (the test's own way in)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(5.0)
+        s.connect(str(world.routers.root / host / "admin.sock"))
+        s.sendall((line + "\n").encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return data.decode()
+
+
+def _worker(world, host: str) -> str | None:
+    try:
+        return next((line for line in _admin(world, host, "show info").splitlines() if line.startswith("Pid:")), None)
+    except OSError:
+        return None
+
+
+def _weights(world, host: str, backend: str) -> dict[str, int]:
+    servers = _parse(_admin(world, host, "show servers state; show stat -1 4 -1; show backend"))[0]
+    return {name: s.weight for (b, name), s in servers.items() if b == backend}
+
+
+def _reload_routers(world) -> None:
+    """Every host's router reloaded (its master signalled, as the router's reload command does); the new workers up."""
+    before = {h: _worker(world, h) for h in world.addresses}
+    for host in world.addresses:
+        os.kill(world.routers.pids[host], signal.SIGUSR2)
+    for host in world.addresses:
+        assert wait_for(lambda: _worker(world, host) not in (None, before[host]), timeout=60), host
+
+
+def _weight_done(watcher: JournalWatcher, reason: str, hosts) -> bool:
+    return all(any(r.get("reason", "").startswith(reason) for r in watcher.seen("done", "SetWeights", h)) for h in hosts)
+
+
 def test_a_canary_to_100_percent_under_load_follows_the_weights_and_loses_no_request(world):
     watcher = JournalWatcher(world.state, ENV)
     watcher.start()
@@ -220,8 +266,31 @@ def test_a_canary_to_100_percent_under_load_follows_the_weights_and_loses_no_req
         world.load(rate=5.0, headers={"X-Canary": "1"})
     with public, sticky, qa:
         commit = world.push(service(world.fleet.images["v2"], rollout=CANARY), "web v2 as a canary")
+        # During the 10 % pause: every router reloaded; it keeps the canary's weights.
+        assert wait_for(lambda: _weight_done(watcher, "canary: 10%", world.addresses), timeout=240, every=0.1), world.agent_log()
+        _reload_routers(world)
+        green = next(r["server"] for r in watcher.records.values() if r.get("event") == "pause")
+        reloaded = {h: _weights(world, h, "web") for h in world.addresses}
+        # During the 50 % pause: the agent killed, then started again.
+        assert wait_for(lambda: _weight_done(watcher, "canary: 50%", world.addresses) and len(_pauses(watcher, 50)) == 3,
+                        timeout=240, every=0.1), world.agent_log()
+        time.sleep(2)
+        world.kill_agent()
+        killed = time.time()
+        watcher.poll()
+        world.start_agent()
         assert wait_for(lambda: "deployed" in world.results(commit), timeout=240), world.agent_log()
     watcher.stop()
+    for host, weights in reloaded.items():
+        assert weights[green] == 10 and set(weights.values()) == {10, 90}, (host, weights)
+    # The restarted agent went on from 50 %: no weight step begun again, the pause at 50 held
+    # from the dead run's start (what was left of it), then the switch.
+    again = [r for r in watcher.records.values() if r.get("at", 0) > killed and r.get("event") == "begin"
+             and r.get("step") == "SetWeights" and r.get("reason", "").startswith("canary")]
+    assert again == [], again
+    first = {r["host"]: r["since"] for r in _pauses(watcher, 50) if r["at"] < killed}
+    resumed = {r["host"]: r["since"] for r in _pauses(watcher, 50) if r["at"] > killed}
+    assert resumed == first and set(first) == set(world.addresses), (first, resumed)
     everything = public.answers + sticky.answers + qa.answers
     failed = [a for a in everything if a.status != 200]
     assert failed == [], f"{len(failed)} failed of {len(everything)}: {failed[:3]}"
