@@ -200,7 +200,7 @@ class CookieHolder:
 
 
 def _pauses(watcher: JournalWatcher, weight: int) -> list[dict]:
-    return [r for r in watcher.records.values() if r.get("event") == "pause" and r.get("weight") == weight]
+    return [r for r in watcher.records.values() if r.get("event") == "canary-pause" and r.get("weight") == weight]
 
 
 def _done(watcher: JournalWatcher, step: str, host: str, reason: str) -> float:
@@ -269,7 +269,7 @@ def test_a_canary_to_100_percent_under_load_follows_the_weights_and_loses_no_req
         # During the 10 % pause: every router reloaded; it keeps the canary's weights.
         assert wait_for(lambda: _weight_done(watcher, "canary: 10%", world.addresses), timeout=240, every=0.1), world.agent_log()
         _reload_routers(world)
-        green = next(r["server"] for r in watcher.records.values() if r.get("event") == "pause")
+        green = next(r["server"] for r in watcher.records.values() if r.get("event") == "canary-pause")
         reloaded = {h: _weights(world, h, "web") for h in world.addresses}
         # During the 50 % pause: the agent killed, then started again.
         assert wait_for(lambda: _weight_done(watcher, "canary: 50%", world.addresses) and len(_pauses(watcher, 50)) == 3,

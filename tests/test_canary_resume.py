@@ -1,7 +1,7 @@
 """A canary whose run died, continued by the next run: from the weight the router has, never lower.
 
 On in-memory hosts and routers (``routerfakes``), as ``test_canary``; the
-dead run's journal is what its executor reported (the ``pause`` events).
+dead run's journal is what its executor reported (the ``canary-pause`` events).
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def test_the_pause_spent_before_the_kill_counts(world):
     env = environment(web(V2))
     plan = canary_resume.resumed_pauses(world.plan(env, "r2"), records)
     pause = next(a for a in plan.actions if a.host == "h2" and a.step == "Observe")
-    began = next(r["since"] for r in records if r["event"] == "pause" and r["host"] == "h2" and r["weight"] == 50)
+    began = next(r["since"] for r in records if r["event"] == "canary-pause" and r["host"] == "h2" and r["weight"] == 50)
     assert pause.since == began and "what is left" in pause.reason
     held = []
 

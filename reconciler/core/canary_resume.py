@@ -10,7 +10,7 @@ continues from the first step not in effect: green's share never goes
 down, and the step it holds is observed again.
 
 The pause the dead run spent at that weight counts: the executor reports
-a ``pause`` event (host, service, server, weight, since) when it begins to
+a ``canary-pause`` event (host, service, server, weight, since) when it begins to
 hold a step, the journal keeps it, and ``resumed_pauses`` gives the next
 run's ``Observe`` at that weight the recorded start, so it holds only what
 is left (as ``core.canary.resumed_watches`` does for the watch).
@@ -57,7 +57,7 @@ def resumed_pauses(plan: Plan, records: Iterable[dict]) -> Plan:
     """
     began: dict[tuple, float] = {}
     for r in records:
-        if r.get("event") == "pause" and isinstance(r.get("since"), (int, float)):
+        if r.get("event") == "canary-pause" and isinstance(r.get("since"), (int, float)):
             key = (r.get("host"), r.get("service"), r.get("server"), r.get("weight"))
             began[key] = min(began.get(key, float(r["since"])), float(r["since"]))
     if not began:

@@ -15,7 +15,7 @@ the others' observing (they end without a verdict of their own), so the
 switch back starts without waiting for the rest of their pause.
 
 A watch reports when its window began (the ``watch`` event, kept in the
-journal), and a canary's pause when it began to hold a step (``pause``), so
+journal), and a canary's pause when it began to hold a step (``canary-pause``), so
 a run that dies mid-watch or mid-pause is continued for what is left of it.
 """
 
@@ -45,7 +45,7 @@ class WatchedSteps:
             # The start goes in the journal: a run that dies mid-pause is continued for what is left.
             since = action.since or self.wall()
             left = action.seconds - (self.wall() - action.since if action.since else 0.0)
-            self.report("pause", host=action.host, service=action.service, server=action.server,
+            self.report("canary-pause", host=action.host, service=action.service, server=action.server,
                         weight=action.weight, since=since, until=since + action.seconds)
             what = f"canary at {action.weight}%"
         interval = max(0.1, min(MAX_INTERVAL, exposure.check.interval))
