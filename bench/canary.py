@@ -17,7 +17,11 @@ addresses only):
   (target 0), and every failed request of the run, against the baseline of
   the same release deployed blue-green (it turns healthy, so it serves
   every request until the next deploy: counted over the same number of
-  seconds the canary run took).
+  seconds the canary run took).  Also timed: from the abort (the
+  ``rollback`` event) to the bad release refused every request, a sticky
+  client's too (``aborted``: it is in ``maint``), against the whole switch
+  back (``restored``), which is when a drained release stopped taking a
+  sticky client's requests before.
 - **failed watch**: a release whose check fails 15 s after it starts,
   deployed blue-green with ``watch: 60s``: failed requests (target 0;
   blue runs as the router's standby during the watch).
@@ -49,6 +53,18 @@ def _service(image: str, rollout: str, env: str = "") -> str:
     {env}"""
 
 
+def _mean(values: list[float]) -> float | None:
+    return round(sum(values) / len(values), 3) if values else None
+
+
+def _seconds(values: list[float]) -> str:
+    return "n/a" if not values else f"{sum(values) / len(values):.3f} s"
+
+
+def _ratio(ours: list[float], baseline: list[float]) -> float | None:
+    return sum(ours) / sum(baseline) if ours and sum(baseline) > 0 else None
+
+
 def run(reps: int = 2) -> list[Row]:
     from bench.common import sandbox
     from bench.router import Events, _run
@@ -75,6 +91,8 @@ def run(reps: int = 2) -> list[Row]:
         return generated, events
 
     figures = {k: [0, 0] for k in ("canary", "blue-green", "after-abort", "aborted", "bad-blue-green", "watch")}
+    refused: list[float] = []  # per host and repetition: the abort to the bad release in maintenance
+    switched: list[float] = []  # the abort to the end of the switch back
 
     def add(name: str, failed: int, total: int) -> None:
         figures[name][0] += failed
@@ -97,6 +115,12 @@ def run(reps: int = 2) -> list[Row]:
             after = [a for a in load.answers if a.host in restored and a.started > restored[a.host] + offset]
             add("after-abort", sum(a.status != 200 for a in after), len(after))
             add("aborted", len(load.failures()), len(load.answers))
+            abort = min(t for t, e, f in events.items if e == "rollback")
+            for host, t in restored.items():
+                out = [u for u, e, f in events.items if e == "aborted" and f.get("host") == host]
+                if out:
+                    refused.append(out[0] - abort)
+                    switched.append(t - abort)
             # The baseline: the same release switched blue-green, over as many seconds.
             deploy(errors_image, BLUE_GREEN, load=False)
             with Load(addresses, HOSTNAME, rate=RATE, port=PORT, max_requests=int(RATE * seconds) + 1,
@@ -129,6 +153,12 @@ def run(reps: int = 2) -> list[Row]:
             aborted / bad if bad else None, "report the ratio", "n/a",
             "every failed request of the aborted canaries; baseline: the same release deployed blue-green, "
             "counted over as many seconds as each canary run took", dict(ours=aborted, baseline=bad)),
+        Row("aborted canary: seconds from the abort to the bad release refused", _seconds(refused),
+            _seconds(switched), _ratio(refused, switched), "ratio under 1",
+            "n/a" if _ratio(refused, switched) is None else "yes" if _ratio(refused, switched) < 1 else "no",
+            "per host: from the abort to the bad release in maint (no request reaches it, a sticky one neither); "
+            "baseline: to the end of the switch back (a drained release kept a sticky client's requests until "
+            "then)", dict(ours=_mean(refused), baseline=_mean(switched))),
         Row("failed watch: failed requests (blue the router's standby)", cell("watch"), "-", None, "0",
             "yes" if figures["watch"][0] == 0 else "no",
             f"{reps} blue-green deploys with a 60 s watch of a release whose check fails 15 s after it starts: "
