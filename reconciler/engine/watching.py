@@ -5,8 +5,9 @@ A mix-in of ``executor.Executor`` (which gives ``routers``, ``clock``,
 ``Watch`` the window after the last switch.  Both read the host's router
 every check interval: the new version's server must stay UP (the router
 runs the service's check) and its errors (the router's counters since
-the server was added, summed over its backend and the QA backend) must
-stay within the rollout's abort rule.  A failure is a ``DeployFailed``: the
+the server was added, summed over its backend and the QA backend, and
+carried across a reload of the router, whose new worker counts from 0)
+must stay within the rollout's abort rule.  A failure is a ``DeployFailed``: the
 executor then switches every touched host back to the retained blue, and
 the run is recorded as rolled back.
 
@@ -63,7 +64,7 @@ class WatchedSteps:
                 raise DeployFailed(f"{what}: the router sees {action.server} {seen}", host=action.host)
             # Every error of the new version counts, from the moment it got requests (QA ones
             # included): one answered while a step's weights were being written is one too.
-            errors, requests = canary.counts(servers, backends, action.server)
+            errors, requests = self._since_added(action.host, action.server, servers, backends)
             why = canary.broken(action.max_errors, action.max_error_rate, errors, requests)
             if why is not None:
                 failure = DeployFailed(f"{what}: {action.server}: {why}", host=action.host)
@@ -75,3 +76,24 @@ class WatchedSteps:
             if remaining <= 0:
                 return
             self.sleep(min(interval, remaining))
+
+    def _since_added(self, host: str, server: str, servers, backends) -> tuple[int, int]:
+        """(errors, requests) of ``server`` over ``backends`` since it was added, across reloads of the router.
+
+        A reloaded HAProxy's new worker starts its counters at 0 (weights and
+        check states come back from its files, counts do not): a backend's
+        reading lower than the last one this run took there is a reset (or
+        the server left that backend), and what was counted before is
+        carried.  Per backend, so a QA server taken out is no reset of the
+        public one.  Kept per run; one host's readings come from one thread.
+        """
+        tallies = self.__dict__.setdefault("_tallies", {})
+        errors = requests = 0
+        for backend in backends:
+            e, r = canary.counts(servers, [backend], server)
+            tally = tallies.setdefault((host, server, backend), [0, 0, 0, 0])
+            if e < tally[2] or r < tally[3]:
+                tally[0], tally[1] = tally[0] + tally[2], tally[1] + tally[3]
+            tally[2], tally[3] = e, r
+            errors, requests = errors + tally[0] + e, requests + tally[1] + r
+        return errors, requests
