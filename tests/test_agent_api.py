@@ -166,6 +166,37 @@ def test_no_socket_nobody_listening_and_a_silent_agent_are_fallbacks(agent, tmp_
     assert isinstance(slow, _observe.Fallback) and "did not answer within 0.3s" in slow.why
 
 
+@pytest.mark.parametrize("answer, why", [
+    (b"SSH-2.0-OpenSSH_9.2\r\n", "not an HTTP answer from the agent: BadStatusLine"),
+    (b"HTTP/1.0 200 OK\r\nContent-Length: 100\r\n\r\n{\"api\": 1", "not an HTTP answer from the agent: IncompleteRead"),
+    (b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nnot", "the answer is not JSON"),
+])
+def test_something_on_the_socket_that_is_not_the_agent_is_a_fallback(agent, tmp_path, answer, why):
+    target = agent.target()
+    path = tmp_path / "other.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            asked = b""
+            while b"\r\n\r\n" not in asked or len(asked.partition(b"\r\n\r\n")[2]) < int(
+                    asked.lower().partition(b"content-length:")[2].split(b"\r\n")[0] or 0):
+                asked += conn.recv(65536)
+            conn.sendall(answer)
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    try:
+        got = _observe.ask(path, target.environment, Path(target.known_hosts_file).read_bytes(), routers=True, timeout=5)
+    finally:
+        server.join(10)
+        listener.close()
+    assert isinstance(got, _observe.Fallback) and got.why.startswith(why), got
+
+
 def test_another_api_version_is_refused_and_the_socket_is_for_the_agents_user_and_group(agent):
     mode = stat.S_IMODE(api.socket_path(agent.state).stat().st_mode)
     assert mode == 0o660
