@@ -6,9 +6,11 @@
   Started and stopped here, by the pid we started.
 - ``counting_images``: the demo image with a handler that counts what it
   answers at ``/`` (``c`` a client's request, ``m`` one with the mirror's
-  ``X-Reconciler-Mirror`` header) and tells the counts at ``/hits``.
+  ``X-Reconciler-Mirror`` header) and tells the counts at ``/hits``, and
+  the request line's target of every copy at ``/copies`` (one a line).
 - ``Load``: bounded requests (count and time) to the hosts' addresses, with
-  their latency.
+  their latency; with ``ids=True`` each request carries its own id
+  (``/?rid=HOST-N``), so a copy green got says which request it copies.
 """
 
 from __future__ import annotations
@@ -28,14 +30,17 @@ from reconciler.core import traffic
 from reconciler.sandbox import images
 
 HANDLER_PATCH = (
-    'while read -r -t 5 line; do\n    [ "${line%$CR}" = "" ] && break\ndone\n',
+    'while read -r -t 5 line; do\n    [ "${line%$CR}" = "" ] && break\ndone\npath=${path%%\\?*}\n',
     'kind=c\nwhile read -r -t 5 line; do\n    [ "${line%$CR}" = "" ] && break\n'
-    '    case "$line" in [Xx]-[Rr]econciler-[Mm]irror:*) kind=m ;; esac\ndone\n',
+    '    case "$line" in [Xx]-[Rr]econciler-[Mm]irror:*) kind=m ;; esac\ndone\ntarget=$path\npath=${path%%\\?*}\n',
 )
+# One line per request answered at /: its kind, then its target (path and query).
 ROOT_CASE = ('/ | /version)\n    respond "200 OK" "demo-web $VERSION" ;;',
-             '/ | /version)\n    echo "$kind" >> /tmp/hits\n    respond "200 OK" "demo-web $VERSION" ;;\n'
-             '/hits)\n    echo >> /tmp/hits\n'
-             '    respond "200 OK" "$(grep -c c /tmp/hits) $(grep -c m /tmp/hits)" ;;')
+             '/ | /version)\n    echo "$kind $target" >> /tmp/hits\n    respond "200 OK" "demo-web $VERSION" ;;\n'
+             '/hits)\n    touch /tmp/hits\n'
+             '    respond "200 OK" "$(grep -c \'^c\' /tmp/hits) $(grep -c \'^m\' /tmp/hits)" ;;\n'
+             '/copies)\n    touch /tmp/hits\n'
+             '    respond "200 OK" "$(sed -n \'s/^m //p\' /tmp/hits)" ;;')
 
 
 def counting_images(registry: str, repository: str = "mirror/web") -> dict[str, str]:
@@ -226,6 +231,7 @@ class Sample:
     status: int | None
     body: str
     tag: str = ""  # what the caller had switched on when the request started
+    rid: str = ""  # the request's own id (``Load(ids=True)``): a copy of it names it
 
 
 @dataclass
@@ -239,6 +245,7 @@ class Load:
     max_requests: int = 3000
     max_seconds: float = 300.0
     tag: str = ""
+    ids: bool = False  # each request to ``/?rid=HOST-N``
     samples: list[Sample] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
@@ -251,8 +258,9 @@ class Load:
                 return
             time.sleep(max(0.0, due - time.monotonic()))
             tag, began = self.tag, time.time()
-            status, body, seconds = request(address, self.port, self.hostname)
-            self.samples.append(Sample(host, began, seconds, status, body, tag))
+            rid = f"{host}-{i}" if self.ids else ""
+            status, body, seconds = request(address, self.port, self.hostname, f"/?rid={rid}" if rid else "/")
+            self.samples.append(Sample(host, began, seconds, status, body, tag, rid))
 
     def start(self) -> "Load":
         self._threads = [threading.Thread(target=self._run, args=item, daemon=True) for item in self.addresses.items()]
@@ -344,3 +352,46 @@ def alternate_p99(fleet, routers: PrivateRouters, image: str, hostname: str, *, 
             r.stop()
         for conn in conns:
             conn.close()
+
+
+def copies(address: str, port: int, hostname: str) -> list[str]:
+    """The target (path and query) of every copy green answered, in the order it got them."""
+    status, body, _ = request(address, port, hostname, "/copies")
+    if status != 200:
+        raise RuntimeError(f"/copies at {address}:{port}: {status} {body}")
+    return [line for line in body.splitlines() if line]
+
+
+@dataclass(frozen=True)
+class Tally:
+    """One host's mirror window counted per request id (``Load(ids=True)`` against green's ``copies``).
+
+    ``eligible``: the load's requests that went through the router entirely
+    while the mirror was on (sent after ``StartMirror`` was done, answered
+    before ``StopMirror`` began), so each had the same ``percent`` chance;
+    ``copied``: how many of those green got a copy of.  ``duplicates``: ids
+    green got more than once; ``stray``: copies of load requests that were
+    at the router only outside the broad window (``StartMirror`` begin ..
+    ``StopMirror`` done), which no mirror copied; ``foreign``: copies of requests the
+    load did not send (the test's own polls go through the router too).
+    """
+
+    eligible: int
+    copied: int
+    duplicates: tuple[str, ...]
+    stray: tuple[str, ...]
+    foreign: int
+
+
+def tally(samples: list[Sample], targets: list[str], on: tuple[float, float], broad: tuple[float, float]) -> Tally:
+    from collections import Counter
+
+    ids = Counter(t.partition("rid=")[2] for t in targets)
+    foreign = ids.pop("", 0)
+    by_id = {s.rid: s for s in samples if s.rid}
+    eligible = [s for s in samples if s.rid and on[0] <= s.started and s.started + s.seconds <= on[1]]
+    # A request can only be copied while it is at the router, between being sent and answered.
+    stray = tuple(sorted(r for r in ids if r not in by_id or by_id[r].started + by_id[r].seconds < broad[0]
+                         or by_id[r].started > broad[1]))
+    return Tally(eligible=len(eligible), copied=sum(1 for s in eligible if s.rid in ids),
+                 duplicates=tuple(sorted(r for r, n in ids.items() if n > 1)), stray=stray, foreign=foreign)
