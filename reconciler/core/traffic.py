@@ -157,6 +157,8 @@ class WaitMirror(TrafficStep):
     seconds: float = 0.0
     address: str = ""
     port: int = 0
+    server: str = ""  # green's server name
+    since: float = 0.0  # wall time the window began, when a dead run began it (``core.mirror_resume``)
 
     def entry(self):
         return None
@@ -259,7 +261,7 @@ def resume(steps: Sequence[rt.RouterStep], view: rt.RouterView) -> tuple[rt.Rout
 def mirror_steps(host: str, backend: str, server: rt.Server, mirror) -> tuple[TrafficStep, ...]:
     """Start mirroring to green, keep it ``mirror.duration`` seconds, stop it."""
     return (StartMirror(host, backend, server.name, server.address, server.port, mirror.percent),
-            WaitMirror(host, backend, mirror.duration, server.address, server.port),
+            WaitMirror(host, backend, mirror.duration, server.address, server.port, server.name),
             StopMirror(host, backend, server.address, server.port))
 
 
@@ -279,7 +281,8 @@ def reason(step: TrafficStep) -> str:
     if isinstance(step, StartMirror):
         return f"mirror {step.percent}% of live requests to {step.server} (its answers discarded)"
     if isinstance(step, WaitMirror):
-        return f"keep mirroring for {step.seconds:g}s"
+        left = " (what is left of the window an interrupted run began)" if step.since else ""
+        return f"keep mirroring for {step.seconds:g}s{left}"
     if isinstance(step, StopMirror):
         return "stop mirroring"
     if isinstance(step, HoldRequests):

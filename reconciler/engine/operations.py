@@ -42,12 +42,13 @@ def plan_for(run: RunState) -> Plan:
         interrupted = run.interrupted if run.carried else None
         run.seeds = recovery.carried_seeds(interrupted, observed)
         plan = recovery.with_resumes(plan_deploy(env, observed, run.commit), env, observed, interrupted)
-        if interrupted is not None:  # a watch or a canary pause the dead run began: what is left of it
+        if interrupted is not None:  # a watch, a canary pause or a mirror the dead run began: what is left of it
             from reconciler.core.canary import resumed_watches
-
             from reconciler.core.canary_resume import resumed_pauses
+            from reconciler.core.mirror_resume import resumed_mirrors
 
-            plan = resumed_pauses(resumed_watches(plan, env, observed, interrupted.records), interrupted.records)
+            records = interrupted.records
+            plan = resumed_mirrors(resumed_pauses(resumed_watches(plan, env, observed, records), records), records)
         return plan
     if run.operation == "rollback":
         plan = plan_rollback(env, observed, run.request.to_revision)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Mapping, Protocol
 
-from reconciler.core import model
+from reconciler.core import mirror_resume, model
 from reconciler.core import router as rt
 from reconciler.core import switch_back, traffic
 from reconciler.core.plan import Route
@@ -40,7 +40,11 @@ class RoutedSteps:
         if isinstance(step, (rt.AddServer, *traffic.ADDRESSED)) and action.container:
             # A container has its address once started: read it now, not at planning.
             step = dataclasses.replace(step, address=driver.address(self._named(action.host, action.container).id))
+        if isinstance(step, traffic.WaitMirror):
+            step = self._mirror_window(step)
         outcome = router.apply(step, persist=action.persist)
+        if isinstance(step, traffic.StartMirror):
+            self._mirror_began(step, self.wall())
         if isinstance(step, rt.WaitUp) and outcome.state != "healthy":
             self._abandon(router, step)
             touched = self.touched.get((action.host, action.service))
@@ -48,6 +52,28 @@ class RoutedSteps:
             failure = DeployFailed(f"health check failed: {outcome.reason}", host=action.host)
             failure.evidence = [r.detail for r in outcome.evidence] + ([f"logs:\n{logs}"] if logs else [])
             raise failure
+
+    def _mirror_began(self, step: traffic.StartMirror | traffic.WaitMirror, since: float) -> None:
+        """Remember (and journal: ``core.mirror_resume``) when mirroring to this green began."""
+        seconds = getattr(step, "seconds", 0.0) or self._mirror_seconds(step.backend)
+        fields = mirror_resume.event_fields(step.host, step.backend, step.server, step.address, step.port, since, seconds)
+        self.__dict__.setdefault("_mirror_since", {})[(step.host, step.backend, step.server, fields["target"])] = since
+        self.report(mirror_resume.EVENT, **fields)
+
+    def _mirror_seconds(self, backend: str) -> float:
+        service = next((s for s in self.desired.services if s.name == backend), None)
+        mirror = service.expose.mirror if service is not None and service.expose is not None else None
+        return mirror.duration if mirror is not None else 0.0
+
+    def _mirror_window(self, step: traffic.WaitMirror) -> traffic.WaitMirror:
+        """The wait for what is left of the window: begun by this run's StartMirror, or by a dead run
+        (``step.since``, from its journal), else now."""
+        began = self.__dict__.get("_mirror_since", {}).get((step.host, step.backend, step.server,
+                                                              f"{step.address}:{step.port}"))
+        since = step.since or began or self.wall()
+        self._mirror_began(dataclasses.replace(step, since=since), since)
+        left = max(0.0, since + step.seconds - self.wall())
+        return dataclasses.replace(step, seconds=left, since=since)
 
     def _stop_mirror(self, router: RouterDriver, host: str, backend: str) -> None:
         """A mirror this run started is stopped with the switch back: its green is going away."""
