@@ -21,7 +21,11 @@ with the hooks installed; changes are real ``git push``es; the levers are
     target <= 1.10x), not a timed assertion here;
 (c) ``reconciler pause`` holds requests, ``reconciler resume`` answers them
     (0 failed); ``reconciler maintenance on`` answers 503 with the page, off
-    serves again.
+    serves again;
+(d) a deploy with an expand migration against the sandbox's PostgreSQL and
+    ``database_pause``, under load: requests sent while the database steps
+    run wait at the router and are answered (by blue) after them, none
+    gets through or fails, and the note says how long each host held.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ import pytest
 from reconciler.adapters import gitlog
 from reconciler.cli.main import main
 from tests.bgfleet import JournalWatcher
+from tests.dbfleet import columns, create_database, drop_database, migrating_image, sql
 from tests.envrepo import remove_containers
 from tests.mirrorfleet import Load, PrivateRouters, alternate_p99, copies, counting_images, request, tally
 from tests.pushing import git, wait_for
@@ -55,7 +60,8 @@ PERCENT = 30  # the deploy's mirror share
 _SIG = pygit2.Signature("test author", "author@reconciler.invalid")
 
 
-def web(image: str, extra: str = "") -> str:
+def web(image: str, extra: str = "", *, service_extra: str = "") -> str:
+    """The service; ``extra``: one line under ``expose``, ``service_extra``: lines of the service."""
     return textwrap.dedent(f"""\
     web:
       image: {image}
@@ -67,7 +73,7 @@ def web(image: str, extra: str = "") -> str:
     {textwrap.indent(extra, '    ') if extra else ''}
       health: {{type: http, path: /health, interval: 500ms, successes: 2, deadline: 30s}}
       stop_timeout: 2s
-    """)
+    """) + textwrap.indent(service_extra, "  ")
 
 
 class World:
@@ -78,6 +84,7 @@ class World:
         self.bare = root / "env.git"
         self.state = root / "state"
         self.log = root / "agent.log"
+        self.backups = root / "backups"
         (self.work / "environments" / ENV).mkdir(parents=True)
         (self.work / "environments" / ENV / "known_hosts").write_text(Path(fleet.known_hosts_file).read_text())
         pygit2.init_repository(str(self.work), initial_head="main")
@@ -86,12 +93,12 @@ class World:
         self.proc: subprocess.Popen | None = None
         self.addresses = {h.name: h.address for h in fleet.hosts}
 
-    def push(self, service_yaml: str, message: str) -> str:
+    def push(self, service_yaml: str, message: str, blocks: str = "") -> str:
         if git(self.work, "fetch", "-q", str(self.bare), "main", check=False).returncode == 0:
             git(self.work, "reset", "-q", "--hard", "FETCH_HEAD")
         hosts = "\n".join(f"  {h.name}: {{address: {h.address}, port: {h.port}, user: {h.user}}}" for h in self.fleet.hosts)
         (self.work / "environments" / ENV / "environment.yaml").write_text(
-            f"hosts:\n{hosts}\n{self.routers.block()}services:\n" + textwrap.indent(service_yaml, "  "))
+            f"hosts:\n{hosts}\n{self.routers.block()}{blocks}services:\n" + textwrap.indent(service_yaml, "  "))
         git(self.work, "add", "-A")
         git(self.work, "commit", "-q", "-m", message)
         git(self.work, "push", "-q", str(self.bare), "HEAD:main")
@@ -101,7 +108,8 @@ class World:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "reconciler", "run", "--repo", str(self.bare), "--env", ENV, "--identity",
              self.fleet.identity_file, "--state", str(self.state), "--log-format", "json"],
-            stdout=self.log.open("a"), stderr=subprocess.STDOUT)
+            stdout=self.log.open("a"), stderr=subprocess.STDOUT,
+            env={**os.environ, "RECONCILER_BACKUP_DIR": str(self.backups)})
 
     def stop_agent(self) -> None:
         if self.proc is not None:
@@ -242,3 +250,59 @@ def test_maintenance_answers_503_with_the_page_and_off_serves_again(world):
     off = world.lever("maintenance", "off", "web")
     assert off.returncode == 0, off.stdout + off.stderr
     assert world.serving("mv2"), world.answers()
+
+
+DATABASE = "rdb_mirror_pause"
+
+
+def test_a_database_pause_holds_requests_during_the_database_steps_and_answers_them(world):
+    """A deploy with an expand migration and ``database_pause``, under load: every request that
+    reached the router while the database steps ran waited there and was answered after them."""
+    world.ensure("mv2")
+    dsn = create_database(world.fleet, DATABASE)
+    try:
+        sql(dsn, "CREATE TABLE notes (id int PRIMARY KEY, body text NOT NULL)")
+        # Rows enough that the backup and its verification take a moment, so requests arrive while they run.
+        sql(dsn, "INSERT INTO notes SELECT g, repeat('x', 100) FROM generate_series(1, 100000) g")
+        dsn_file = world.state.parent / "mirror.dsn"  # outside the repository, as for users
+        dsn_file.write_text(dsn + "\n")
+        dsn_file.chmod(0o600)
+        image = migrating_image(world.fleet, {"0001_notes_tag.expand.sql": "ALTER TABLE notes ADD COLUMN tag text;"},
+                                version="mv3")
+        watcher = JournalWatcher(world.state, ENV)
+        watcher.start()
+        load = Load(world.addresses, PORT, HOSTNAME, rate=10.0, max_requests=2000, max_seconds=200, ids=True).start()
+        try:
+            commit = world.push(web(image, "database_pause: {deadline: 60s}", service_extra="migrations: {path: /migrations}\n"),
+                                "web mv3 with an expand migration, requests held while it runs",
+                                blocks=f"database:\n  dsn_file: {dsn_file}\n  backup: always\n")
+            assert wait_for(lambda: world.serving("mv3") and "deployed" in world.results(commit), 300), \
+                (world.answers(), world.results(commit), world.agent_log()[-3000:])
+            time.sleep(1.0)
+        finally:
+            load.stop()
+            watcher.stop()
+        assert [s for s in load.samples if s.status != 200] == [], [s for s in load.samples if s.status != 200][:5]
+        assert "tag" in columns(dsn, "notes")
+        migrated = watcher.seen("done", "Migrate")
+        assert migrated, watcher.records
+        for host in world.addresses:
+            holding, held = watcher.seen("begin", "HoldRequests", host), watcher.seen("done", "HoldRequests", host)
+            released = watcher.seen("begin", "ReleaseRequests", host)
+            assert holding and held and released, (host, watcher.records)
+            hold_at, release_at = holding[0]["at"], released[-1]["at"]
+            # The database steps ran while this host held its requests.
+            assert held[-1]["at"] <= migrated[0]["at"] <= release_at, (host, held, migrated, released)
+            mine = [s for s in load.samples if s.host == host]
+            # Sent while the database steps ran, answered (by blue: the switch comes after them) once they were over.
+            waited = [s for s in mine if hold_at <= s.started <= migrated[0]["at"] and s.started + s.seconds >= release_at]
+            assert waited and {s.body for s in waited} == {"demo-web mv2"}, \
+                (host, hold_at, release_at, [(s.started, s.seconds, s.body) for s in mine if s.started >= hold_at][:10])
+            # And none sent while the hold was on got an answer before the release.
+            through = [s for s in mine if held[-1]["at"] <= s.started and s.started + s.seconds < release_at]
+            assert through == [], (host, through)
+        note = [a for a in gitlog.attempts(pygit2.Repository(str(world.bare)), commit, ENV) if a.result == "deployed"][-1]
+        assert note.details["database"]["migrations"] == ["0001_notes_tag.expand.sql"], note.details
+        assert sorted(note.details["database"]["held"]) == sorted(world.addresses), note.details
+    finally:
+        drop_database(world.fleet, DATABASE)

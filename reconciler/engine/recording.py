@@ -187,7 +187,7 @@ def not_started(run: RunState, exc: ReconcilerError, *, journaled: bool = False,
     if refused or _new_outcome(run, result, reason):
         if refused and run.operation == "deploy" and getattr(exc, "blames_commit", False):
             revert = _revert(run, run.commit, f"was refused before any host changed ({reason})")
-        details = {"database": database.result.record()} if database is not None and getattr(database, "result", None) else {}
+        details = database_details(run, database)
         write(run, attempt(run, result, reason, str(exc), observed=run.observed or None, revert=revert, details=details))
     if run.operation == "deploy":
         status(run, result=result, stalled=refused, reason=reason, message=str(exc))
@@ -265,6 +265,20 @@ def interrupted_before_containers(run: RunState, state: JournalState) -> None:
     write(run, item)
 
 
+def database_details(run: RunState, database) -> dict:
+    """The note's ``database`` details: what the phase did, and how long requests were held for it."""
+    if database is None or not getattr(database, "result", None):
+        return {}
+    from reconciler.core.held import held
+
+    doc = database.result.record()
+    state = run.journal.load()
+    seconds = held(run.plan.actions if run.plan else (), state.records if state else ())
+    if seconds:
+        doc["held"] = seconds
+    return {"database": doc}
+
+
 SUCCESS = {"deploy": "deployed", "rollback": "rolled-back", "restore": "restored", "contract": "contracted"}
 
 
@@ -275,7 +289,7 @@ def finished(run: RunState, executor: Executor, outcome: Outcome, *, database=No
     from reconciler.engine import lever
 
     health = executor.health_failure
-    details = {"database": database.result.record()} if database is not None and getattr(database, "result", None) else {}
+    details = database_details(run, database)
     run.journal.phase(PHASE_RECORDING, result=outcome.result, failure=outcome.failure,
                       health=list(health) if health else None, details=details)
     unreachable: list[str] = []
