@@ -22,7 +22,10 @@ with the hooks installed; changes are real ``git push``es; the levers are
 (c) ``reconciler pause`` holds requests, ``reconciler resume`` answers them
     (0 failed); ``reconciler maintenance on`` answers 503 with the page, off
     serves again;
-(d) a deploy with an expand migration against the sandbox's PostgreSQL and
+(d) a commit changing the routing rules while paused reloads HAProxy: the
+    requests the old worker holds are answered by the resume too (they got
+    503 "held too long" at their deadline before: reproduced here first);
+(e) a deploy with an expand migration against the sandbox's PostgreSQL and
     ``database_pause``, under load: requests sent while the database steps
     run wait at the router and are answered (by blue) after them, none
     gets through or fails, and the note says how long each host held.
@@ -101,6 +104,18 @@ class World:
             f"hosts:\n{hosts}\n{self.routers.block()}{blocks}services:\n" + textwrap.indent(service_yaml, "  "))
         git(self.work, "add", "-A")
         git(self.work, "commit", "-q", "-m", message)
+        git(self.work, "push", "-q", str(self.bare), "HEAD:main")
+        return git(self.work, "rev-parse", "HEAD").stdout.strip()
+
+    def edit(self, change, message: str) -> str:
+        """A commit of the environment file as the branch has it (levers' commits included), ``change``d."""
+        git(self.work, "fetch", "-q", str(self.bare), "main")
+        git(self.work, "reset", "-q", "--hard", "FETCH_HEAD")
+        path = self.work / "environments" / ENV / "environment.yaml"
+        before = path.read_text()
+        path.write_text(change(before))
+        assert path.read_text() != before, before
+        git(self.work, "commit", "-q", "-am", message)
         git(self.work, "push", "-q", str(self.bare), "HEAD:main")
         return git(self.work, "rev-parse", "HEAD").stdout.strip()
 
@@ -250,6 +265,40 @@ def test_maintenance_answers_503_with_the_page_and_off_serves_again(world):
     off = world.lever("maintenance", "off", "web")
     assert off.returncode == 0, off.stdout + off.stderr
     assert world.serving("mv2"), world.answers()
+
+
+def test_a_reload_while_paused_keeps_holding_and_resume_answers_the_requests_held_before_it(world):
+    """A commit changing the routing rules while paused reloads HAProxy: the requests held by the
+    old worker are released by the resume like the new worker's (not left to a 503 at their deadline)."""
+    world.ensure("mv2")
+    watcher = JournalWatcher(world.state, ENV)
+    watcher.start()
+    load = Load(world.addresses, PORT, HOSTNAME, rate=5.0, max_requests=600, max_seconds=200).start()
+    try:
+        time.sleep(1.0)
+        paused = world.lever("pause", "web", "--deadline", "20s")
+        assert paused.returncode == 0, paused.stdout + paused.stderr
+        time.sleep(1.0)
+        commit = world.edit(lambda text: text.replace(f"hosts: [{HOSTNAME}]", f"hosts: [{HOSTNAME}, www.{HOSTNAME}]"),
+                            "a second host name, while paused")
+        assert wait_for(lambda: world.results(commit), 120), world.agent_log()[-3000:]
+        resume_started = time.time()
+        resumed = world.lever("resume", "web")
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        time.sleep(2.0)
+    finally:
+        load.stop()
+        watcher.stop()
+    assert world.results(commit) == ["deployed"], world.results(commit)
+    failed = [(s.host, round(s.seconds, 1), s.status, s.body) for s in load.samples if s.status != 200]
+    assert failed == [], failed[:6]
+    for host in world.addresses:
+        configured = watcher.seen("done", "Configure", host)
+        assert configured, (host, watcher.records)  # the router reloaded while paused
+        # Held since before the reload (by the old worker), answered once resumed.
+        spanned = [s for s in load.samples if s.host == host and s.started < configured[-1]["at"]
+                   and s.started + s.seconds > resume_started]
+        assert spanned and {s.body for s in spanned} == {"demo-web mv2"}, (host, spanned)
 
 
 DATABASE = "rdb_mirror_pause"

@@ -10,9 +10,13 @@
 -- reconciler_hold: while hold.map has an entry for the backend, the request
 --   waits (core.msleep yields, so no thread is blocked), at most the entry's
 --   value in milliseconds; then txn.reconciler_held_out is set and the config
---   answers 503.
+--   answers 503.  A reload leaves the requests held so far in the old worker,
+--   whose map the Runtime API no longer reaches: a held request is also
+--   released when the map *file* (written after every change) no longer has
+--   the entry it had while the request waited.
 
-local hold_map = Map.new(os.getenv("RECONCILER_HOLD_MAP"), Map._str)
+local hold_path = os.getenv("RECONCILER_HOLD_MAP")
+local hold_map = Map.new(hold_path, Map._str)
 
 -- The copies waiting for a sender, and the senders: a few tasks started with
 -- HAProxy (core.register_task in the body), each sending one copy at a time
@@ -86,11 +90,40 @@ core.register_action("reconciler_mirror", {"http-req"}, function(txn)
   if #queue < MAX_QUEUED then queue[#queue + 1] = {verb, request} end
 end, 0)
 
+-- The hold map file as last read: at most every FILE_EVERY ms, for every held
+-- request of this process (a small local file, written whole by a rename).
+local FILE_EVERY = 250
+local hold_file = {at = -FILE_EVERY, text = nil}
+
+local function file_holds(backend)
+  local now = now_ms()
+  if now - hold_file.at >= FILE_EVERY then
+    hold_file.at = now
+    local f = io.open(hold_path, "r")
+    hold_file.text = f and f:read("*a") or nil
+    if f then f:close() end
+  end
+  if hold_file.text == nil then return nil end  -- unreadable: no verdict
+  for line in string.gmatch(hold_file.text, "[^\n]+") do
+    if string.match(line, "^(%S+)") == backend then return true end
+  end
+  return false
+end
+
 core.register_action("reconciler_hold", {"http-req"}, function(txn, backend)
   local value = hold_map:lookup(backend)
   if value == nil then return end
   local deadline = now_ms() + (tonumber(value) or 30000)
+  -- The file is written just after the map changes: it counts as released only
+  -- once this request saw the entry there, then saw it gone.
+  local in_file = false
   while hold_map:lookup(backend) ~= nil do
+    local held = file_holds(backend)
+    if held then
+      in_file = true
+    elseif held == false and in_file then
+      return
+    end
     if now_ms() >= deadline then
       txn:set_var("txn.reconciler_held_out", 1)
       return
