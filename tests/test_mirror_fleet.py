@@ -6,7 +6,9 @@ other tests use.  The agent runs as its own process on a bare repository
 with the hooks installed; changes are real ``git push``es; the levers are
 ``reconciler pause|resume|maintenance`` run from a shell.
 
-(a) a deploy with ``mirror: {percent: 30, for: 20s}`` under bounded load:
+(a) a deploy with ``mirror: {percent: 30, for: 20s}`` under bounded load,
+    the agent killed (-9) while the last host mirrors and started again: the
+    resumed run mirrors for what is left of the window the dead one began;
     every client answer in the mirror window is blue's, none fails; green
     gets a copy of each request at most once, only while mirroring, and of
     30 % of them within 4 standard deviations of the binomial, counted per
@@ -181,6 +183,15 @@ def test_a_deploy_mirrors_its_share_to_green_and_blue_answers_every_request(worl
     try:
         commit = world.push(web(world.images["mv2"], f"mirror: {{percent: {PERCENT}, for: 20s}}\n"),
                             "web mv2, mirrored first")
+        # kill -9 of the agent once every host has begun mirroring (a batch at a time: the last one
+        # mirrors now), started again 3 s later: the mirror goes on
+        # meanwhile (it is the router's), and the resumed run mirrors for what is left of the window.
+        assert wait_for(lambda: all(watcher.seen("done", "StartMirror", h) for h in world.addresses), 240, every=0.1), \
+            world.agent_log()[-3000:]
+        world.proc.kill()
+        world.proc.wait(30)
+        time.sleep(3.0)
+        world.start_agent()
         assert wait_for(lambda: world.serving("mv2") and "deployed" in world.results(commit), 300), \
             (world.answers(), world.results(commit), world.agent_log()[-3000:])
         time.sleep(1.0)
@@ -201,6 +212,14 @@ def test_a_deploy_mirrors_its_share_to_green_and_blue_answers_every_request(worl
         assert window and {s.body for s in window} == {"demo-web mv1"}, (host, {s.body for s in window})
         tallies[host] = tally(mine, copies(address, PORT, HOSTNAME), on=(start[0]["at"], stop[-1]["at"]),
                               broad=(begin[0]["at"], end[-1]["at"]))
+    # Hosts mirror one batch at a time: the last one was mirroring when the agent died.  Two runs,
+    # one window there: the resumed run waited for the rest of the one the killed run began.
+    resumed = {r["host"]: r for r in watcher.seen("begin", "WaitMirror") if "what is left" in r["reason"]}
+    assert resumed, watcher.seen("begin", "WaitMirror")
+    for host, wait in resumed.items():
+        windows = watcher.seen("mirror", None, host)
+        assert len({r["run_id"] for r in windows}) == 2 and len({r["since"] for r in windows}) == 1, windows
+        assert wait["run_id"] != min(windows, key=lambda r: r["at"])["run_id"], (wait, windows)
     # Each copy is of one request, once, and of one that was at the router while it mirrored.
     assert all(not t.duplicates and not t.stray for t in tallies.values()), tallies
     # Green's share, counted per request id over the requests that had the whole
@@ -210,6 +229,7 @@ def test_a_deploy_mirrors_its_share_to_green_and_blue_answers_every_request(worl
     k = sum(t.copied for t in tallies.values())
     p = PERCENT / 100
     sigma = math.sqrt(n * p * (1 - p))
+    print(f"mirror share: {k}/{n} = {k / n:.3f}, {(k - n * p) / sigma:+.2f} sigma; {tallies}")
     assert n >= 300, tallies  # 3 hosts, 10 a second, 20 s: enough for the bound to mean something
     assert abs(k - n * p) <= 4 * sigma, (k, n, k / n, sigma, tallies)
 
