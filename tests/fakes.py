@@ -40,7 +40,8 @@ from typing import Callable, Mapping, Union
 from reconciler.errors import EngineError, HostUnreachable, ReconcilerError
 from reconciler.core.health import CheckResult
 from reconciler.adapters.hosts import container_labels
-from reconciler.core.model import ContainerSpec, HealthCheck, ImageRef, ObservedContainer, ObservedHost, Service
+from reconciler.core.model import HealthCheck, ImageRef, Service
+from reconciler.core.managed import ContainerSpec, ObservedContainer, ObservedHost
 
 # A probe script maps the container's probe number (0, 1, ...) to what that
 # probe sees: True (passes), False (fails) or "exit" (the process exits).

@@ -14,7 +14,7 @@ from dataclasses import replace
 import pytest
 
 from fakes import NEVER_OK, image
-from reconciler.core import model
+from reconciler.core import managed
 from reconciler.core import router as rt
 from reconciler.core import router_config
 from reconciler.core.model import Environment, Expose, HealthCheck, Host, Policy, RouterConfig, Rollout, Service
@@ -60,7 +60,7 @@ def backend(world: RoutedWorld, host: str) -> dict[str, tuple[int, bool]]:
 
 
 def server(img) -> str:
-    return rt.server_name("web", model.config_hash(web(img)))
+    return rt.server_name("web", managed.config_hash(web(img)))
 
 
 def deploy(world: RoutedWorld, img, revision: str, **kw):
@@ -96,7 +96,7 @@ def test_v1_to_v2_switches_each_host_and_retires_blue_after_draining_it(world):
     for h in HOSTS:
         assert backend(world, h) == {server(V2): (100, True)}
         assert world.hosts[h].by_name("prod-web").image == V2
-        retired = world.hosts[h].by_name(model.container_name(ENV, "web", model.ROLE_RETIRED, model.config_hash(web(V1))))
+        retired = world.hosts[h].by_name(managed.container_name(ENV, "web", managed.ROLE_RETIRED, managed.config_hash(web(V1))))
         assert retired.state == "exited"  # kept for a rollback, stopped only once drained
     assert world.violations == []
 
@@ -141,7 +141,7 @@ def test_the_rollback_lever_is_a_switch_back_to_the_retained_blue(world):
     for h in HOSTS:
         assert backend(world, h) == {server(V1): (100, True)}
         assert world.hosts[h].by_name("prod-web").image == V1
-        v2 = world.hosts[h].by_name(model.container_name(ENV, "web", model.ROLE_RETIRED, model.config_hash(web(V2))))
+        v2 = world.hosts[h].by_name(managed.container_name(ENV, "web", managed.ROLE_RETIRED, managed.config_hash(web(V2))))
         assert v2.state == "exited"
     assert world.violations == []
 
@@ -202,7 +202,7 @@ def test_a_changed_rule_is_a_configure_only(world):
 
 def test_a_check_the_router_cannot_run_is_run_on_the_engine_first():
     plan = plan_deploy(environment(web(V1, health=HealthCheck(kind="command", command=("true",)))),
-                       {h: model.ObservedHost(h) for h in HOSTS}, "r1")
+                       {h: managed.ObservedHost(h) for h in HOSTS}, "r1")
     assert steps(plan) == ["Start", "CheckHealth", "AddServer", "WaitUp", "Ready", "SetWeights", "Switch"]  # not observed: Ready kept
 
 

@@ -13,7 +13,7 @@ from dataclasses import replace
 import pytest
 
 from fakes import image
-from reconciler.core import canary, model
+from reconciler.core import canary, managed
 from reconciler.core import router as rt
 from reconciler.core import router_config
 from reconciler.core.model import Canary, Environment, Expose, HealthCheck, Host, Policy, RouterConfig, Rollout, Service
@@ -49,7 +49,7 @@ def world() -> RoutedWorld:
 
 
 def server(img) -> str:
-    return rt.server_name("web", model.config_hash(web(img)))
+    return rt.server_name("web", managed.config_hash(web(img)))
 
 
 def deploy(world, service, revision):
@@ -214,7 +214,7 @@ def test_after_a_quiet_watch_the_standby_is_taken_out_and_blue_stops(world):
     assert outcome.result == "deployed"
     for h in HOSTS:
         assert backend(world, h) == {server(V2): 100}
-        retired = world.hosts[h].by_name(model.container_name(ENV, "web", model.ROLE_RETIRED, model.config_hash(web(V1))))
+        retired = world.hosts[h].by_name(managed.container_name(ENV, "web", managed.ROLE_RETIRED, managed.config_hash(web(V1))))
         assert retired.state == "exited"
     assert world.plan(environment(web(V2, strategy="auto", watch=30.0)), "r2").in_sync
 

@@ -21,7 +21,7 @@ from reconciler.adapters.db import list_backups
 from reconciler.adapters.db.connection import tool, tool_env, with_database
 from reconciler.adapters.db.migrate import apply_contract, apply_expand
 from reconciler.adapters.db.testing import can_run_cluster, scratch_cluster
-from reconciler.core import model
+from reconciler.core import managed
 from reconciler.core.contracts import ContractsView, ServiceContract, plan_contract
 from reconciler.errors import ContractRollbackRefused
 from reconciler.core.migrations import MigrationRefused, parse_files
@@ -127,13 +127,13 @@ def env_store(env: Environment) -> pathlib.Path:
 def run_everywhere(world: World, env: Environment, service: Service, revision: str = COMMIT) -> None:
     """As if a deploy of ``service`` had finished: its active container runs on every host."""
     for host in world.hosts.values():
-        for c in [c for c in host.containers.values() if c.labels.get(model.LABEL_SERVICE) == service.name]:
-            if c.name == model.container_name(env.name, service.name):
+        for c in [c for c in host.containers.values() if c.labels.get(managed.LABEL_SERVICE) == service.name]:
+            if c.name == managed.container_name(env.name, service.name):
                 old = host.observe().managed(env.name)
                 active = next(o for o in old if o.id == c.id)
-                c.name = model.retired_name(env.name, active)
+                c.name = managed.retired_name(env.name, active)
                 c.state = "exited"
-        host.run_container(service, env.name, revision, model.container_name(env.name, service.name))
+        host.run_container(service, env.name, revision, managed.container_name(env.name, service.name))
 
 
 # ------------------------------------------------------------ refusals before any backup

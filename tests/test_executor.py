@@ -12,7 +12,7 @@ from dataclasses import replace
 import pytest
 
 from fakes import NEVER_OK, World, exits_after, image, ok_for
-from reconciler.core import model
+from reconciler.core import managed
 from reconciler.errors import EngineError, HostUnreachable, RollbackFailed
 from reconciler.core.model import Environment, HealthCheck, Host, Policy, PortMapping, Rollout, Service
 from reconciler.core.plan import Plan
@@ -58,7 +58,7 @@ def deployed(world: World, *services: Service, **policy) -> dict:
 
 
 def retired_name(service: Service) -> str:
-    return model.container_name(ENV, service.name, model.ROLE_RETIRED, model.config_hash(service))
+    return managed.container_name(ENV, service.name, managed.ROLE_RETIRED, managed.config_hash(service))
 
 
 class Recorder:

@@ -11,7 +11,7 @@ import pytest
 from reconciler.cli.commands import _observe
 from reconciler.core import observe_shape, observed_codec as codec
 from reconciler.core import schema
-from reconciler.core.model import ObservedContainer, ObservedHost
+from reconciler.core.managed import ObservedContainer, ObservedHost
 from reconciler.core.schema import Snapshot
 from reconciler.errors import HostUnreachable, SecretUnreadable
 

@@ -10,7 +10,7 @@ import pytest
 
 from reconciler import errors
 from reconciler.core import observed_codec as codec
-from reconciler.core.model import ObservedContainer, ObservedHost
+from reconciler.core.managed import ObservedContainer, ObservedHost
 from reconciler.core.router import RouterView, ServerState
 
 # Every field set to a value that is not its default, so a field the codec drops shows.

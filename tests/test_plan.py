@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 
-from reconciler.core import model
+from reconciler.core import managed
 from reconciler.core.model import Environment, HealthCheck, Host, Policy, PortMapping, Rollout, Service
 from reconciler.core.plan import (
     CheckHealth,
@@ -47,7 +47,7 @@ def running(*services: Service, hosts=HOSTS, revision: str = "r0") -> World:
     world = World(*HOSTS)
     for service in services:
         for h in hosts:
-            world.hosts[h].run_container(service, ENV, revision, model.container_name(ENV, service.name))
+            world.hosts[h].run_container(service, ENV, revision, managed.container_name(ENV, service.name))
     return world
 
 
@@ -219,7 +219,7 @@ def _retired(world: World, host: str, tags: list[str]) -> list[str]:
     names = []
     for i, tag in enumerate(tags):
         svc = web(image("registry.test/web", tag))
-        name = model.container_name(ENV, "web", model.ROLE_RETIRED, model.config_hash(svc))
+        name = managed.container_name(ENV, "web", managed.ROLE_RETIRED, managed.config_hash(svc))
         cid = world.hosts[host].run_container(svc, ENV, f"r-{tag}", name, state="exited")
         world.hosts[host].containers[cid].finished_at = f"2026-01-0{i + 1}T00:00:00Z"
         names.append(name)
@@ -250,7 +250,7 @@ def test_retention_never_prunes_the_name_this_deploy_retires_into():
     h1 = world.hosts["h1"]
     h1.run_container(web(V1), ENV, "r3", "prod-web")
     older_v1, v2 = _retired(world, "h1", ["v1", "v2"])
-    older_v1_name = model.container_name(ENV, "web", model.ROLE_RETIRED, model.config_hash(web(V1)))
+    older_v1_name = managed.container_name(ENV, "web", managed.ROLE_RETIRED, managed.config_hash(web(V1)))
     assert older_v1 == older_v1_name
     plan = world.plan(environment(web(V2, hosts=("h1",)), keep_retired=1), "r4")
     assert [a for a in plan.actions if isinstance(a, Prune)] == [Prune("h1", "web", "keep the newest 1 retired", containers=(v2,))]

@@ -6,7 +6,7 @@ import pytest
 
 from reconciler.core import model
 from reconciler.core import router_image as ri
-from reconciler.core.model import LABEL_ROUTER, ObservedContainer, ObservedHost
+from reconciler.core.managed import LABEL_ROUTER, ObservedContainer, ObservedHost
 from reconciler.core.plan import Pull, plan_deploy
 from reconciler.core.schema import load_environment, validate
 from reconciler.errors import RouterOwned

@@ -10,7 +10,7 @@ import textwrap
 import pytest
 
 from reconciler.adapters import secret_files
-from reconciler.core import model, schema
+from reconciler.core import managed, model, schema
 from reconciler.core.schema import Snapshot
 from reconciler.errors import SecretUnreadable
 
@@ -57,7 +57,7 @@ def identity(tmp_path):
 
 
 def hashes(env: model.Environment) -> dict[str, str]:
-    return {s.name: model.config_hash(s) for s in env.services}
+    return {s.name: managed.config_hash(s) for s in env.services}
 
 
 def hosts(identity, db="first", tls="cert-1", db_h2=None):
@@ -85,7 +85,7 @@ def test_the_digest_is_keyed_by_the_ssh_identity_and_reveals_nothing(identity, t
     resolved = secret_files.resolve(env, drivers)
     digests = [s.digest for s in resolved.service("web").secrets]
     assert all(d.startswith("hmac-sha256:") for d in digests)
-    summary = repr(model.spec_summary(resolved.service("web"))) + model.config_hash(resolved.service("web"))
+    summary = repr(managed.spec_summary(resolved.service("web"))) + managed.config_hash(resolved.service("web"))
     assert CANARY not in summary and CANARY not in repr(resolved)
     import hashlib
 

@@ -9,7 +9,7 @@ import textwrap
 import pytest
 
 from reconciler.adapters import hosts, secrets
-from reconciler.core import model, schema
+from reconciler.core import managed, model, schema
 from reconciler.core.schema import Snapshot
 
 CANARY = "canary-7f3a9c-not-for-your-eyes"
@@ -83,7 +83,7 @@ def test_an_encrypted_secret_reaches_the_container_as_an_environment_variable(mo
     env = environment(f"- name: api-key\n  env: API_KEY\n  encrypted: {yaml_block(ciphertext(CANARY, identity), 4)}")
     service = env.service("web")
     host = driver(monkeypatch)
-    host.create(service, model.ContainerSpec("t", "rev1", "t-web"))
+    host.create(service, managed.ContainerSpec("t", "rev1", "t-web"))
     created = host.engine.api.created[0]
     assert created["environment"].get("API_KEY") == CANARY
     assert CANARY not in repr(created["labels"])
@@ -95,7 +95,7 @@ def test_a_file_secret_is_written_on_stdin_to_a_tmpfs_directory_and_mounted_read
     host.conn = type("Conn", (), {"user": "deploy"})()
     runs = []
     monkeypatch.setattr(secrets, "_run", lambda host, command, stdin, what: runs.append((command, stdin, what)))
-    host.create(env.service("web"), model.ContainerSpec("t", "rev1", "t-web"))
+    host.create(env.service("web"), managed.ContainerSpec("t", "rev1", "t-web"))
     created = host.engine.api.created[0]
     assert created["environment"] == {"API_KEY_FILE": "/run/secrets/api-key"}
     (mount,) = created["host_config"]["mounts"]
@@ -120,7 +120,7 @@ def test_a_failed_create_removes_the_secret_files(monkeypatch, identity):
 
     host.engine.api.create_container = refuse
     with pytest.raises(RuntimeError):
-        host.create(env.service("web"), model.ContainerSpec("t", "rev1", "t-web"))
+        host.create(env.service("web"), managed.ContainerSpec("t", "rev1", "t-web"))
     assert runs[-1].startswith("rm -rf -- /dev/shm/reconciler-secrets.deploy/")
 
 
@@ -129,13 +129,13 @@ def test_the_keyed_digest_follows_the_value_not_the_ciphertext_and_reveals_nothi
     again = environment(f"- name: api-key\n  encrypted: {yaml_block(ciphertext(CANARY, identity), 4)}")
     rotated = environment(f"- name: api-key\n  encrypted: {yaml_block(ciphertext(CANARY + '-rotated', identity), 4)}")
     # Unresolved, the hash follows the (public) ciphertext: a rotation already changes it.
-    assert model.config_hash(first.service("web")) != model.config_hash(rotated.service("web"))
+    assert managed.config_hash(first.service("web")) != managed.config_hash(rotated.service("web"))
     a, b, c = (secrets.resolve(e).service("web") for e in (first, again, rotated))
     assert a.secrets[0].digest.startswith("hmac-sha256:")
-    assert model.config_hash(a) == model.config_hash(b)  # re-encrypting the same value changes nothing
-    assert model.config_hash(a) != model.config_hash(c)  # a new value redeploys
+    assert managed.config_hash(a) == managed.config_hash(b)  # re-encrypting the same value changes nothing
+    assert managed.config_hash(a) != managed.config_hash(c)  # a new value redeploys
     plain = __import__("hashlib").sha256(CANARY.encode()).hexdigest()
-    summary = repr(model.spec_summary(a)) + model.config_hash(a)
+    summary = repr(managed.spec_summary(a)) + managed.config_hash(a)
     assert CANARY not in summary and plain[:12] not in summary
     # Another agent's key gives another digest: the digest is no plain hash.
     from pyrage import x25519

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from reconciler.core import model
+from reconciler.core import managed
 from reconciler.core import router as rt
 from reconciler.core import router_config
 from reconciler.core import traffic
@@ -82,8 +83,8 @@ def _env(**expose) -> model.Environment:
     return model.Environment("e", (model.Host("h1", "10.0.0.1"),), (service,), router=model.RouterConfig())
 
 
-def _observed(*maps) -> dict[str, model.ObservedHost]:
-    return {"h1": model.ObservedHost("h1", (), router=rt.RouterView(maps=tuple(maps)))}
+def _observed(*maps) -> dict[str, managed.ObservedHost]:
+    return {"h1": managed.ObservedHost("h1", (), router=rt.RouterView(maps=tuple(maps)))}
 
 
 def test_maintenance_and_pause_are_level_based():

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Mapping
 
 from reconciler.errors import EngineError, HostKeyMismatch, HostUnreachable, ReconcilerError, UnknownHostKey
-from reconciler.core.model import Host, ObservedHost
+from reconciler.core.model import Host
+from reconciler.core.managed import ObservedHost
 from reconciler.adapters.ssh import SSHAccess, connect
 
 if TYPE_CHECKING:

@@ -32,9 +32,10 @@ import requests.exceptions
 from reconciler.adapters import secrets, ssh
 from reconciler.adapters.dialstdio import (
     LOST_CONNECTION, LOST_REQUESTS, EngineChannels, engine_client_over)
-from reconciler.core import model
+from reconciler.core import managed
 from reconciler.core.health import CheckResult
-from reconciler.core.model import ContainerSpec, HealthCheck, ImageRef, ObservedContainer, ObservedHost, Service
+from reconciler.core.model import HealthCheck, ImageRef, Service
+from reconciler.core.managed import ContainerSpec, ObservedContainer, ObservedHost
 from reconciler.errors import EngineError, HostUnreachable, SecretUnreadable
 
 if TYPE_CHECKING:
@@ -62,14 +63,14 @@ def container_labels(service: Service, environment: str, revision: str) -> dict[
     labels = dict(service.labels)
     labels.update(
         {
-            model.LABEL_ENVIRONMENT: environment,
-            model.LABEL_SERVICE: service.name,
-            model.LABEL_REVISION: revision,
-            model.LABEL_CONFIG_HASH: model.config_hash(service),
-            model.LABEL_IMAGE: str(service.image),
-            model.LABEL_SPEC: json.dumps(model.spec_summary(service), sort_keys=True, separators=(",", ":")),
-            model.LABEL_HEALTH: model.health_to_label(service.health),
-            model.LABEL_ENV: json.dumps(model.shown_env(service), sort_keys=True, separators=(",", ":")),
+            managed.LABEL_ENVIRONMENT: environment,
+            managed.LABEL_SERVICE: service.name,
+            managed.LABEL_REVISION: revision,
+            managed.LABEL_CONFIG_HASH: managed.config_hash(service),
+            managed.LABEL_IMAGE: str(service.image),
+            managed.LABEL_SPEC: json.dumps(managed.spec_summary(service), sort_keys=True, separators=(",", ":")),
+            managed.LABEL_HEALTH: managed.health_to_label(service.health),
+            managed.LABEL_ENV: json.dumps(managed.shown_env(service), sort_keys=True, separators=(",", ":")),
         }
     )
     return labels

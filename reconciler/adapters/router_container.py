@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 
 from reconciler.core import router_image as ri
-from reconciler.core.model import ObservedContainer
+from reconciler.core.managed import ObservedContainer
 from reconciler.errors import EngineError, RouterError
 
 POLL = 0.2

@@ -26,11 +26,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Mapping
 
-from reconciler.core import model
+from reconciler.core import managed
 from reconciler.core import router as rt
 from reconciler.core import router_config
 from reconciler.core import traffic
-from reconciler.core.model import Environment, ObservedContainer, ObservedHost, Service
+from reconciler.core.model import Environment, Service
+from reconciler.core.managed import ObservedContainer, ObservedHost
 from reconciler.core.plan import Action, Adopt, Aside, CheckHealth, Remove, Revive, Route, Start, Switch
 
 # The router checks HTTP and TCP itself; any other check is also run on the
@@ -56,8 +57,8 @@ def configures(desired: Environment, observed: Mapping[str, ObservedHost]) -> li
 
 
 def _roles(env: str, seen: list[ObservedContainer]) -> tuple[ObservedContainer | None, ObservedContainer | None]:
-    active = next((c for c in seen if c.role == model.ROLE_ACTIVE), None)
-    candidate = next((c for c in seen if c.role == model.ROLE_CANDIDATE), None)
+    active = next((c for c in seen if c.role == managed.ROLE_ACTIVE), None)
+    candidate = next((c for c in seen if c.role == managed.ROLE_CANDIDATE), None)
     return active, candidate
 
 
@@ -135,9 +136,9 @@ def deploy_batch(desired: Environment, service: Service, batch: tuple[str, ...],
                  observed: Mapping[str, ObservedHost]) -> list[Action]:
     """Green started (or adopted), switched to, blue taken out and retired, on every host of the batch."""
     env = desired.name
-    release = model.config_hash(service)
+    release = managed.config_hash(service)
     green = rt.server_name(service.name, release)
-    candidate_name = model.container_name(env, service.name, model.ROLE_CANDIDATE)
+    candidate_name = managed.container_name(env, service.name, managed.ROLE_CANDIDATE)
     per_host = []
     for host in batch:
         active, candidate = _roles(env, pairs.get((host, service.name), []))
@@ -183,7 +184,7 @@ def settle(desired: Environment, service: Service, pairs: Pairs, observed: Mappi
            deploying: list[str]) -> list[Action]:
     """For hosts already running the desired release: the router made to route to it, leftovers cleared."""
     env = desired.name
-    green = rt.server_name(service.name, model.config_hash(service))
+    green = rt.server_name(service.name, managed.config_hash(service))
     per_host = []
     for host in service.hosts:
         if host in deploying:
@@ -219,7 +220,7 @@ def rollback_hosts(desired: Environment, service: Service, targets: Mapping[str,
                    observed: Mapping[str, ObservedHost]) -> list[Action]:
     """The switch back to each host's retained container (``targets``: host -> its name), all hosts at once."""
     env = desired.name
-    candidate_name = model.container_name(env, service.name, model.ROLE_CANDIDATE)
+    candidate_name = managed.container_name(env, service.name, managed.ROLE_CANDIDATE)
     per_host = []
     for host, name in sorted(targets.items()):
         seen = pairs.get((host, service.name), [])

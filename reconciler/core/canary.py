@@ -37,9 +37,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
-from reconciler.core import bluegreen, model
+from reconciler.core import bluegreen, managed, model
 from reconciler.core import router as rt
-from reconciler.core.model import Environment, ObservedHost, Service
+from reconciler.core.model import Environment, Service
+from reconciler.core.managed import ObservedHost
 from reconciler.core.plan import Action, Adopt, CheckHealth, Plan, Route, Start, Switch
 
 _SWITCH_AT = 1000
@@ -94,7 +95,7 @@ def standbys(desired: Environment, service: Service, hosts: Iterable[str], pairs
     """host -> the blue server a watch keeps as standby there (hosts that have a blue to keep)."""
     if service.expose is None or service.rollout.watch <= 0:
         return {}
-    want = model.config_hash(service)
+    want = managed.config_hash(service)
     out = {}
     for host in hosts:
         active, _ = bluegreen._roles(desired.name, pairs.get((host, service.name), []))
@@ -220,9 +221,9 @@ def deploy(desired: Environment, service: Service, hosts: tuple[str, ...], pairs
     from reconciler.core import canary_resume
 
     env = desired.name
-    release = model.config_hash(service)
+    release = managed.config_hash(service)
     green = rt.server_name(service.name, release)
-    candidate_name = model.container_name(env, service.name, model.ROLE_CANDIDATE)
+    candidate_name = managed.container_name(env, service.name, managed.ROLE_CANDIDATE)
     exposure = rt.exposure_of(service)
     per_host = []
     for host in hosts:
@@ -273,7 +274,7 @@ def watches(service: Service, hosts: Iterable[str], since: Mapping[str, float] |
     rollout = service.rollout
     if service.expose is None or rollout.watch <= 0:
         return []
-    green = rt.server_name(service.name, model.config_hash(service))
+    green = rt.server_name(service.name, managed.config_hash(service))
     hosts = list(hosts)
     out: list[Action] = []
     for host in hosts:
@@ -316,7 +317,7 @@ def resumed_watches(plan: Plan, environment: Environment, observed: Mapping[str,
     for service in environment.services:
         if service.name in deploying or service.expose is None or service.rollout.watch <= 0:
             continue
-        want = model.config_hash(service)
+        want = managed.config_hash(service)
         hosts, standby = [], {}
         for host in service.hosts:
             pair = (host, service.name)
@@ -324,7 +325,7 @@ def resumed_watches(plan: Plan, environment: Environment, observed: Mapping[str,
                 continue
             obs = observed.get(host, ObservedHost(host))
             active = next((c for c in obs.managed(environment.name)
-                           if c.service == service.name and c.role == model.ROLE_ACTIVE), None)
+                           if c.service == service.name and c.role == managed.ROLE_ACTIVE), None)
             if active is None or active.config_hash != want or not active.running:
                 continue
             hosts.append(host)

@@ -27,7 +27,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from reconciler import errors
-from reconciler.core.model import ObservedContainer, ObservedHost
+from reconciler.core.managed import ObservedContainer, ObservedHost
 from reconciler.core.router import RouterView, ServerState
 
 VERSION = 1

@@ -22,8 +22,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from reconciler.core import model
-from reconciler.core.model import Environment, ImageRef, ObservedContainer, ObservedHost, Service
+from reconciler.core import managed
+from reconciler.core.model import Environment, ImageRef, Service
+from reconciler.core.managed import ObservedContainer, ObservedHost
 
 
 @dataclass(frozen=True)
@@ -344,7 +345,7 @@ def _retired_in_order(containers: list[ObservedContainer]) -> list[ObservedConta
     observation has it, else by when they were created (the engine's
     container list, which observing uses to stay one call per host, gives
     only that; creation order is release order)."""
-    retired = [c for c in containers if c.role == model.ROLE_RETIRED]
+    retired = [c for c in containers if c.role == managed.ROLE_RETIRED]
     return sorted(retired, key=lambda c: (c.finished_at, c.created, c.name), reverse=True)
 
 
@@ -367,14 +368,14 @@ def plan_deploy(
     by_pair = _index(observed, env)
 
     for service in order_services(desired.services):
-        want_hash = model.config_hash(service)
-        want_spec = model.spec_summary(service)
-        want_env = model.shown_env(service)
+        want_hash = managed.config_hash(service)
+        want_spec = managed.spec_summary(service)
+        want_env = managed.shown_env(service)
         to_deploy: list[str] = []
         for host in service.hosts:
             seen = by_pair.get((host, service.name), [])
-            active = next((c for c in seen if c.role == model.ROLE_ACTIVE), None)
-            leftover = next((c for c in seen if c.role == model.ROLE_CANDIDATE), None)
+            active = next((c for c in seen if c.role == managed.ROLE_ACTIVE), None)
+            leftover = next((c for c in seen if c.role == managed.ROLE_CANDIDATE), None)
             if leftover is not None and service.expose is None:
                 # A -next container is only ever a deploy in progress; one
                 # found at planning time was left by an interrupted run.
@@ -401,7 +402,7 @@ def plan_deploy(
                 # replacing any older container that has it (same config):
                 # that one is gone either way, and pruning the name after the
                 # switch would delete the rollback target just made.
-                retiring = model.retired_name(env, active)
+                retiring = managed.retired_name(env, active)
                 retired = [c for c in retired if c.name != retiring]
                 keep -= 1  # keep room for the container this deploy retires
             excess = tuple(c.name for c in retired[max(keep, 0):])
@@ -432,7 +433,7 @@ def plan_deploy(
         for index, batch in enumerate(batches(tuple(to_deploy), service.rollout.batch_size)):
             beside = service.strategy == "start-first"
             for host in batch:
-                has_active = any(c.role == model.ROLE_ACTIVE for c in by_pair.get((host, service.name), []))
+                has_active = any(c.role == managed.ROLE_ACTIVE for c in by_pair.get((host, service.name), []))
                 if not beside and has_active:
                     deploys.append(Retire(host, service.name, "free the host port for the new version", batch=index))
             for host in batch:
@@ -454,13 +455,13 @@ def plan_deploy(
             if policy.prune:
                 # Its retired copies go too: nothing can roll back to a
                 # service that is no longer desired, and they hold images.
-                if container.role == model.ROLE_ACTIVE:
+                if container.role == managed.ROLE_ACTIVE:
                     changes.append(ServiceChange(host_name, container.service, "remove"))
                     reason = "no longer in the desired state"
                 else:
                     reason = "kept copy of a service no longer desired"
                 tail.append(Remove(host_name, container.service, reason, container=container.name))
-            elif container.role == model.ROLE_ACTIVE:
+            elif container.role == managed.ROLE_ACTIVE:
                 findings.append(
                     Finding(host_name, container.service, "prune-disabled", f"{container.name} is no longer desired; policy prune is off")
                 )
@@ -529,7 +530,7 @@ def plan_rollback(desired: Environment, observed: Mapping[str, ObservedHost], to
         switched: dict[str, str] = {}  # blue-green: host -> the retained container to switch back to
         for host in service.hosts:
             seen = by_pair.get((host, service.name), [])
-            active = next((c for c in seen if c.role == model.ROLE_ACTIVE), None)
+            active = next((c for c in seen if c.role == managed.ROLE_ACTIVE), None)
             candidates = [
                 c
                 for c in _retired_in_order(seen)

@@ -6,8 +6,9 @@ import json
 from dataclasses import asdict, is_dataclass
 from typing import Mapping
 
-from reconciler.core import model
-from reconciler.core.model import Environment, ObservedHost
+from reconciler.core import managed
+from reconciler.core.model import Environment
+from reconciler.core.managed import ObservedHost
 from reconciler.core.plan import Plan
 
 _SYMBOL = {"create": "+", "update": "~", "remove": "-", "heal": "!"}
@@ -73,10 +74,10 @@ def running_rows(desired: Environment, observed: Mapping[str, ObservedHost]) -> 
             want = None
             try:
                 service = desired.service(c.service or "")
-                want = model.config_hash(service) if host_name in service.hosts else None
+                want = managed.config_hash(service) if host_name in service.hosts else None
             except KeyError:
                 pass
-            if c.role == model.ROLE_ACTIVE:
+            if c.role == managed.ROLE_ACTIVE:
                 drift = [] if c.running else [f"state {c.state}"]
                 if want is None:
                     drift.append("not desired here")
@@ -105,7 +106,7 @@ def running_rows(desired: Environment, observed: Mapping[str, ObservedHost]) -> 
 def running_text(rows: list[dict], *, include_retired: bool = False) -> str:
     lines = []
     for row in rows:
-        if row["role"] != model.ROLE_ACTIVE and not include_retired:
+        if row["role"] != managed.ROLE_ACTIVE and not include_retired:
             continue
         drift = f"  DRIFT: {', '.join(row['drift'])}" if row["drift"] else ""
         health = f" ({row['health']})" if row["health"] else ""

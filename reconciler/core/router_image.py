@@ -38,7 +38,8 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from reconciler.core import router as rt
-from reconciler.core.model import LABEL_PREFIX, LABEL_ROUTER, Environment, ImageRef, ObservedContainer, ObservedHost
+from reconciler.core.model import Environment, ImageRef
+from reconciler.core.managed import LABEL_PREFIX, LABEL_ROUTER, ObservedContainer, ObservedHost
 from reconciler.core.plan import Action, Pull
 from reconciler.errors import RouterOwned
 

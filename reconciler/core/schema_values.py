@@ -11,6 +11,7 @@ import base64
 import re
 
 from reconciler.core import model
+from reconciler.core import managed
 from reconciler.core.secret_rule import looks_like_plain_secret  # noqa: F401  (the validator's rule; plan masks by it too)
 from reconciler.core.schema_fields import (
     BAD,
@@ -266,8 +267,8 @@ def parse_labels(node: Node, problems: Problems, what: str) -> tuple[tuple[str, 
         return ()
     out = []
     for key, (key_node, value) in sorted(entries.items()):
-        if key.startswith(model.LABEL_PREFIX):
-            problems.at(key_node, f"{what}: label {key!r} is reserved: keys starting with {model.LABEL_PREFIX!r} are set by reconciler")
+        if key.startswith(managed.LABEL_PREFIX):
+            problems.at(key_node, f"{what}: label {key!r} is reserved: keys starting with {managed.LABEL_PREFIX!r} are set by reconciler")
         else:
             out.append((key, value))
     return tuple(out)

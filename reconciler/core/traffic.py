@@ -40,7 +40,8 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 from reconciler.core import router as rt
-from reconciler.core.model import Environment, ObservedHost
+from reconciler.core.model import Environment
+from reconciler.core.managed import ObservedHost
 from reconciler.core.plan import Action, Route
 
 MAPS = ("mirror", "hold", "maintenance")

@@ -33,7 +33,7 @@ from typing import Any, Mapping
 from reconciler.adapters.db import pending
 from reconciler.adapters.db.commands import command_runs
 from reconciler.adapters.db.images import database_host
-from reconciler.core import model
+from reconciler.core import managed
 from reconciler.core.contracts import (
     ContractsView,
     ServiceContract,
@@ -98,7 +98,7 @@ def _not_running(environment: Environment, hosts: Mapping[str, Any], service: Se
         if host not in observed:
             observed[host] = hosts[host].observe()
         active = [c for c in observed[host].managed(environment.name)
-                  if c.service == service.name and c.role == model.ROLE_ACTIVE]
+                  if c.service == service.name and c.role == managed.ROLE_ACTIVE]
         if not active or not active[0].running or active[0].image != str(service.image):
             bad.append(f"{host}/{service.name}")
     return tuple(bad)

@@ -36,10 +36,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Protocol, Sequence
 
-from reconciler.core import model, router_image
+from reconciler.core import managed, router_image
 from reconciler.errors import DeployFailed, HostUnreachable, ReconcilerError, RollbackFailed
 from reconciler.core.health import CheckResult, Verdict, judge, next_check_at
-from reconciler.core.model import ContainerSpec, Environment, HealthCheck, ImageRef, ObservedContainer, ObservedHost, Service
+from reconciler.core.model import Environment, HealthCheck, ImageRef, Service
+from reconciler.core.managed import ContainerSpec, ObservedContainer, ObservedHost
 from reconciler.engine.routed import RoutedSteps, RouterDriver
 from reconciler.engine.watching import WatchedSteps
 from reconciler.core.canary import Observe, Release, Watch
@@ -311,7 +312,7 @@ class Executor(RoutedSteps, WatchedSteps):
     def _report_serving(self, host: str, service: str) -> None:
         """What the host runs for the service now, as observed (for history --at)."""
         try:
-            active = self._find(host, service, model.ROLE_ACTIVE)
+            active = self._find(host, service, managed.ROLE_ACTIVE)
         except ReconcilerError:
             return  # the host is gone: the next observation says what it runs
         running = active is not None and active.running
@@ -346,7 +347,7 @@ class Executor(RoutedSteps, WatchedSteps):
         elif isinstance(action, Resume):
             self._resume(driver, action)
         elif isinstance(action, Retire):
-            active = self._find(action.host, action.service, model.ROLE_ACTIVE)
+            active = self._find(action.host, action.service, managed.ROLE_ACTIVE)
             if active is not None:
                 self._set(self._track(action.host, action.service), previous=active.id)
                 self._retire(driver, active)
@@ -357,17 +358,17 @@ class Executor(RoutedSteps, WatchedSteps):
             self.wait_healthy(driver, touched.new, self._service(action.service).health)
         elif isinstance(action, Switch):
             touched = self._track(action.host, action.service)
-            active = self._find(action.host, action.service, model.ROLE_ACTIVE)
+            active = self._find(action.host, action.service, managed.ROLE_ACTIVE)
             if active is not None:
                 self._set(touched, previous=active.id)
                 self._retire(driver, active, stop=not action.keep)
-            driver.rename(touched.new, model.container_name(self.desired.name, action.service))
+            driver.rename(touched.new, managed.container_name(self.desired.name, action.service))
             if self._service(action.service).expose is not None and not action.keep:
                 self._stop_retired(driver, action.service)
         elif isinstance(action, Restore):
             self._restore(driver, action)
         elif isinstance(action, Heal):
-            container = self._find(action.host, action.service, model.ROLE_ACTIVE)
+            container = self._find(action.host, action.service, managed.ROLE_ACTIVE)
             if container is not None:
                 driver.start(container.id)
                 self.wait_healthy(driver, container.id, self._service(action.service).health)
@@ -376,7 +377,7 @@ class Executor(RoutedSteps, WatchedSteps):
                 if c.name == action.container:
                     driver.stop(c.id, 10)
                     driver.remove(c.id)
-                    if c.image and c.role != model.ROLE_CANDIDATE:
+                    if c.image and c.role != managed.ROLE_CANDIDATE:
                         driver.remove_image(ImageRef.parse(c.image).pull_ref)  # refused while in use
         elif isinstance(action, Prune):
             self._prune(driver, action)
@@ -390,11 +391,11 @@ class Executor(RoutedSteps, WatchedSteps):
     def _stop_retired(self, driver: HostDriver, service: str) -> None:
         """After a switch no retired copy runs (one set aside was drained by it)."""
         for c in driver.observe().managed(self.desired.name):
-            if c.service == service and c.role == model.ROLE_RETIRED and c.running:
+            if c.service == service and c.role == managed.ROLE_RETIRED and c.running:
                 driver.stop(c.id, self._service(service).stop_timeout)
 
     def _aside(self, driver: HostDriver, container: ObservedContainer) -> None:
-        name = model.retired_name(self.desired.name, container)
+        name = managed.retired_name(self.desired.name, container)
         for c in driver.observe().managed(self.desired.name):
             if c.name == name and c.id != container.id:
                 driver.remove(c.id)  # an identical older copy, as in _retire
@@ -403,11 +404,11 @@ class Executor(RoutedSteps, WatchedSteps):
     def _revive(self, driver: HostDriver, action: Revive) -> None:
         target = self._named(action.host, action.container)
         self._set(self._track(action.host, action.service), new=target.id, new_was=target.name)
-        driver.rename(target.id, model.container_name(self.desired.name, action.service, model.ROLE_CANDIDATE))
+        driver.rename(target.id, managed.container_name(self.desired.name, action.service, managed.ROLE_CANDIDATE))
         driver.start(target.id)
 
     def _retire(self, driver: HostDriver, active: ObservedContainer, stop: bool = True) -> None:
-        name = model.retired_name(self.desired.name, active)
+        name = managed.retired_name(self.desired.name, active)
         for c in driver.observe().managed(self.desired.name):
             if c.name == name and c.id != active.id:
                 driver.remove(c.id)  # an identical older copy: the new retiree replaces it
@@ -421,19 +422,19 @@ class Executor(RoutedSteps, WatchedSteps):
         containers = {c.name: c for c in driver.observe().managed(env)}
         target = containers[action.container]
         touched = self._track(action.host, action.service)
-        active = containers.get(model.container_name(env, action.service))
+        active = containers.get(managed.container_name(env, action.service))
         if active is not None:
             self._set(touched, previous=active.id)
             self._retire(driver, active)
         self._set(touched, new=target.id, new_was=target.name)
-        driver.rename(target.id, model.container_name(env, action.service))
+        driver.rename(target.id, managed.container_name(env, action.service))
         driver.start(target.id)
         check = target.health_check or self._service(action.service).health
         self.wait_healthy(driver, target.id, check)
 
     def _start(self, driver: HostDriver, service: Service, action: Start) -> None:
-        role = model.ROLE_CANDIDATE if action.beside else model.ROLE_ACTIVE
-        name = model.container_name(self.desired.name, service.name, role)
+        role = managed.ROLE_CANDIDATE if action.beside else managed.ROLE_ACTIVE
+        name = managed.container_name(self.desired.name, service.name, role)
         for c in driver.observe().containers:
             if c.name == name:
                 driver.remove(c.id)  # leftover of an interrupted run, never a serving one
@@ -445,7 +446,7 @@ class Executor(RoutedSteps, WatchedSteps):
         touched = self._track(action.host, action.service)
         self._set(touched, new=action.container)
         if action.rename:
-            driver.rename(action.container, model.container_name(self.desired.name, action.service))
+            driver.rename(action.container, managed.container_name(self.desired.name, action.service))
         if not driver.inspect(action.container).running:
             driver.start(action.container)
         self.wait_healthy(driver, action.container, self._service(action.service).health)
@@ -454,7 +455,7 @@ class Executor(RoutedSteps, WatchedSteps):
         observed = {c.name: c for c in driver.observe().containers}
         for name in action.containers:
             container = observed.get(name)
-            if container is None or container.role != model.ROLE_RETIRED:
+            if container is None or container.role != managed.ROLE_RETIRED:
                 continue
             driver.remove(container.id)
             if container.image:
@@ -514,7 +515,7 @@ class Executor(RoutedSteps, WatchedSteps):
             # If retiring failed before the rename (its stop failed), the old
             # container still has the service's name, and Docker refuses a
             # rename to the current name.
-            name = model.container_name(env, touched.service)
+            name = managed.container_name(env, touched.service)
             if driver.inspect(touched.previous).name != name:
                 driver.rename(touched.previous, name)
             driver.start(touched.previous)

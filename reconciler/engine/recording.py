@@ -25,7 +25,7 @@ from reconciler.adapters import githistory
 from reconciler.adapters.locks import Locks
 from reconciler.adapters.journal import (PHASE_FINISHED, PHASE_RECORDING, PHASE_ROLLING_BACK, Journal, JournalState,
                                          Status, TouchedRecord, read_status, write_status)
-from reconciler.core import model
+from reconciler.core import managed
 from reconciler.core.record import Attempt, Serving
 from reconciler.errors import InvalidDesiredState, ReconcilerError
 from reconciler.engine.executor import Executor, Outcome
@@ -76,7 +76,7 @@ def final_serving(environment, observed: Mapping[str, Any] | None, at: float) ->
     """What every host of the environment runs now, as observed."""
     out: list[Serving] = []
     for host, obs in sorted((observed or {}).items()):
-        active = {c.service: c for c in obs.managed(environment.name) if c.role == model.ROLE_ACTIVE}
+        active = {c.service: c for c in obs.managed(environment.name) if c.role == managed.ROLE_ACTIVE}
         wanted = {s.name for s in environment.services if host in s.hosts} | set(active)
         for service in sorted(wanted):
             c = active.get(service)

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Mapping
 
 from reconciler.adapters.journal import PHASE_FINISHED, PHASE_RECORDING, PHASE_ROLLING_BACK, JournalState, TouchedRecord
-from reconciler.core import model
-from reconciler.core.model import Environment, ObservedHost
+from reconciler.core import managed
+from reconciler.core.model import Environment
+from reconciler.core.managed import ObservedHost
 from reconciler.core.plan import Plan, Resume
 from reconciler.engine.executor import Executor, Touched
 from reconciler.errors import InvalidDesiredState
@@ -168,13 +169,13 @@ def with_resumes(plan: Plan, environment: Environment, observed: Mapping[str, Ob
     checked = interrupted.steps_done("CheckHealth") | interrupted.steps_done("Resume") | interrupted.steps_done("SetWeights")
     resumes: list[Resume] = []
     for service in environment.services:
-        want = model.config_hash(service)
+        want = managed.config_hash(service)
         for host in service.hosts:
             if (host, service.name) not in started:
                 continue
             mine = [c for c in observed.get(host, ObservedHost(host)).managed(environment.name) if c.service == service.name]
-            active = next((c for c in mine if c.role == model.ROLE_ACTIVE), None)
-            candidate = next((c for c in mine if c.role == model.ROLE_CANDIDATE), None)
+            active = next((c for c in mine if c.role == managed.ROLE_ACTIVE), None)
+            candidate = next((c for c in mine if c.role == managed.ROLE_CANDIDATE), None)
             if active is not None and active.config_hash == want:
                 if not active.running or (host, service.name) not in checked:
                     resumes.append(Resume(host, service.name, "finish the interrupted deploy: start and check", container=active.id))

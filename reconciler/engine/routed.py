@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Mapping, Protocol
 
-from reconciler.core import mirror_resume, model
+from reconciler.core import managed, mirror_resume
 from reconciler.core import router as rt
 from reconciler.core import switch_back, traffic
 from reconciler.core.plan import Route
@@ -125,7 +125,7 @@ class RoutedSteps:
         target = touched.previous
         failing = None  # this run's release, refused every request at once (core.switch_back)
         if target is None:
-            active = self._find(host, name, model.ROLE_ACTIVE)
+            active = self._find(host, name, managed.ROLE_ACTIVE)
             target = active.id if active is not None and active.id != touched.new else None
         if target is not None:
             seen = driver.inspect(target)
@@ -178,7 +178,7 @@ class RoutedSteps:
             else:
                 driver.remove(touched.new)
         if target is not None:
-            if driver.inspect(target).name != model.container_name(env, name):
-                driver.rename(target, model.container_name(env, name))
+            if driver.inspect(target).name != managed.container_name(env, name):
+                driver.rename(target, managed.container_name(env, name))
             if service is not None:
                 self._stop_retired(driver, name)

@@ -23,7 +23,8 @@ from typing import Any, Iterator
 from reconciler.core import router as rt
 from reconciler.core import router_image, router_owner
 from reconciler.errors import RouterOwned
-from reconciler.core.model import Environment, ObservedHost
+from reconciler.core.model import Environment
+from reconciler.core.managed import ObservedHost
 
 
 class RouterMap(Mapping):

@@ -137,7 +137,7 @@ def remove_environment_containers(sandbox, environment: str) -> int:
     product.  Returns how many were removed."""
     import docker
 
-    from reconciler.core.model import LABEL_ENVIRONMENT
+    from reconciler.core.managed import LABEL_ENVIRONMENT
 
     removed = 0
     for host in sandbox.hosts:

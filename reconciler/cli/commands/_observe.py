@@ -42,7 +42,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 if TYPE_CHECKING:  # the core is imported when asked, so that `plan --help` loads none of it
-    from reconciler.core.model import Environment, ObservedHost
+    from reconciler.core.model import Environment
+    from reconciler.core.managed import ObservedHost
 
 CONNECT_TIMEOUT = 2.0
 
