@@ -26,3 +26,23 @@ def fleet():
     sandbox = sandbox_fleet.up(3)
     print(f"\nsandbox up in {sandbox.elapsed_seconds:.1f}s")
     return sandbox
+
+
+@pytest.hookimpl(trylast=True)  # after -m and -k have deselected
+def pytest_collection_modifyitems(config, items):
+    """The session's order, for the fleet's sake:
+
+    - a test marked ``late`` runs after every other test but those below: a
+      scenario it finishes (begun by a session fixture with its module's
+      first test) waits through the rest of the suite instead of alone, e.g.
+      dockerd's 300 s idle timeout;
+    - a test marked ``takes_fleet_down`` runs last of all: it stops the
+      shared sandbox, which would cut such a scenario off.
+
+    Otherwise the collection order stands."""
+    def rank(item) -> int:
+        if item.get_closest_marker("takes_fleet_down"):
+            return 2
+        return 1 if item.get_closest_marker("late") else 0
+
+    items[:] = sorted(items, key=rank)  # stable: each group keeps its order

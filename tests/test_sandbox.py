@@ -278,6 +278,7 @@ def test_up_again_reuses_the_running_fleet(fleet) -> None:
     assert sandbox_fleet.status().all_up
 
 
+@pytest.mark.takes_fleet_down
 @pytest.mark.fleet
 def test_down_leaves_nothing_and_up_works_again(fleet) -> None:
     from reconciler.sandbox import fleet as sandbox_fleet
@@ -342,6 +343,7 @@ def _crash(state_dir: str) -> None:
             pass
 
 
+@pytest.mark.takes_fleet_down
 @pytest.mark.fleet
 @pytest.mark.slow
 def test_up_works_the_first_time_after_down_or_a_crash_while_both_cores_are_busy(fleet, capfd) -> None:
