@@ -7,10 +7,16 @@ ruamel's round trip), commits it on the environment's branch, and runs that
 commit through the engine as ``apply`` does (lock, journal, plan steps, a
 note in git).  So ``git log`` says who put a service in maintenance and
 when, and the agent's next reconcile of the branch keeps it that way.
+
+The file is checked with the product's bounded parser (``core.schema``, the
+one ``validate`` and the pre-receive hook use) twice: the branch head before
+the round-trip loader reads it, and the edited text before it is committed.
+Either refusal names ``file:line:col`` and nothing is committed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 
@@ -40,8 +46,9 @@ def edit_expose(text: str, keys: tuple[str, ...], field: str, value) -> str:
 
     yaml = YAML(typ="rt")  # round-trip: plain data only, comments kept
     yaml.preserve_quotes = True
-    # The branch head's own file, which the pre-receive hook validated with the
-    # bounded parser; the round-trip loader builds plain data only.
+    yaml.width = 4096  # no re-wrapping: the lines the lever does not edit stay as written
+    # Only ever a file the bounded parser accepted (``lever`` checks it first),
+    # so the round-trip loader sees plain data within the schema's bounds.
     data = yaml.load(text)
     node = data
     for key in keys:
@@ -62,8 +69,7 @@ def lever(args, field: str, value, what: str) -> int:
     """Commit ``expose.<field> = value`` for ``args.service`` (None removes it), then apply that commit."""
     import pygit2
 
-    from reconciler.adapters import gitlog
-    from reconciler.adapters import gitedit
+    from reconciler.adapters import gitedit, gitlog, source
     from reconciler.cli.commands._agent import git_dir
     from reconciler.cli.commands._common import choose_env
     from reconciler.engine.recording import cli_actor
@@ -73,9 +79,13 @@ def lever(args, field: str, value, what: str) -> int:
     branch = gitlog.environment_branch(repo, env)
     head = repo.references[branch].peel(pygit2.Commit)
     path, image_keys = gitedit.service_file(repo, head, env, args.service)
-    text = repo[head.tree[path].id].data.decode("utf-8")
+    snapshot = source.snapshot_commit(repo.path, str(head.id))
+    _validated(snapshot, env, f"the branch head {str(head.id)[:12]}")
+    text = snapshot.files[path].decode("utf-8")
     new_text = edit_expose(text, image_keys[:-1], field, value)
     if new_text != text:
+        _validated(dataclasses.replace(snapshot, files={**snapshot.files, path: new_text.encode("utf-8")}, revision=None),
+                   env, f"the edit of {path}")
         message = (f"{what}: {args.service} in {env}\n\n`reconciler {args.command}` by {cli_actor()} "
                    f"sets expose.{field} of {args.service}.\n")
         commit = _commit(repo, branch, path, new_text, message, args.signing_key)
@@ -85,6 +95,16 @@ def lever(args, field: str, value, what: str) -> int:
         print(f"{env}: {args.service} already says so; applying the branch head")
         args.rev = str(head.id)
     return _apply(args)
+
+
+def _validated(snapshot, env: str, what: str) -> None:
+    """``InvalidDesiredState`` (every problem, as ``file:line:col``) unless ``env`` validates in ``snapshot``."""
+    from reconciler.core import schema
+    from reconciler.errors import InvalidDesiredState
+
+    problems = schema.validate(snapshot, env)
+    if problems:
+        raise InvalidDesiredState([*problems, f"{env}: {what} does not validate; nothing committed"])
 
 
 def _commit(repo, branch: str, path: str, text: str, message: str, signing_key: str | None) -> str:
