@@ -8,13 +8,13 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pygit2
 import pytest
 
 from reconciler.adapters import gitlog
 from reconciler.cli.main import main
+from tests.agentproc import AgentProcess
 from tests.envrepo import make_env_repo, remove_containers, serving
 from tests.pushing import git, wait_for
 
@@ -45,19 +45,12 @@ def setup(fleet, tmp_path, request):
     remove_containers(fleet, f"{name}-")
 
 
-def agent(bare: Path, env: str, identity: str, log: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "reconciler", "run", "--repo", str(bare), "--env", env, "--identity", identity, "--log-format", "json"],
-        stdout=log.open("a"), stderr=subprocess.STDOUT,
-    )
-
-
 def test_push_deploys_and_a_never_healthy_push_is_reverted_not_retried(fleet, setup, tmp_path):
     work, bare = setup
     port = 18301
     work.commit(service(fleet.images["v1"], port), message="web v1")
     git(work.path, "push", "-q", "origin", "main")
-    proc = agent(bare, work.env, work.identity, tmp_path / "agent.log")
+    agent = AgentProcess(bare, work.env, work.identity, tmp_path / "agent.log").start()
     try:
         assert wait_for(lambda: set(serving(fleet, port).values()) == {"demo-web v1"}), (tmp_path / "agent.log").read_text()
         work.commit(service(fleet.images["v2"], port), message="web v2")
@@ -78,8 +71,7 @@ def test_push_deploys_and_a_never_healthy_push_is_reverted_not_retried(fleet, se
         assert log.count(f'"commit": "{bad[:12]}", "reason": "trigger"') <= 1 or log.count("step-begin") < 100
         assert serving(fleet, port) == {h.name: "demo-web v2" for h in fleet.hosts}
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
+        agent.stop()
 
 
 KILLER = """
@@ -125,7 +117,7 @@ def test_pushes_during_a_slow_deploy_coalesce_into_one_reconcile_of_the_newest(f
     work.commit(service(fleet.images["v1"], port), message="web v1")
     git(work.path, "push", "-q", "origin", "main")
     log = tmp_path / "agent.log"
-    proc = agent(bare, work.env, work.identity, log)
+    agent = AgentProcess(bare, work.env, work.identity, log).start()
     slow = service(fleet.images["v2"], port).replace("successes: 2", "successes: 6").replace("batch_size: 3", "batch_size: 1")
     try:
         assert wait_for(lambda: set(serving(fleet, port).values()) == {"demo-web v1"}), log.read_text()
@@ -144,5 +136,4 @@ def test_pushes_during_a_slow_deploy_coalesce_into_one_reconcile_of_the_newest(f
         # The middle commit was never deployed: no reconcile began for it.
         assert f'"commit": "{middle[:12]}", "reason"' not in log.read_text()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
+        agent.stop()

@@ -17,9 +17,6 @@ with SIGKILL in the middle of a switch, then started again.
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -29,10 +26,10 @@ import pygit2
 import pytest
 
 from reconciler.adapters import gitlog
-from reconciler.cli.main import main
+from tests.agentproc import AgentProcess, push_on_top, user_repos
 from tests.bgfleet import JournalWatcher, Load, exposed_web, one_request, write_environment
 from tests.envrepo import remove_containers
-from tests.pushing import git, wait_for
+from tests.pushing import wait_for
 
 pytestmark = [pytest.mark.fleet, pytest.mark.slow]
 
@@ -43,44 +40,15 @@ HOSTNAME = "web.bgfleet.test"
 class World:
     def __init__(self, fleet, root: Path) -> None:
         self.fleet = fleet
-        self.work = root / "work"
-        self.bare = root / "env.git"
+        self.work, self.bare = user_repos(root, fleet.known_hosts_file, ENV)
         self.state = root / "state"
-        self.log = root / "agent.log"
-        env_dir = self.work / "environments" / ENV
-        env_dir.mkdir(parents=True)
-        (env_dir / "known_hosts").write_text(Path(fleet.known_hosts_file).read_text())
-        pygit2.init_repository(str(self.work), initial_head="main")
-        git(root, "init", "-q", "--bare", "-b", "main", str(self.bare))
-        assert main(["install-hooks", str(self.bare)]) == 0
-        self.proc: subprocess.Popen | None = None
+        self.agent = AgentProcess(self.bare, ENV, fleet.identity_file, root / "agent.log", state=self.state)
         self.addresses = {h.name: h.address for h in fleet.hosts}
 
     # ------------------------------------------------------------ the user's side
     def push(self, tag: str, message: str) -> str:
-        # The agent commits too (reverts, the lever's commit): build on the branch as it is.
-        if git(self.work, "fetch", "-q", str(self.bare), "main", check=False).returncode == 0:
-            git(self.work, "reset", "-q", "--hard", "FETCH_HEAD")
-        commit = write_environment(self.work, ENV, self.fleet, exposed_web(self.fleet.images[tag], HOSTNAME), message=message)
-        git(self.work, "push", "-q", str(self.bare), "HEAD:main")
-        return commit
-
-    def start_agent(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "reconciler", "run", "--repo", str(self.bare), "--env", ENV, "--identity",
-             self.fleet.identity_file, "--state", str(self.state), "--log-format", "json"],
-            stdout=self.log.open("a"), stderr=subprocess.STDOUT)
-
-    def kill_agent(self) -> None:
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(30)
-        self.proc = None
-
-    def stop_agent(self) -> None:
-        if self.proc is not None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(60)
-            self.proc = None
+        return push_on_top(self.work, self.bare, lambda: write_environment(
+            self.work, ENV, self.fleet, exposed_web(self.fleet.images[tag], HOSTNAME), message=message))
 
     def results(self, commit: str) -> list[str]:
         return [a.result for a in gitlog.attempts(pygit2.Repository(str(self.bare)), commit, ENV)]
@@ -95,11 +63,11 @@ class World:
         return self.answers() == {name: (200, f"demo-web {version}") for name in self.addresses}
 
     def agent_log(self) -> str:
-        return self.log.read_text() if self.log.exists() else ""
+        return self.agent.text()
 
     # ------------------------------------------------------------ clean-up
     def close(self) -> None:
-        self.stop_agent()
+        self.agent.stop()
         remove_containers(self.fleet, f"{ENV}-")
         from reconciler.adapters.router import Router
         from reconciler.adapters.ssh import connect
@@ -119,7 +87,7 @@ def world(fleet, tmp_path_factory):
     remove_containers(fleet, f"{ENV}-")  # a previous session's leftovers
     try:
         first = w.push("v1", "web v1 behind the router")
-        w.start_agent()
+        w.agent.start()
         assert wait_for(lambda: "deployed" in w.results(first), timeout=180), w.agent_log()
         assert wait_for(lambda: w.serving("v1")), w.answers()
         yield w
@@ -212,13 +180,13 @@ def test_the_agent_killed_mid_switch_continues_after_a_restart_under_load(world,
     with Load(world.addresses, HOSTNAME) as load:
         commit = world.push(tag, f"web {tag}, the agent dies mid-switch")
         assert wait_for(lambda: watcher.seen(*kill_after), timeout=120, every=0.02), world.agent_log()[-3000:]
-        world.kill_agent()
+        world.agent.kill()
         watcher.poll()  # the dead run's last records, before the new run's journal replaces them
         killed_run = {r["run_id"] for r in watcher.seen(*kill_after)}
         assert not any(r.get("step") == "Switch" and r["event"] == "done" and r.get("host") == kill_after[2]
                        for r in watcher.records.values() if r["run_id"] in killed_run), "killed too late"
         time.sleep(1.0)
-        world.start_agent()
+        world.agent.start()
         assert wait_for(lambda: "deployed" in world.results(commit), timeout=180), world.agent_log()[-3000:]
     watcher.stop()
     expect_switch(load, switch_windows(watcher, world.addresses), old, tag)
@@ -228,5 +196,4 @@ def test_the_agent_killed_mid_switch_continues_after_a_restart_under_load(world,
     resumed = [r for r in watcher.records.values() if r["run_id"] not in killed_run and r.get("host") == kill_after[2]]
     assert "Adopt" in {r.get("step") for r in resumed}, sorted({r.get("step") for r in resumed})
     assert "Start" not in {r.get("step") for r in resumed}
-    log = [json.loads(line) for line in world.agent_log().splitlines() if line.startswith("{")]
-    assert any(entry.get("event") == "recover" for entry in log), "the restarted agent did not recover the journal"
+    assert world.agent.events("recover"), "the restarted agent did not recover the journal"

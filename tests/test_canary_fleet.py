@@ -34,12 +34,9 @@ what is left of the window (from its recorded start), then records the deploy.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -49,13 +46,13 @@ import pytest
 
 from reconciler.adapters import gitlog
 from reconciler.adapters.router import _parse
-from reconciler.cli.main import main
 from reconciler.sandbox import error_image
 from tests import ownrouter
+from tests.agentproc import AgentProcess, push_on_top, user_repos
 from tests.bgfleet import JournalWatcher, write_environment
 from tests.envrepo import remove_containers
 from tests.loadgen import Answer, Load, fetch, one_request
-from tests.pushing import git, wait_for
+from tests.pushing import wait_for
 
 pytestmark = [pytest.mark.fleet, pytest.mark.slow]
 
@@ -85,39 +82,14 @@ CANARY = (f"{{strategy: canary, steps: [0, 10, 50, 100], pause: {PAUSE}s, abort:
 class World:
     def __init__(self, fleet, root: Path, routers: ownrouter.OwnRouters) -> None:
         self.fleet, self.routers = fleet, routers
-        self.work, self.bare, self.state, self.log = root / "work", root / "env.git", root / "state", root / "agent.log"
-        env_dir = self.work / "environments" / ENV
-        env_dir.mkdir(parents=True)
-        (env_dir / "known_hosts").write_text(Path(fleet.known_hosts_file).read_text())
-        pygit2.init_repository(str(self.work), initial_head="main")
-        git(root, "init", "-q", "--bare", "-b", "main", str(self.bare))
-        assert main(["install-hooks", str(self.bare)]) == 0
-        self.proc: subprocess.Popen | None = None
+        self.work, self.bare = user_repos(root, fleet.known_hosts_file, ENV)
+        self.state = root / "state"
+        self.agent = AgentProcess(self.bare, ENV, fleet.identity_file, root / "agent.log", state=self.state)
         self.addresses = {h.name: h.address for h in fleet.hosts}
 
     def push(self, services: str, message: str) -> str:
-        if git(self.work, "fetch", "-q", str(self.bare), "main", check=False).returncode == 0:
-            git(self.work, "reset", "-q", "--hard", "FETCH_HEAD")  # the agent commits too (reverts)
-        commit = write_environment(self.work, ENV, self.fleet, services, message=message, router=self.routers.block())
-        git(self.work, "push", "-q", str(self.bare), "HEAD:main")
-        return commit
-
-    def start_agent(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "reconciler", "run", "--repo", str(self.bare), "--env", ENV, "--identity",
-             self.fleet.identity_file, "--state", str(self.state), "--log-format", "json"],
-            stdout=self.log.open("a"), stderr=subprocess.STDOUT)
-
-    def kill_agent(self) -> None:
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(30)
-        self.proc = None
-
-    def stop_agent(self) -> None:
-        if self.proc is not None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(60)
-            self.proc = None
+        return push_on_top(self.work, self.bare, lambda: write_environment(  # the agent commits too (reverts)
+            self.work, ENV, self.fleet, services, message=message, router=self.routers.block()))
 
     def attempts(self, commit: str):
         return gitlog.attempts(pygit2.Repository(str(self.bare)), commit, ENV)
@@ -145,7 +117,7 @@ class World:
         assert wait_for(lambda: self.serving(tag)), self.answers()
 
     def agent_log(self) -> str:
-        return self.log.read_text()[-4000:] if self.log.exists() else ""
+        return self.agent.text(4000)
 
 
 @pytest.fixture(scope="module")
@@ -156,12 +128,12 @@ def world(fleet, tmp_path_factory):
     w = World(fleet, root, routers)
     try:
         first = w.push(service(fleet.images["v1"], rollout=CANARY), "web v1, canary rollouts")
-        w.start_agent()
+        w.agent.start()
         assert wait_for(lambda: "deployed" in w.results(first), timeout=240), w.agent_log()
         assert wait_for(lambda: w.serving("v1")), w.answers()
         yield w
     finally:
-        w.stop_agent()
+        w.agent.stop()
         remove_containers(fleet, f"{ENV}-")
         ownrouter.stop(routers)
 
@@ -275,10 +247,10 @@ def test_a_canary_to_100_percent_under_load_follows_the_weights_and_loses_no_req
         assert wait_for(lambda: _weight_done(watcher, "canary: 50%", world.addresses) and len(_pauses(watcher, 50)) == 3,
                         timeout=240, every=0.1), world.agent_log()
         time.sleep(2)
-        world.kill_agent()
+        world.agent.kill()
         killed = time.time()
         watcher.poll()
-        world.start_agent()
+        world.agent.start()
         assert wait_for(lambda: "deployed" in world.results(commit), timeout=240), world.agent_log()
     watcher.stop()
     for host, weights in reloaded.items():
@@ -432,12 +404,12 @@ def test_the_agent_killed_mid_watch_watches_what_is_left_of_the_window_after_a_r
     assert wait_for(lambda: [r for r in watcher.records.values() if r.get("event") == "watch"], timeout=240, every=0.1), \
         world.agent_log()
     time.sleep(5)
-    world.kill_agent()
+    world.agent.kill()
     killed = time.time()
     watcher.poll()
     first = {r["host"]: r["since"] for r in watcher.records.values() if r.get("event") == "watch"}
     assert set(first) == set(world.addresses) and "deployed" not in world.results(commit)
-    world.start_agent()
+    world.agent.start()
     assert wait_for(lambda: "deployed" in world.results(commit), timeout=240), world.agent_log()
     watcher.stop()
     runs = {}
@@ -452,5 +424,4 @@ def test_the_agent_killed_mid_watch_watches_what_is_left_of_the_window_after_a_r
         assert done[host] >= since + window, host  # the whole window was watched, across the two runs
         assert done[host] < since + window + 30, host  # and not begun again from the start
     assert world.serving("v1")
-    log = [json.loads(line) for line in world.log.read_text().splitlines() if line.startswith("{")]
-    assert any(entry.get("event") == "recover" for entry in log)
+    assert world.agent.events("recover")

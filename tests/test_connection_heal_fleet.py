@@ -24,7 +24,6 @@ Only the sandbox's sshd restart touches what every user of the fleet shares.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import select
@@ -32,7 +31,6 @@ import signal
 import socket
 import struct
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -46,6 +44,7 @@ from reconciler.adapters import gitlog
 from reconciler.cli.main import main
 from reconciler.sandbox import sshd
 from reconciler.sandbox.layout import layout
+from tests.agentproc import AgentProcess
 from tests.envrepo import make_env_repo, remove_containers, serving
 from tests.pushing import git, wait_for
 
@@ -68,41 +67,13 @@ def service(image: str, port: int, *, secret: Path | None = None, marker: str = 
 
 # ---------------------------------------------------------------- the agent, as a process
 
-class Agent:
+class Agent(AgentProcess):
+    """Started at once; what its log and its notes say."""
+
     def __init__(self, bare: Path, env: str, identity: str, log: Path) -> None:
-        self.env, self.path = env, log
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "reconciler", "run", "--repo", str(bare), "--env", env,
-             "--identity", identity, "--log-format", "json"],
-            stdout=log.open("a"), stderr=subprocess.STDOUT)
+        super().__init__(bare, env, identity, log)
         self.repo = pygit2.Repository(str(bare))
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def lines(self) -> list[str]:
-        return self.path.read_text().splitlines()
-
-    def events(self, name: str | None = None) -> list[dict]:
-        out = []
-        for line in self.lines():
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue  # asserted separately: see raw_lines
-            if name is None or event.get("event") == name:
-                out.append(event)
-        return out
-
-    def raw_lines(self) -> list[str]:
-        raw = []
-        for line in self.lines():
-            try:
-                json.loads(line)
-            except ValueError:
-                raw.append(line)
-        return raw
+        self.start()
 
     def ends(self, commit: str | None = None) -> list[dict]:
         return [e for e in self.events("reconcile-end") if commit is None or e.get("commit") == commit[:12]]
@@ -114,17 +85,6 @@ class Agent:
     def settled(self, commit: str) -> list[str] | None:
         results = self.results(commit)
         return results if results and results[-1] in ("deployed", "in-sync", "rolled-back", "refused", "failed") else None
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def text(self) -> str:
-        return self.path.read_text()
 
 
 def assert_first_attempt_deployed(agent: Agent, commit: str) -> None:

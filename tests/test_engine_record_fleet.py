@@ -8,10 +8,6 @@ the CLI for the levers, real sshd, dockerd and PostgreSQL.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -21,6 +17,7 @@ import pytest
 
 from reconciler.adapters import gitlog
 from reconciler.cli.main import main
+from tests.agentproc import AgentProcess
 from tests.dbfleet import columns, create_database, drop_database, make_db_env_repo, migrating_image, sql
 from tests.envrepo import remove_containers
 from tests.pushing import git, wait_for
@@ -40,32 +37,6 @@ def web(image: str, port: int, *, migrations: str | None = None, batch: int = 1)
     """ + (f"  migrations: {migrations}\n" if migrations else "")
 
 
-class Agent:
-    """`reconciler run` as its own process, JSON log to a file."""
-
-    def __init__(self, bare: Path, env: str, identity: str, log: Path, backups: Path) -> None:
-        self.log = log
-        environ = {**os.environ, "RECONCILER_BACKUP_DIR": str(backups)}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "reconciler", "run", "--repo", str(bare), "--env", env, "--identity", identity,
-             "--log-format", "json"],
-            stdout=log.open("a"), stderr=subprocess.STDOUT, env=environ)
-
-    def lines(self) -> list[dict]:
-        """Every line the agent wrote, parsed: a line that is not JSON fails the test."""
-        out = []
-        for number, line in enumerate(self.log.read_text().splitlines(), 1):
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                raise AssertionError(f"agent log line {number} is not JSON: {line!r}") from None
-        return out
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(60)
-
-
 @pytest.fixture
 def world(fleet, tmp_path, request, monkeypatch):
     name = "r" + request.node.name.replace("test_", "").replace("_", "")[:9]
@@ -79,7 +50,8 @@ def world(fleet, tmp_path, request, monkeypatch):
     git(work.path, "remote", "add", "origin", str(bare))
     backups = tmp_path / "backups"
     monkeypatch.setenv("RECONCILER_BACKUP_DIR", str(backups))
-    agent = Agent(bare, name, work.identity, tmp_path / "agent.log", backups)
+    agent = AgentProcess(bare, name, work.identity, tmp_path / "agent.log",
+                         environ={"RECONCILER_BACKUP_DIR": str(backups)}).start()
     yield work, bare, agent, backups
     agent.stop()
     remove_containers(fleet, f"{name}-")

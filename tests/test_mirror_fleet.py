@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import math
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -48,7 +47,7 @@ import pygit2
 import pytest
 
 from reconciler.adapters import gitlog
-from reconciler.cli.main import main
+from tests.agentproc import AgentProcess, push_on_top, user_repos
 from tests.bgfleet import JournalWatcher
 from tests.dbfleet import columns, create_database, drop_database, migrating_image, sql
 from tests.envrepo import remove_containers
@@ -85,54 +84,33 @@ class World:
     def __init__(self, fleet, root: Path, routers: PrivateRouters) -> None:
         self.fleet = fleet
         self.routers = routers
-        self.work = root / "work"
-        self.bare = root / "env.git"
+        self.work, self.bare = user_repos(root, fleet.known_hosts_file, ENV)
         self.state = root / "state"
-        self.log = root / "agent.log"
         self.backups = root / "backups"
-        (self.work / "environments" / ENV).mkdir(parents=True)
-        (self.work / "environments" / ENV / "known_hosts").write_text(Path(fleet.known_hosts_file).read_text())
-        pygit2.init_repository(str(self.work), initial_head="main")
-        git(root, "init", "-q", "--bare", "-b", "main", str(self.bare))
-        assert main(["install-hooks", str(self.bare)]) == 0
-        self.proc: subprocess.Popen | None = None
+        self.agent = AgentProcess(self.bare, ENV, fleet.identity_file, root / "agent.log", state=self.state,
+                                  environ={"RECONCILER_BACKUP_DIR": str(self.backups)})
         self.addresses = {h.name: h.address for h in fleet.hosts}
 
     def push(self, service_yaml: str, message: str, blocks: str = "") -> str:
-        if git(self.work, "fetch", "-q", str(self.bare), "main", check=False).returncode == 0:
-            git(self.work, "reset", "-q", "--hard", "FETCH_HEAD")
-        hosts = "\n".join(f"  {h.name}: {{address: {h.address}, port: {h.port}, user: {h.user}}}" for h in self.fleet.hosts)
-        (self.work / "environments" / ENV / "environment.yaml").write_text(
-            f"hosts:\n{hosts}\n{self.routers.block()}{blocks}services:\n" + textwrap.indent(service_yaml, "  "))
-        git(self.work, "add", "-A")
-        git(self.work, "commit", "-q", "-m", message)
-        git(self.work, "push", "-q", str(self.bare), "HEAD:main")
-        return git(self.work, "rev-parse", "HEAD").stdout.strip()
+        def commit() -> None:
+            hosts = "\n".join(f"  {h.name}: {{address: {h.address}, port: {h.port}, user: {h.user}}}" for h in self.fleet.hosts)
+            (self.work / "environments" / ENV / "environment.yaml").write_text(
+                f"hosts:\n{hosts}\n{self.routers.block()}{blocks}services:\n" + textwrap.indent(service_yaml, "  "))
+            git(self.work, "add", "-A")
+            git(self.work, "commit", "-q", "-m", message)
+
+        return push_on_top(self.work, self.bare, commit)
 
     def edit(self, change, message: str) -> str:
         """A commit of the environment file as the branch has it (levers' commits included), ``change``d."""
-        git(self.work, "fetch", "-q", str(self.bare), "main")
-        git(self.work, "reset", "-q", "--hard", "FETCH_HEAD")
-        path = self.work / "environments" / ENV / "environment.yaml"
-        before = path.read_text()
-        path.write_text(change(before))
-        assert path.read_text() != before, before
-        git(self.work, "commit", "-q", "-am", message)
-        git(self.work, "push", "-q", str(self.bare), "HEAD:main")
-        return git(self.work, "rev-parse", "HEAD").stdout.strip()
+        def commit() -> None:
+            path = self.work / "environments" / ENV / "environment.yaml"
+            before = path.read_text()
+            path.write_text(change(before))
+            assert path.read_text() != before, before
+            git(self.work, "commit", "-q", "-am", message)
 
-    def start_agent(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "reconciler", "run", "--repo", str(self.bare), "--env", ENV, "--identity",
-             self.fleet.identity_file, "--state", str(self.state), "--log-format", "json"],
-            stdout=self.log.open("a"), stderr=subprocess.STDOUT,
-            env={**os.environ, "RECONCILER_BACKUP_DIR": str(self.backups)})
-
-    def stop_agent(self) -> None:
-        if self.proc is not None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(60)
-            self.proc = None
+        return push_on_top(self.work, self.bare, commit)
 
     def lever(self, *argv: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "reconciler", *argv, "--repo", str(self.bare), "--env", ENV,
@@ -156,7 +134,7 @@ class World:
         assert wait_for(lambda: self.serving(version), 240), (self.answers(), self.agent_log()[-3000:])
 
     def agent_log(self) -> str:
-        return self.log.read_text() if self.log.exists() else ""
+        return self.agent.text()
 
 
 @pytest.fixture(scope="module")
@@ -167,10 +145,10 @@ def world(fleet, tmp_path_factory):
         w = World(fleet, root, routers)
         w.images = counting_images(fleet.registry)
         try:
-            w.start_agent()
+            w.agent.start()
             yield w
         finally:
-            w.stop_agent()
+            w.agent.stop()
             remove_containers(fleet, f"{ENV}-")
 
 
@@ -188,10 +166,9 @@ def test_a_deploy_mirrors_its_share_to_green_and_blue_answers_every_request(worl
         # meanwhile (it is the router's), and the resumed run mirrors for what is left of the window.
         assert wait_for(lambda: all(watcher.seen("done", "StartMirror", h) for h in world.addresses), 240, every=0.1), \
             world.agent_log()[-3000:]
-        world.proc.kill()
-        world.proc.wait(30)
+        world.agent.kill()
         time.sleep(3.0)
-        world.start_agent()
+        world.agent.start()
         assert wait_for(lambda: world.serving("mv2") and "deployed" in world.results(commit), 300), \
             (world.answers(), world.results(commit), world.agent_log()[-3000:])
         time.sleep(1.0)

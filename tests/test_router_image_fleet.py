@@ -30,10 +30,10 @@ import pytest
 
 from reconciler.adapters import gitlog
 from reconciler.adapters.ssh import connect
-from reconciler.cli.main import main
 from reconciler.core import router_image as ri
 from reconciler.sandbox import router_image as sandbox_router_image
 from reconciler.sandbox.layout import DEPLOY_USER
+from tests.agentproc import AgentProcess, push_on_top, user_repos
 from tests.bgfleet import JournalWatcher, Load, one_request
 from tests.envrepo import remove_containers
 from tests.pushing import git, wait_for
@@ -79,18 +79,9 @@ services:
 class World:
     def __init__(self, fleet, root: Path) -> None:
         self.fleet = fleet
-        self.work = root / "work"
-        self.bare = root / "env.git"
+        self.work, self.bare = user_repos(root, fleet.known_hosts_file, ENV, OTHER)
         self.state = root / "state"
-        self.log = root / "agent.log"
-        for env in (ENV, OTHER):
-            env_dir = self.work / "environments" / env
-            env_dir.mkdir(parents=True)
-            (env_dir / "known_hosts").write_text(Path(fleet.known_hosts_file).read_text())
-        pygit2.init_repository(str(self.work), initial_head="main")
-        git(root, "init", "-q", "--bare", "-b", "main", str(self.bare))
-        assert main(["install-hooks", str(self.bare)]) == 0
-        self.proc: subprocess.Popen | None = None
+        self.agent = AgentProcess(self.bare, ENV, fleet.identity_file, root / "agent.log", state=self.state)
         self.addresses = {h.name: h.address for h in fleet.hosts}
         self.web, self.router = "v1", "2.6-a"
 
@@ -98,29 +89,17 @@ class World:
              router_image: str | None = None) -> str:
         """``router_image``: another image for the router, this push only."""
         self.web, self.router = web or self.web, router or self.router
-        if git(self.work, "fetch", "-q", str(self.bare), "main", check=False).returncode == 0:
-            git(self.work, "reset", "-q", "--hard", "FETCH_HEAD")
-        path = self.work / "environments" / ENV / "environment.yaml"
-        path.write_text(environment_yaml(self.fleet, self.fleet.images[self.web], self.router, router_image))
-        repo = pygit2.Repository(str(self.work))
-        repo.index.add_all()
-        repo.index.write()
-        parents = [] if repo.head_is_unborn else [repo.head.target]
-        commit = str(repo.create_commit("HEAD", _SIG, _SIG, message, repo.index.write_tree(), parents))
-        git(self.work, "push", "-q", str(self.bare), "HEAD:main")
-        return commit
 
-    def start_agent(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "reconciler", "run", "--repo", str(self.bare), "--env", ENV, "--identity",
-             self.fleet.identity_file, "--state", str(self.state), "--log-format", "json"],
-            stdout=self.log.open("a"), stderr=subprocess.STDOUT)
+        def commit() -> str:
+            path = self.work / "environments" / ENV / "environment.yaml"
+            path.write_text(environment_yaml(self.fleet, self.fleet.images[self.web], self.router, router_image))
+            repo = pygit2.Repository(str(self.work))
+            repo.index.add_all()
+            repo.index.write()
+            parents = [] if repo.head_is_unborn else [repo.head.target]
+            return str(repo.create_commit("HEAD", _SIG, _SIG, message, repo.index.write_tree(), parents))
 
-    def stop_agent(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(60)
-            self.proc = None
+        return push_on_top(self.work, self.bare, commit)
 
     def results(self, commit: str) -> list[str]:
         return [a.result for a in gitlog.attempts(pygit2.Repository(str(self.bare)), commit, ENV)]
@@ -135,7 +114,7 @@ class World:
         return self.answers() == {name: (200, f"demo-web {version}") for name in self.addresses}
 
     def agent_log(self) -> str:
-        return self.log.read_text()[-4000:] if self.log.exists() else ""
+        return self.agent.text(4000)
 
     def routers(self) -> dict[str, list[dict]]:
         """Per host, the router containers of this module's environments (the engine's view)."""
@@ -152,7 +131,7 @@ class World:
         return out
 
     def close(self) -> None:
-        self.stop_agent()
+        self.agent.stop()
         remove_containers(self.fleet, f"{ENV}-")
         remove_containers(self.fleet, ri.container_name(ENV))
 
@@ -174,7 +153,7 @@ def world(fleet, tmp_path_factory):
     _fresh_router_dirs(fleet)
     try:
         first = w.push("web v1 behind a router run from an image")
-        w.start_agent()
+        w.agent.start()
         assert wait_for(lambda: "deployed" in w.results(first), timeout=240), w.agent_log()
         assert wait_for(lambda: w.serving("v1")), w.answers()
         yield w
@@ -278,20 +257,16 @@ def test_a_second_environment_cannot_take_over_the_router_of_a_host_and_port(wor
 
 
 def test_the_agent_killed_while_it_replaces_the_router_finishes_after_a_restart_under_load(world, fleet):
-    import signal
-
     watcher = JournalWatcher(world.state, ENV)
     watcher.start()
     with Load(world.addresses, HOSTNAME, port=PORT) as load:
         commit = world.push("router: back to the first HAProxy image, the agent dies on the way", router="2.6-a")
         assert wait_for(lambda: watcher.seen("begin", "StartRouter", "h2"), timeout=120, every=0.02), world.agent_log()
         time.sleep(0.3)  # somewhere inside the replacement
-        os.kill(world.proc.pid, signal.SIGKILL)
-        world.proc.wait(30)
-        world.proc = None
+        world.agent.kill()
         watcher.poll()
         assert not watcher.seen("done", "StartRouter", "h2"), "killed too late"
-        world.start_agent()
+        world.agent.start()
         assert wait_for(lambda: "deployed" in world.results(commit), timeout=180), world.agent_log()
     watcher.stop()
     failures = load.failures()
@@ -321,7 +296,7 @@ def test_a_router_image_that_cannot_serve_fails_its_step_and_the_old_router_keep
         world.push("router: an image without haproxy", router_image=fleet.images["v2"])
         assert wait_for(lambda: all(watcher.seen("failed", "StartRouter", h) for h in world.addresses), timeout=180), \
             world.agent_log()
-        world.stop_agent()
+        world.agent.stop()
     watcher.stop()
     failures = load.failures()
     assert failures == [], f"{len(failures)} failed of {len(load.answers)}: {failures[:3]}"
@@ -337,4 +312,4 @@ def test_a_router_image_that_cannot_serve_fails_its_step_and_the_old_router_keep
     plan = subprocess.run([sys.executable, "-m", "reconciler", "plan", "--repo", str(world.bare), "--env", ENV,
                            "--identity", fleet.identity_file], capture_output=True, text=True)
     assert plan.returncode == 0, plan.stdout + plan.stderr
-    world.start_agent()
+    world.agent.start()

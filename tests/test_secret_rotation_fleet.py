@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import pwd
-import signal
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ import pytest
 
 from reconciler.adapters import gitlog
 from reconciler.cli.main import main
+from tests.agentproc import AgentProcess
 from tests.envrepo import make_env_repo, remove_containers
 from tests.pushing import git, wait_for
 
@@ -118,9 +118,7 @@ def test_rewriting_a_host_secret_file_redeploys_the_service_and_nothing_else_doe
     commit = git(work.path, "rev-parse", "HEAD").stdout.strip()
 
     log, state = tmp_path / "agent.log", tmp_path / "state"
-    proc = subprocess.Popen([sys.executable, "-m", "reconciler", "run", "--repo", str(bare), "--env", ENV,
-                             "--identity", fleet.identity_file, "--state", str(state), "--log-format", "json"],
-                            stdout=log.open("a"), stderr=subprocess.STDOUT)
+    agent = AgentProcess(bare, ENV, fleet.identity_file, log, state=state).start()
     try:
         first = wait_for(lambda: active(fleet), 180) or pytest.fail(log.read_text())
         assert seen(fleet, first) == (VALUES[0], VALUES[2])
@@ -151,8 +149,7 @@ def test_rewriting_a_host_secret_file_redeploys_the_service_and_nothing_else_doe
         deployed = [a for a in gitlog.attempts(repo, commit, ENV) if a.result == "deployed"]
         assert len(deployed) == 3 and [a.trigger for a in deployed][1:] == ["drift", "drift"], deployed
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
+        agent.stop()
 
     # plan from a shell, with the agent's identity: in sync (the same digests).
     plan = subprocess.run([sys.executable, "-m", "reconciler", "plan", "--repo", str(bare), "--env", ENV,

@@ -17,7 +17,6 @@ import hashlib
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -30,6 +29,7 @@ from pyrage import x25519
 
 from reconciler.adapters import gitlog
 from reconciler.cli.main import main
+from tests.agentproc import AgentProcess
 from tests.envrepo import make_env_repo
 from tests.pushing import git as _git, wait_for
 
@@ -164,9 +164,7 @@ def test_encrypted_secrets_reach_the_container_rotate_and_leak_nowhere(fleet, wo
     state, log = tmp_path / "state", tmp_path / "agent.log"
     agent_env = {**os.environ, "RECONCILER_AGE_KEY": str(keyfile)}
     with ArgvWatch() as argv:
-        proc = subprocess.Popen([sys.executable, "-m", "reconciler", "run", "--repo", str(bare), "--env", ENV_NAME,
-                                 "--identity", work.identity, "--state", str(state), "--log-format", "json"],
-                                stdout=log.open("a"), stderr=subprocess.STDOUT, env=agent_env)
+        agent = AgentProcess(bare, ENV_NAME, work.identity, log, state=state, environ=agent_env).start()
         try:
             running = lambda rev: [a for a in ours(fleet) if a["Name"] == f"/{ENV_NAME}-web" and a["State"]["Running"]
                                    and a["Config"]["Labels"].get("io.reconciler.revision") == rev]
@@ -203,8 +201,7 @@ def test_encrypted_secrets_reach_the_container_rotate_and_leak_nowhere(fleet, wo
             assert retired and all(os.path.isdir(m["Source"]) for a in retired for m in a["Mounts"]
                                    if m["Destination"] == "/run/secrets")
         finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(60)
+            agent.stop()
 
     plan = subprocess.run([sys.executable, "-m", "reconciler", "plan", "--repo", str(bare), "--env", ENV_NAME,
                            "--identity", work.identity, "--json"], capture_output=True, text=True, env=agent_env)

@@ -24,7 +24,6 @@ signing key (trusted in allowed_signers too).
 from __future__ import annotations
 
 import contextlib
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +33,7 @@ import pygit2
 import pytest
 
 from reconciler.adapters import gitlog
+from tests.agentproc import AgentProcess
 from tests.envrepo import make_env_repo, remove_containers
 from tests.pushing import wait_for
 from tests.signing import git, make_keys, signed_commit
@@ -130,11 +130,9 @@ def test_require_signed_is_enforced_by_the_hook_and_by_the_agent_and_history_sho
     assert pushed.returncode == 0, pushed.stderr
 
     log = tmp_path / "agent.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "reconciler", "run", "--repo", str(bare), "--env", ENV, "--identity", fleet.identity_file,
-         "--state", str(tmp_path / "state"), "--log-format", "json", "--allowed-signers", str(keys.allowed_signers),
-         "--gpg-keyring", str(keys.keyring), "--signing-key", str(keys.ssh["agent"])],
-        stdout=log.open("a"), stderr=subprocess.STDOUT)
+    agent = AgentProcess(bare, ENV, fleet.identity_file, log, state=tmp_path / "state",
+                         args=("--allowed-signers", str(keys.allowed_signers), "--gpg-keyring", str(keys.keyring),
+                               "--signing-key", str(keys.ssh["agent"]))).start()
     try:
         assert wait_for(lambda: (active(fleet) or ("", ""))[1] == first, 180), log.read_text()
 
@@ -176,8 +174,7 @@ def test_require_signed_is_enforced_by_the_hook_and_by_the_agent_and_history_sho
         assert wait_for(lambda: (active(fleet) or ("", ""))[1] == good, 180), log.read_text()
         assert result_of(bare, good).result == "deployed"
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
+        agent.stop()
 
     # 3. Who signed each deploy, and who wrote each note.
     ssh_fpr, (carol_fpr,) = keys.ssh_fingerprint("alice"), [keys.pgp["carol"]]

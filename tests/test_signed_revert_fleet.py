@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -39,6 +38,7 @@ import pytest
 from reconciler.adapters import gitlog
 from reconciler.cli.commands.install_hooks import package_dir
 from reconciler.core.record import Attempt
+from tests.agentproc import AgentProcess
 from tests.envrepo import make_env_repo, remove_containers
 from tests.pushing import wait_for
 from tests.signing import git, make_keys, signed_commit
@@ -126,15 +126,9 @@ def verify_commit(bare: Path, keys, commit: str) -> str:
 def agent(world, tmp_path):
     fleet, keys, _, bare = world
     log = tmp_path / "agent.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "reconciler", "run", "--repo", str(bare), "--env", ENV, "--identity", fleet.identity_file,
-         "--state", str(tmp_path / "state"), "--log-format", "json", "--signing-key", str(keys.ssh["agent"])],
-        stdout=log.open("a"), stderr=subprocess.STDOUT)
-    try:
+    with AgentProcess(bare, ENV, fleet.identity_file, log, state=tmp_path / "state",
+                      args=("--signing-key", str(keys.ssh["agent"]))):
         yield log
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
 
 
 def test_the_agents_signed_revert_its_unforgeable_notes_and_the_signed_lever(world, tmp_path):

@@ -22,11 +22,9 @@ import hashlib
 import hmac
 import json
 import os
-import signal
 import socket
 import stat
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -38,6 +36,7 @@ import pygit2
 import pytest
 
 from reconciler.adapters import gitlog
+from tests.agentproc import AgentProcess
 from tests.envrepo import make_env_repo, remove_containers
 from tests.pushing import git, wait_for
 
@@ -153,12 +152,9 @@ def test_forged_webhooks_trigger_nothing_and_a_signed_one_deploys_the_pushed_com
     fleet, work, forge, agent_repo, secret_file = world
     port = free_port()
     log = tmp_path / "agent.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "reconciler", "run", "--repo", str(agent_repo), "--env", ENV, "--identity", fleet.identity_file,
-         "--state", str(tmp_path / "state"), "--log-format", "json", "--no-watch", "--remote", "origin",
-         "--fetch-interval", "3600", "--webhook-port", str(port), "--webhook-address", ADDRESS,
-         "--webhook-secret-file", str(secret_file)],
-        stdout=log.open("a"), stderr=subprocess.STDOUT)
+    agent = AgentProcess(agent_repo, ENV, fleet.identity_file, log, state=tmp_path / "state",
+                         args=("--no-watch", "--remote", "origin", "--fetch-interval", "3600", "--webhook-port", str(port),
+                               "--webhook-address", ADDRESS, "--webhook-secret-file", str(secret_file))).start()
     try:
         first = git(work.path, "rev-parse", "HEAD").stdout.strip()
         assert wait_for(lambda: (active(fleet) or ("", ""))[1] == first, 180), log.read_text()
@@ -227,7 +223,6 @@ def test_forged_webhooks_trigger_nothing_and_a_signed_one_deploys_the_pushed_com
             assert wait_for(lambda: getattr(gitlog.latest(pygit2.Repository(str(agent_repo)), commit, ENV), "result", None)
                             == "deployed", 60)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
+        agent.stop()
     text = log.read_text()
     assert SECRET.decode() not in text and sign(payload(second)) not in text, "the secret or a valid signature is in the log"
