@@ -75,7 +75,7 @@ def run(reps: int = 2) -> list[Row]:
 
     sb = sandbox()
     repo = env_repo(sb, ENV)
-    routers = ownrouter.start(sb, PORT, ADMIN_PORT)
+    routers = ownrouter.PrivateRouters(sb, PORT, ADMIN_PORT).start()
     errors_image = error_image.push(sb.registry, "demo/web")
     addresses = {h.name: h.address for h in sb.hosts}
 
@@ -134,7 +134,7 @@ def run(reps: int = 2) -> list[Row]:
             add("watch", len(load.failures()), len(load.answers))
     finally:
         cleanup(sb, f"{ENV}-")
-        ownrouter.stop(routers)
+        routers.stop()
 
     def cell(name: str) -> str:
         return f"{figures[name][0]}/{figures[name][1]}"

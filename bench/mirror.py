@@ -1,6 +1,6 @@
 """Figures: mirroring live requests to green before the switch (``expose.mirror``), 3 hosts, under load.
 
-Setup: an HAProxy of the bench's own per host (``tests.mirrorfleet.PrivateRouters``:
+Setup: an HAProxy of the bench's own per host (``tests.ownrouter.PrivateRouters``:
 port 18340, admin 9951, so the shared routers are untouched) and the
 counting demo image (it tells at ``/hits`` how many requests it answered
 and how many were the mirror's copies).
@@ -27,10 +27,8 @@ its counts can be read).
 
 from __future__ import annotations
 
-import tempfile
 import textwrap
 import time
-from pathlib import Path
 
 from bench.common import Row, cleanup, env_repo, log, ms
 
@@ -99,14 +97,15 @@ def run(reps: int = 1) -> list[Row]:
     from bench.common import sandbox
     import math
 
-    from tests.mirrorfleet import Load, PrivateRouters, alternate_p99, copies, counting_images, tally
+    from tests.mirrorfleet import Load, alternate_p99, copies, counting_images, tally
+    from tests.ownrouter import PrivateRouters
 
     sb = sandbox()
     addresses = {h.name: h.address for h in sb.hosts}
     images = counting_images(sb.registry)
     repo = env_repo(sb, ENV)
     cleanup(sb, f"{ENV}-")
-    with PrivateRouters(sb, Path(tempfile.mkdtemp(prefix="bench-mirror-routers-")), PORT, ADMIN) as routers:
+    with PrivateRouters(sb, PORT, ADMIN) as routers:
         try:
             _write(repo, sb, routers, service(images["mv1"]), "web mv1")
             _deploy(repo, sb, Events())

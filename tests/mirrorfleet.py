@@ -1,9 +1,8 @@
 """Shared by the mirroring/pause fleet tests and bench/mirror.py.
 
-- ``PrivateRouters``: an HAProxy of our own in each sandbox host's network
-  namespace (Debian's package, like the sandbox's), on its own HTTP port and
-  admin port, so these tests never touch the routers other tests configure.
-  Started and stopped here, by the pid we started.
+- ``PrivateRouters`` (``tests.ownrouter``'s): an HAProxy of our own in each
+  sandbox host's network namespace, on its own HTTP port and admin port, so
+  these tests never touch the routers other tests configure.
 - ``counting_images``: the demo image with a handler that counts what it
   answers at ``/`` (``c`` a client's request, ``m`` one with the mirror's
   ``X-Reconciler-Mirror`` header) and tells the counts at ``/hits``, and
@@ -23,11 +22,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reconciler import resources
 from reconciler.core import router as rt
-from reconciler.core import router_config
 from reconciler.core import traffic
 from reconciler.sandbox import images
+from tests.ownrouter import PrivateRouters
 
 HANDLER_PATCH = (
     'while read -r -t 5 line; do\n    [ "${line%$CR}" = "" ] && break\ndone\npath=${path%%\\?*}\n',
@@ -56,62 +54,6 @@ def counting_images(registry: str, repository: str = "mirror/web") -> dict[str, 
         digest = images.push_image(registry, repository, built)
         refs[tag] = f"{registry}/{repository}:{tag}@{digest}"
     return refs
-
-
-@dataclass
-class PrivateRouter:
-    host: str
-    address: str
-    netns: str
-    root: Path
-    port: int
-    admin_port: int
-    proc: subprocess.Popen | None = None
-
-    @property
-    def config(self) -> Path:
-        return self.root / "haproxy.cfg"
-
-    def settings(self) -> rt.RouterSettings:
-        return rt.RouterSettings(bind=f"{self.address}:{self.port}", admin=f"127.0.0.1:{self.admin_port}",
-                                 socket=str(self.root / "admin.sock"), state_file=str(self.root / "server-state"),
-                                 log="stdout", files=traffic.files_dir(str(self.config)))
-
-    def start(self) -> None:
-        import os
-
-        from reconciler.sandbox.haproxy import _deploy_ids, run_as
-
-        self.root.mkdir(parents=True, exist_ok=True)
-        site = rt.Site(self.settings())
-        lua = (resources.path("haproxy") / traffic.LUA_FILE).read_text()
-        for path, text in traffic.support_files(site, {}, lua).items():
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            Path(path).write_text(text)
-        self.config.write_text(router_config.render_config(site, {}))
-        # The product reaches hosts as the deploy user: the router's files and process are that user's.
-        uid, gid = _deploy_ids()
-        for path in (self.root, *self.root.rglob("*")):
-            os.chown(path, uid, gid)
-        log = (self.root / "haproxy.log").open("a")
-        self.proc = subprocess.Popen(["nsenter", f"--net=/var/run/netns/{self.netns}", *run_as(), "haproxy", "-W", "-db",
-                                      "-f", str(self.config), "-p", str(self.root / "haproxy.pid")],
-                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 60
-        while not (self.root / "admin.sock").exists() or not (self.root / "haproxy.pid").exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"haproxy for {self.host} did not start: {(self.root / 'haproxy.log').read_text()}")
-            time.sleep(0.2)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)  # the master we started stops its workers
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.proc = None
 
 
 @dataclass
@@ -170,43 +112,6 @@ class Responder:
                 self.proc.kill()
                 self.proc.wait(10)
         self.proc = None
-
-
-class PrivateRouters:
-    def __init__(self, fleet, root: Path, port: int, admin_port: int) -> None:
-        import os
-        import tempfile
-
-        from reconciler.sandbox.haproxy import _deploy_ids
-
-        # Under a directory the deploy user can reach (pytest's own tmp is root's, mode 0700).
-        root = Path(tempfile.mkdtemp(prefix=f"rcl-{root.name}-"))
-        os.chmod(root, 0o755)
-        os.chown(root, *_deploy_ids())
-        self.fleet = fleet
-        self.routers = {h.name: PrivateRouter(h.name, h.address, h.netns, root / h.name, port, admin_port)
-                        for h in fleet.hosts}
-        self.root = root
-
-    def __enter__(self) -> "PrivateRouters":
-        for r in self.routers.values():
-            r.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        import shutil
-
-        for r in self.routers.values():
-            r.stop()
-        shutil.rmtree(self.root, ignore_errors=True)
-
-    def block(self) -> str:
-        """The environment's ``router:`` block for these routers ({host} filled in per host)."""
-        first = next(iter(self.routers.values()))
-        general = str(first.root).replace(f"/{first.host}", "/{host}")
-        return (f'router:\n  bind: "{{address}}:{first.port}"\n  admin: 127.0.0.1:{first.admin_port}\n'
-                f'  config_file: {general}/haproxy.cfg\n  reload: "kill -USR2 $(cat {general}/haproxy.pid)"\n'
-                f'  socket: {general}/admin.sock\n  state_file: {general}/server-state\n  log: stdout\n')
 
 
 def request(address: str, port: int, hostname: str, path: str = "/", timeout: float = 40.0) -> tuple[int | None, str, float]:

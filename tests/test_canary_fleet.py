@@ -80,7 +80,7 @@ CANARY = (f"{{strategy: canary, steps: [0, 10, 50, 100], pause: {PAUSE}s, abort:
 
 
 class World:
-    def __init__(self, fleet, root: Path, routers: ownrouter.OwnRouters) -> None:
+    def __init__(self, fleet, root: Path, routers: ownrouter.PrivateRouters) -> None:
         self.fleet, self.routers = fleet, routers
         self.work, self.bare = user_repos(root, fleet.known_hosts_file, ENV)
         self.state = root / "state"
@@ -124,7 +124,7 @@ class World:
 def world(fleet, tmp_path_factory):
     root = tmp_path_factory.mktemp("canary")
     remove_containers(fleet, f"{ENV}-")
-    routers = ownrouter.start(fleet, PORT, ADMIN_PORT)
+    routers = ownrouter.PrivateRouters(fleet, PORT, ADMIN_PORT).start()
     w = World(fleet, root, routers)
     try:
         first = w.push(service(fleet.images["v1"], rollout=CANARY), "web v1, canary rollouts")
@@ -135,7 +135,7 @@ def world(fleet, tmp_path_factory):
     finally:
         w.agent.stop()
         remove_containers(fleet, f"{ENV}-")
-        ownrouter.stop(routers)
+        routers.stop()
 
 
 class CookieHolder:

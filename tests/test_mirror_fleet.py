@@ -1,7 +1,7 @@
 """Mirroring, pausing and maintenance through real HAProxies, driven as a user drives them.
 
 Each sandbox host gets an HAProxy of this module's own (port 8181, admin
-9941: ``mirrorfleet.PrivateRouters``), so nothing here touches the routers
+9941: ``ownrouter.PrivateRouters``), so nothing here touches the routers
 other tests use.  The agent runs as its own process on a bare repository
 with the hooks installed; changes are real ``git push``es; the levers are
 ``reconciler pause|resume|maintenance`` run from a shell.
@@ -51,7 +51,8 @@ from tests.agentproc import AgentProcess, push_on_top, user_repos
 from tests.bgfleet import JournalWatcher
 from tests.dbfleet import columns, create_database, drop_database, migrating_image, sql
 from tests.envrepo import remove_containers
-from tests.mirrorfleet import Load, PrivateRouters, alternate_p99, copies, counting_images, request, tally
+from tests.mirrorfleet import Load, alternate_p99, copies, counting_images, request, tally
+from tests.ownrouter import PrivateRouters
 from tests.pushing import git, wait_for
 
 pytestmark = [pytest.mark.fleet, pytest.mark.slow]
@@ -141,7 +142,7 @@ class World:
 def world(fleet, tmp_path_factory):
     root = tmp_path_factory.mktemp("mirror")
     remove_containers(fleet, f"{ENV}-")
-    with PrivateRouters(fleet, root / "routers", PORT, ADMIN) as routers:
+    with PrivateRouters(fleet, PORT, ADMIN) as routers:
         w = World(fleet, root, routers)
         w.images = counting_images(fleet.registry)
         try:

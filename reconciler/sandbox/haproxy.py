@@ -92,10 +92,15 @@ def _hand_to_deploy_user(host: HostLayout) -> None:
 
 def answers(host: HostLayout) -> bool:
     """The Runtime API answers on the unix socket (reachable from the root namespace)."""
+    return answers_on(host.haproxy_socket)
+
+
+def answers_on(sock) -> bool:
+    """An HAProxy's Runtime API answers ``show info`` on the unix socket ``sock``."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(2.0)
-            s.connect(str(host.haproxy_socket))
+            s.connect(str(sock))
             s.sendall(b"show info\n")
             data = b""
             while chunk := s.recv(65536):
@@ -126,7 +131,7 @@ def _valid(host: HostLayout) -> bool:
                      check=False).returncode == 0
 
 
-def _write_support_files(site: router.Site) -> None:
+def write_support_files(site: router.Site) -> None:
     """The Lua, empty maps and pages the rendered config names (``core.traffic``), as the product writes them."""
     from pathlib import Path
 
@@ -148,7 +153,7 @@ def ensure(host: HostLayout) -> SandboxRouter:
     host.haproxy_dir.mkdir(parents=True, exist_ok=True)
     if not host.haproxy_config.exists() or not _valid(host):
         site = router.Site(described.settings())
-        _write_support_files(site)
+        write_support_files(site)
         host.haproxy_config.write_text(router_config.render_config(site, {}))
     _hand_to_deploy_user(host)
     pid = procs.spawn_detached(argv(host), host.haproxy_log)
