@@ -42,15 +42,9 @@ BLUE_GREEN = "{batch_size: 1}"
 
 
 def _service(image: str, rollout: str, env: str = "") -> str:
-    return f"""
-    web:
-      image: {image}
-      hosts: all
-      expose: {{hosts: [{HOSTNAME}], port: 8080, drain: 5s}}
-      health: {{type: http, path: /health, interval: 200ms, successes: 1, deadline: 20s}}
-      rollout: {rollout}
-      stop_timeout: 2s
-    {env}"""
+    from tests.bgfleet import exposed_web
+
+    return exposed_web(image, HOSTNAME, interval="200ms", successes=1, drain="5s", rollout=rollout, more=env)
 
 
 def _mean(values: list[float]) -> float | None:

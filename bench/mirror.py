@@ -27,7 +27,6 @@ its counts can be read).
 
 from __future__ import annotations
 
-import textwrap
 import time
 
 from bench.common import Row, cleanup, env_repo, log, ms
@@ -39,64 +38,18 @@ PERCENT = 30
 
 
 def service(image: str, extra: str = "") -> str:
-    return textwrap.dedent(f"""\
-        web:
-          image: {image}
-          hosts: all
-          expose:
-            hosts: [{HOSTNAME}]
-            port: 8080
-            drain: 5s
-        {textwrap.indent(extra, '    ')}
-          health: {{type: http, path: /health, interval: 200ms, successes: 1, deadline: 30s}}
-          stop_timeout: 2s
-        """)
+    from tests.bgfleet import exposed_web
 
-
-class Events:
-    def __init__(self) -> None:
-        self.items: list[tuple[float, str, dict]] = []
-
-    def __call__(self, event: str, **fields) -> None:
-        self.items.append((time.time(), event, fields))
-
-    def at(self, event: str, step: str, host: str) -> list[float]:
-        return [t for t, e, f in self.items if e == event and f.get("step") == step and f.get("host") == host]
-
-
-def _write(repo, sb, routers, services: str, message: str) -> None:
-    import pygit2
-
-    hosts = "\n".join(f"  {h.name}: {{address: {h.address}, port: {h.port}, user: {h.user}}}" for h in sb.hosts)
-    (repo.path / "environments" / ENV / "environment.yaml").write_text(
-        f"hosts:\n{hosts}\n{routers.block()}services:\n" + textwrap.indent(services, "  "))
-    git = pygit2.Repository(str(repo.path))
-    git.index.add_all()
-    git.index.write()
-    sig = pygit2.Signature("bench", "bench@reconciler.invalid")
-    parents = [] if git.head_is_unborn else [git.head.target]
-    git.create_commit("HEAD", sig, sig, message, git.index.write_tree(), parents)
-
-
-def _deploy(repo, sb, events) -> None:
-    from reconciler.adapters import fleet
-    from reconciler.engine.run import Context, Request, run
-
-    def open_hosts(environment, known_hosts_file):
-        return fleet.open_hosts(environment.hosts, identity_file=sb.identity_file, known_hosts_file=known_hosts_file)
-
-    gitdir = repo.path / ".git"
-    ctx = Context(repo=gitdir, state_dir=gitdir / "reconciler", open_hosts=open_hosts, close_hosts=fleet.close_hosts,
-                  observers=(events,))
-    result = run(ctx, Request(ENV, "deploy", trigger="cli", actor="bench", force=True))
-    if result.result != "deployed":
-        raise RuntimeError(f"{ENV} deploy: {result.result} {result.reason}: {result.message}")
+    return exposed_web(image, HOSTNAME, interval="200ms", successes=1, drain="5s", deadline="30s", rollout=None,
+                       expose=extra.strip())
 
 
 def run(reps: int = 1) -> list[Row]:
     from bench.common import sandbox
     import math
 
+    from bench.router import Events, _run
+    from tests.bgfleet import write_environment
     from tests.mirrorfleet import Load, alternate_p99, copies, counting_images, tally
     from tests.ownrouter import PrivateRouters
 
@@ -107,14 +60,14 @@ def run(reps: int = 1) -> list[Row]:
     cleanup(sb, f"{ENV}-")
     with PrivateRouters(sb, PORT, ADMIN) as routers:
         try:
-            _write(repo, sb, routers, service(images["mv1"]), "web mv1")
-            _deploy(repo, sb, Events())
-            _write(repo, sb, routers, service(images["mv2"], f"mirror: {{percent: {PERCENT}, for: 15s}}\n"),
-                   "web mv2, mirrored first")
-            events = Events()
+            write_environment(repo.path, ENV, sb, service(images["mv1"]), message="web mv1", router=routers.block())
+            _run(repo.path, ENV, sb, "deploy", Events())
+            write_environment(repo.path, ENV, sb, service(images["mv2"], f"mirror: {{percent: {PERCENT}, for: 15s}}"),
+                              message="web mv2, mirrored first", router=routers.block())
+            events = Events(clock=time.time)  # the load's samples are stamped with time.time()
             load = Load(addresses, PORT, HOSTNAME, rate=10.0, max_requests=2000, max_seconds=180, ids=True).start()
             try:
-                _deploy(repo, sb, events)
+                _run(repo.path, ENV, sb, "deploy", events)
             finally:
                 load.stop()
             window = copied = duplicates = 0

@@ -44,15 +44,9 @@ ROLLBACK_LIMIT = 1.0  # seconds, 3 hosts
 
 
 def exposed(image: str) -> str:
-    return textwrap.dedent(f"""\
-        web:
-          image: {image}
-          hosts: all
-          expose: {{hosts: [{HOSTNAME}], port: 8080, drain: 5s}}
-          health: {{type: http, path: /health, interval: 100ms, successes: 1, deadline: 20s}}
-          rollout: {{batch_size: 1}}
-          stop_timeout: 2s
-        """)
+    from tests.bgfleet import exposed_web
+
+    return exposed_web(image, HOSTNAME, interval="100ms", successes=1, drain="5s")
 
 
 def published(image: str) -> str:
@@ -68,13 +62,14 @@ def published(image: str) -> str:
 
 
 class Events:
-    """The run's report events with their time (perf_counter)."""
+    """The run's report events with their time (``clock``'s: perf_counter unless told)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock=time.perf_counter) -> None:
         self.items: list[tuple[float, str, dict]] = []
+        self.clock = clock
 
     def __call__(self, event: str, **fields) -> None:
-        self.items.append((time.perf_counter(), event, fields))
+        self.items.append((self.clock(), event, fields))
 
     def at(self, event: str, step: str, host: str | None = None) -> list[float]:
         return [t for t, e, f in self.items if e == event and f.get("step") == step and (host is None or f.get("host") == host)]

@@ -1,6 +1,8 @@
-"""Shared by the blue-green and canary fleet tests and bench/router.py: the
-sandbox's routers as an environment's ``router:`` block, and a watcher of the
-agent's journal.  The bounded load generator is ``tests.loadgen``'s.
+"""Shared by the blue-green, canary and mirror fleet tests and their benches
+(bench/router.py, canary.py, mirror.py): the sandbox's routers as an
+environment's ``router:`` block, the environment file with an exposed
+service, and a watcher of the agent's journal.  The bounded load generator
+is ``tests.loadgen``'s.
 """
 
 from __future__ import annotations
@@ -56,16 +58,22 @@ def write_environment(path: Path, env: str, sandbox, services_yaml: str, *, mess
     return str(repo.create_commit("HEAD", _SIG, _SIG, message, tree, parents))
 
 
-def exposed_web(image: str, hostname: str, *, deadline: str = "20s") -> str:
+def exposed_web(image: str, hostname: str, *, deadline: str = "20s", interval: str = "500ms", successes: int = 2,
+                drain: str = "10s", rollout: str | None = "{batch_size: 1}", expose: str = "", more: str = "") -> str:
+    """A ``web`` service behind the routers at ``hostname``, for ``write_environment``: ``expose``
+    more keys of its ``expose:`` (``mirror: {...}``), ``rollout`` None for the default, ``more``
+    more lines of the service (keys of ``web:``)."""
+    keys = f", {expose}" if expose else ""
+    rollout_line = f"\n      rollout: {rollout}" if rollout else ""
+    lines = textwrap.indent(textwrap.dedent(more), "      ") if more.strip() else ""
     return f"""
     web:
       image: {image}
       hosts: all
-      expose: {{hosts: [{hostname}], port: 8080, drain: 10s}}
-      health: {{type: http, path: /health, interval: 500ms, successes: 2, deadline: {deadline}}}
-      rollout: {{batch_size: 1}}
+      expose: {{hosts: [{hostname}], port: 8080, drain: {drain}{keys}}}
+      health: {{type: http, path: /health, interval: {interval}, successes: {successes}, deadline: {deadline}}}{rollout_line}
       stop_timeout: 2s
-    """
+{lines}"""
 
 
 class JournalWatcher(threading.Thread):

@@ -49,7 +49,7 @@ from reconciler.adapters.router import _parse
 from reconciler.sandbox import error_image
 from tests import ownrouter
 from tests.agentproc import AgentProcess, push_on_top, user_repos
-from tests.bgfleet import JournalWatcher, write_environment
+from tests.bgfleet import JournalWatcher, exposed_web, write_environment
 from tests.envrepo import remove_containers
 from tests.loadgen import Answer, Load, fetch, one_request
 from tests.pushing import wait_for
@@ -64,15 +64,7 @@ RATE = 20.0
 
 
 def service(image: str, *, rollout: str, env: str = "") -> str:
-    return f"""
-    web:
-      image: {image}
-      hosts: all
-      expose: {{hosts: [{HOSTNAME}], port: 8080, drain: 5s}}
-      health: {{type: http, path: /health, interval: 500ms, successes: 2, deadline: 30s}}
-      rollout: {rollout}
-      stop_timeout: 2s
-    {env}"""
+    return exposed_web(image, HOSTNAME, drain="5s", deadline="30s", rollout=rollout, more=env)
 
 
 CANARY = (f"{{strategy: canary, steps: [0, 10, 50, 100], pause: {PAUSE}s, abort: {{errors: 1%}}, "

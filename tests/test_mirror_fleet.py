@@ -39,7 +39,6 @@ import math
 import os
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -48,7 +47,7 @@ import pytest
 
 from reconciler.adapters import gitlog
 from tests.agentproc import AgentProcess, push_on_top, user_repos
-from tests.bgfleet import JournalWatcher
+from tests.bgfleet import JournalWatcher, exposed_web, write_environment
 from tests.dbfleet import columns, create_database, drop_database, migrating_image, sql
 from tests.envrepo import remove_containers
 from tests.mirrorfleet import Load, alternate_p99, copies, counting_images, request, tally
@@ -67,18 +66,7 @@ _SIG = pygit2.Signature("test author", "author@reconciler.invalid")
 
 def web(image: str, extra: str = "", *, service_extra: str = "") -> str:
     """The service; ``extra``: one line under ``expose``, ``service_extra``: lines of the service."""
-    return textwrap.dedent(f"""\
-    web:
-      image: {image}
-      hosts: all
-      expose:
-        hosts: [{HOSTNAME}]
-        port: 8080
-        drain: 5s
-    {textwrap.indent(extra, '    ') if extra else ''}
-      health: {{type: http, path: /health, interval: 500ms, successes: 2, deadline: 30s}}
-      stop_timeout: 2s
-    """) + textwrap.indent(service_extra, "  ")
+    return exposed_web(image, HOSTNAME, drain="5s", deadline="30s", rollout=None, expose=extra.strip(), more=service_extra)
 
 
 class World:
@@ -93,14 +81,9 @@ class World:
         self.addresses = {h.name: h.address for h in fleet.hosts}
 
     def push(self, service_yaml: str, message: str, blocks: str = "") -> str:
-        def commit() -> None:
-            hosts = "\n".join(f"  {h.name}: {{address: {h.address}, port: {h.port}, user: {h.user}}}" for h in self.fleet.hosts)
-            (self.work / "environments" / ENV / "environment.yaml").write_text(
-                f"hosts:\n{hosts}\n{self.routers.block()}{blocks}services:\n" + textwrap.indent(service_yaml, "  "))
-            git(self.work, "add", "-A")
-            git(self.work, "commit", "-q", "-m", message)
-
-        return push_on_top(self.work, self.bare, commit)
+        """``blocks``: more of the environment (``database:``), before its services."""
+        return push_on_top(self.work, self.bare, lambda: write_environment(
+            self.work, ENV, self.fleet, service_yaml, message=message, router=self.routers.block() + blocks))
 
     def edit(self, change, message: str) -> str:
         """A commit of the environment file as the branch has it (levers' commits included), ``change``d."""
