@@ -148,3 +148,18 @@ def push_on_top(work: Path, bare: Path, make_commit: Callable[[], str | None]) -
     commit = make_commit()
     git(work, "push", "-q", str(bare), "HEAD:main")
     return commit or git(work, "rev-parse", "HEAD").stdout.strip()
+
+
+def lever(repo: Path, env: str, identity: str, *argv: str, attempts: int = 30) -> subprocess.CompletedProcess:
+    """``reconciler <argv> --repo --env --identity --yes`` from a shell, as a user runs a lever;
+    while the agent holds the environment's lock (exit 4: it is noting what it just did),
+    again 3 s later, ``attempts`` times at most."""
+    import time
+
+    cli = [sys.executable, "-m", "reconciler", *argv, "--repo", str(repo), "--env", env, "--identity", identity, "--yes"]
+    for _ in range(attempts):
+        done = subprocess.run(cli, capture_output=True, text=True)
+        if done.returncode != 4:
+            break
+        time.sleep(3)
+    return done

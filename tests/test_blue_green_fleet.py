@@ -17,8 +17,6 @@ with SIGKILL in the middle of a switch, then started again.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -26,7 +24,7 @@ import pygit2
 import pytest
 
 from reconciler.adapters import gitlog
-from tests.agentproc import AgentProcess, push_on_top, user_repos
+from tests.agentproc import AgentProcess, lever, push_on_top, user_repos
 from tests.bgfleet import JournalWatcher, Load, exposed_web, one_request, write_environment
 from tests.envrepo import remove_containers
 from tests.pushing import wait_for
@@ -154,15 +152,9 @@ def test_a_never_healthy_release_gets_no_request_and_is_reverted(world, fleet):
 def test_the_rollback_lever_from_a_shell_switches_back_under_load(world, fleet):
     watcher = JournalWatcher(world.state, ENV)
     watcher.start()
-    cli = [sys.executable, "-m", "reconciler", "rollback", "--repo", str(world.bare), "--env", ENV,
-           "--identity", fleet.identity_file, "--yes"]
     with Load(world.addresses, HOSTNAME) as load:
-        for _ in range(30):  # exit 4: the agent holds the lock for a moment (it noted the revert)
-            lever = subprocess.run(cli, capture_output=True, text=True)
-            if lever.returncode != 4:
-                break
-            time.sleep(3)
-        assert lever.returncode == 0, lever.stdout + lever.stderr
+        done = lever(world.bare, ENV, fleet.identity_file, "rollback")
+        assert done.returncode == 0, done.stdout + done.stderr
     watcher.stop()
     expect_switch(load, switch_windows(watcher, world.addresses), "v2", "v1")
     head = world.head()

@@ -33,7 +33,7 @@ from reconciler.adapters.ssh import connect
 from reconciler.core import router_image as ri
 from reconciler.sandbox import router_image as sandbox_router_image
 from reconciler.sandbox.layout import DEPLOY_USER
-from tests.agentproc import AgentProcess, push_on_top, user_repos
+from tests.agentproc import AgentProcess, lever, push_on_top, user_repos
 from tests.bgfleet import JournalWatcher, Load, one_request
 from tests.envrepo import remove_containers
 from tests.pushing import git, wait_for
@@ -193,15 +193,9 @@ def test_a_deploy_under_load_through_the_image_router_loses_no_request(world, fl
 def test_the_rollback_lever_switches_back_through_the_image_router_under_load(world, fleet):
     watcher = JournalWatcher(world.state, ENV)
     watcher.start()
-    cli = [sys.executable, "-m", "reconciler", "rollback", "--repo", str(world.bare), "--env", ENV,
-           "--identity", fleet.identity_file, "--yes"]
     with Load(world.addresses, HOSTNAME, port=PORT) as load:
-        for _ in range(30):  # exit 4: the agent holds the lock for a moment
-            lever = subprocess.run(cli, capture_output=True, text=True)
-            if lever.returncode != 4:
-                break
-            time.sleep(3)
-        assert lever.returncode == 0, lever.stdout + lever.stderr
+        done = lever(world.bare, ENV, fleet.identity_file, "rollback")
+        assert done.returncode == 0, done.stdout + done.stderr
     watcher.stop()
     expect_switch(load, switch_windows(watcher, world.addresses), "v2", "v1")
     world.web = "v1"  # what the lever's commit says now
