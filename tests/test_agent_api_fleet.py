@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 
@@ -24,6 +23,7 @@ import pytest
 
 from reconciler.adapters import gitlog
 from reconciler.cli.main import main
+from tests.agentproc import AgentProcess
 from tests.bgfleet import router_block
 from tests.envrepo import EnvRepo, make_env_repo, remove_containers
 from tests.pushing import git, wait_for
@@ -53,23 +53,10 @@ class World:
         self.work = RoutedRepo(plain.path, plain.env, fleet)
         self.bare = root / "env.git"
         self.state = root / "state"
-        self.log = root / "agent.log"
         git(root, "init", "-q", "--bare", "-b", "main", str(self.bare))
         assert main(["install-hooks", str(self.bare)]) == 0
         git(self.work.path, "remote", "add", "origin", str(self.bare))
-        self.proc: subprocess.Popen | None = None
-
-    def start_agent(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "reconciler", "run", "--repo", str(self.bare), "--env", ENV, "--identity",
-             self.fleet.identity_file, "--state", str(self.state), "--log-format", "json"],
-            stdout=self.log.open("a"), stderr=subprocess.STDOUT)
-
-    def stop_agent(self) -> None:
-        if self.proc is not None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(60)
-            self.proc = None
+        self.agent = AgentProcess(self.bare, ENV, fleet.identity_file, root / "agent.log", state=self.state)
 
     def cli(self, *args: str, repo=None) -> subprocess.CompletedProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RECONCILER_")} | {"RECONCILER_CONFIG": ""}
@@ -81,7 +68,7 @@ class World:
         return [a.result for a in gitlog.attempts(pygit2.Repository(str(self.bare)), commit, ENV)]
 
     def agent_log(self) -> str:
-        return self.log.read_text() if self.log.exists() else ""
+        return self.agent.text()
 
 
 @pytest.fixture(scope="module")
@@ -91,11 +78,11 @@ def world(fleet, tmp_path_factory):
     try:
         first = w.work.commit(SERVICE.format(image=fleet.images["v1"]), policy="drift_interval: 1h", message="web v1")
         git(w.work.path, "push", "-q", "origin", "main")
-        w.start_agent()
+        w.agent.start()
         assert wait_for(lambda: "deployed" in w.results(first), timeout=180), w.agent_log()
         yield w
     finally:
-        w.stop_agent()
+        w.agent.stop()
         remove_containers(fleet, f"{ENV}-")
 
 
@@ -111,7 +98,7 @@ def stop_by_hand(fleet, host_name: str, name: str) -> None:
 def test_plan_through_the_agent_is_the_plan_without_it_and_is_observed_now(world, fleet):
     ours = world.cli("plan")
     assert ours.returncode == 0, ours.stdout + ours.stderr
-    assert ours.stderr.strip() == f"observed through the agent (pid {world.proc.pid})", ours.stderr
+    assert ours.stderr.strip() == f"observed through the agent (pid {world.agent.pid})", ours.stderr
     direct = world.cli("plan", "--no-agent")
     assert direct.returncode == 0 and direct.stdout == ours.stdout, (direct.stdout, ours.stdout)
     assert direct.stderr.strip() == "observed over SSH from here (--no-agent)"
@@ -150,7 +137,7 @@ def test_a_worktree_with_other_router_settings_is_refused_and_observed_from_here
 
 def test_with_the_agent_stopped_the_plan_falls_back_and_works(world, fleet):
     with_agent = world.cli("plan")
-    world.stop_agent()
+    world.agent.stop()
     alone = world.cli("plan")
     assert alone.returncode == with_agent.returncode and alone.stdout == with_agent.stdout, alone.stderr
     assert alone.stderr.strip() == f"observed over SSH from here (no agent: no socket at {world.state / 'api.sock'})"
