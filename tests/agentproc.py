@@ -82,18 +82,8 @@ class AgentProcess:
         return text[-tail:] if tail else text
 
     def events(self, name: str | None = None, **fields) -> list[dict]:
-        """The JSON lines named ``name`` (every one with None) whose ``fields`` have these values;
-        a line that is not JSON is left out (see ``raw_lines``)."""
-        out = []
-        for line in self.text().splitlines():
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(event, dict) and (name is None or event.get("event") == name) \
-                    and all(event.get(k) == v for k, v in fields.items()):
-                out.append(event)
-        return out
+        """``log_events`` of this agent's log."""
+        return log_events(self.log, name, **fields)
 
     def lines(self) -> list[dict]:
         """Every line of the log, parsed: a line that is not JSON fails the test."""
@@ -121,6 +111,21 @@ class AgentProcess:
         found = wait_for(lambda: self.events(name, **fields), timeout)
         assert found, f"no {name} {fields or ''} in {timeout:.0f}s:\n{self.text(4000)}"
         return found[0]
+
+
+def log_events(log: Path, name: str | None = None, **fields) -> list[dict]:
+    """The JSON lines of an agent's ``log`` named ``name`` (every one with None) whose ``fields``
+    have these values; a line that is not JSON is left out (``AgentProcess.raw_lines`` has them)."""
+    out = []
+    for line in (log.read_text() if log.exists() else "").splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict) and (name is None or event.get("event") == name) \
+                and all(event.get(k) == v for k, v in fields.items()):
+            out.append(event)
+    return out
 
 
 # ---------------------------------------------------------------- the user's side

@@ -28,7 +28,7 @@ import pytest
 
 from reconciler.adapters import gitlog
 from reconciler.cli.main import main
-from tests.agentproc import AgentProcess
+from tests.agentproc import AgentProcess, log_events
 from tests.envrepo import make_env_repo, remove_containers
 from tests.pushing import git, wait_for
 
@@ -96,7 +96,7 @@ def seen(fleet, container) -> tuple[str, str]:
 
 
 def ends(log: Path) -> int:
-    return sum('"event": "reconcile-end"' in line for line in log.read_text().splitlines())
+    return len(log_events(log, "reconcile-end"))
 
 
 def test_rewriting_a_host_secret_file_redeploys_the_service_and_nothing_else_does(world, tmp_path):

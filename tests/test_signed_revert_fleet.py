@@ -26,7 +26,6 @@ this tree's checks).
 from __future__ import annotations
 
 import contextlib
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -38,7 +37,7 @@ import pytest
 from reconciler.adapters import gitlog
 from reconciler.cli.commands.install_hooks import package_dir
 from reconciler.core.record import Attempt
-from tests.agentproc import AgentProcess
+from tests.agentproc import AgentProcess, log_events
 from tests.envrepo import make_env_repo, remove_containers
 from tests.pushing import wait_for
 from tests.signing import git, make_keys, signed_commit
@@ -112,8 +111,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 
 def ends(log: Path, commit: str) -> list[dict]:
     """The agent's reconcile-end lines for ``commit`` (logged by its short id)."""
-    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
-    return [line for line in lines if line.get("event") == "reconcile-end" and commit.startswith(line.get("commit") or "-")]
+    return log_events(log, "reconcile-end", commit=commit[:12])
 
 
 def verify_commit(bare: Path, keys, commit: str) -> str:

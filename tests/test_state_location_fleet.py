@@ -11,7 +11,6 @@ $STATE_DIRECTORY, as a user on the agent's machine would.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shlex
@@ -25,6 +24,7 @@ import pytest
 
 from reconciler.adapters import gitlog
 from reconciler.cli.main import main
+from tests.agentproc import log_events
 from tests.envrepo import containers, make_env_repo, remove_containers, serving
 from tests.pushing import git, wait_for
 
@@ -127,16 +127,6 @@ def service(image: str) -> str:
     """
 
 
-def log_events(log: Path) -> list[dict]:
-    events = []
-    for line in log.read_text().splitlines():
-        try:
-            events.append(json.loads(line))
-        except ValueError:
-            pass  # stray output is issue 10 item 5's business, not this test's
-    return events
-
-
 def test_lock_from_a_plain_shell_freezes_the_agent_started_as_the_unit_starts_it(fleet, tmp_path):
     settings = unit_service_settings()
     # The agent records its state directory in the repository: under
@@ -166,8 +156,7 @@ def test_lock_from_a_plain_shell_freezes_the_agent_started_as_the_unit_starts_it
         git(work.path, "push", "-q", "origin", "main")
 
         def refused_as_frozen():
-            return any(e.get("event") == "reconcile-end" and e.get("commit") == v2[:12] and e.get("result") == "frozen"
-                       for e in log_events(log))
+            return log_events(log, "reconcile-end", commit=v2[:12], result="frozen")
 
         assert wait_for(refused_as_frozen), log.read_text()
         assert serving(fleet, PORT) == {h.name: "demo-web v1" for h in fleet.hosts}

@@ -36,7 +36,7 @@ import pygit2
 import pytest
 
 from reconciler.adapters import gitlog
-from tests.agentproc import AgentProcess
+from tests.agentproc import AgentProcess, log_events
 from tests.envrepo import make_env_repo, remove_containers
 from tests.pushing import git, wait_for
 
@@ -128,13 +128,8 @@ def payload(commit: str) -> bytes:
     return json.dumps({"ref": "refs/heads/main", "after": commit, "repository": {"full_name": "ops/env"}}).encode()
 
 
-def events(log: Path, event: str) -> list[dict]:
-    return [e for e in (json.loads(line) for line in log.read_text().splitlines() if line.startswith("{"))
-            if e.get("event") == event]
-
-
 def refusals(log: Path) -> list[dict]:
-    return events(log, "webhook-refused")
+    return log_events(log, "webhook-refused")
 
 
 def nudge_as(path: Path, gid: int) -> bool:
@@ -204,7 +199,7 @@ def test_forged_webhooks_trigger_nothing_and_a_signed_one_deploys_the_pushed_com
         assert gitlog.branch_head(repo, "refs/heads/main") == first, "a forged delivery fetched"
         assert gitlog.attempts(repo, second) == () and gitlog.attempts(pygit2.Repository(str(forge)), second) == ()
         assert active(fleet) == before, "a forged delivery changed the host"
-        assert events(log, "mirror-sync") == [] and not [e for e in events(log, "reconcile-begin") if e["commit"] != first[:12]]
+        assert log_events(log, "mirror-sync") == [] and not [e for e in log_events(log, "reconcile-begin") if e["commit"] != first[:12]]
 
         # Signed deliveries, one per forge's style, each deploy the commit pushed just before.
         headers_for = {
