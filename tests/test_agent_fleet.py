@@ -123,7 +123,7 @@ def test_pushes_during_a_slow_deploy_coalesce_into_one_reconcile_of_the_newest(f
         assert wait_for(lambda: set(serving(fleet, port).values()) == {"demo-web v1"}), log.read_text()
         first = work.commit(slow, message="web v2, slow to prove healthy")
         git(work.path, "push", "-q", "origin", "main")
-        assert wait_for(lambda: f'"commit": "{first[:12]}"' in log.read_text() and "step-begin" in log.read_text(), timeout=30)
+        agent.wait_for_event("reconcile-begin", timeout=30, commit=first[:12])  # the slow deploy is under way
         middle = work.commit(service(fleet.images["v1"], port), message="back to v1")
         git(work.path, "push", "-q", "origin", "main")
         newest = work.commit(service(fleet.images["v2"], port) + "\n  # newest\n", message="v2 again, newest")
