@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from fakes import FakeHost, World
 from reconciler.core import router as rt
+from reconciler.core import router_steps
 from reconciler.core import router_config
 from reconciler.core import traffic
 from reconciler.core.health import CheckResult, Verdict
@@ -111,7 +112,7 @@ class FakeRouter:
     def persist(self) -> None:
         self.persisted += 1
 
-    def apply(self, step: rt.RouterStep, *, persist: bool = True):
+    def apply(self, step: router_steps.RouterStep, *, persist: bool = True):
         self.applied.append(step.step)
         self.persisted += persist
         if self.kill_at is not None and self.kill_at[0] == step.step:
@@ -132,44 +133,44 @@ class FakeRouter:
                     self.maps_.setdefault(name, {})[step.backend] = value
             else:
                 self.clock.sleep(step.seconds)  # WaitMirror
-        elif isinstance(step, rt.Configure):
+        elif isinstance(step, router_steps.Configure):
             self.configures += 1
             self.skeleton = self.site_hash
-        elif isinstance(step, rt.AddServer):
+        elif isinstance(step, router_steps.AddServer):
             if server is None:
                 self.servers_[key] = FakeServer(step.address, step.port, backup=step.backup)
             else:
                 server.address, server.port, server.weight = step.address, step.port, 0
                 server.maint = server.drain = server.up = server.checked = False
-        elif isinstance(step, rt.WaitUp):
+        elif isinstance(step, router_steps.WaitUp):
             result = self._wait_up(step, server)
-        elif isinstance(step, rt.SetWeights):
+        elif isinstance(step, router_steps.SetWeights):
             missing = [name for name, _ in step.weights if (step.backend, name) not in self.servers_]
             if missing:
                 raise RouterError(f"set server {step.backend}/{missing[0]} weight: No such server.", host=self.host.name)
             for name, weight in step.weights:
                 self.servers_[(step.backend, name)].weight = weight
-        elif isinstance(step, rt.WaitDrained):
+        elif isinstance(step, router_steps.WaitDrained):
             result = 0
-        elif isinstance(step, rt.DelServer):
+        elif isinstance(step, router_steps.DelServer):
             if server is not None:  # the adapter skips a server that is gone
                 if not server.maint:
                     raise RouterError("Only servers in maintenance mode can be deleted.", host=self.host.name)
                 del self.servers_[key]
         elif server is None:
             raise RouterError(f"{step.step} {step.backend}/{key[1]}: No such server.", host=self.host.name)
-        elif isinstance(step, rt.Ready):
+        elif isinstance(step, router_steps.Ready):
             server.drain = False
-        elif isinstance(step, rt.Drain):
+        elif isinstance(step, router_steps.Drain):
             server.drain = True
-        elif isinstance(step, rt.Maint):
+        elif isinstance(step, router_steps.Maint):
             server.maint, server.up = True, False
         self.record(step.step)
         return result
 
     site_hash: str | None = None  # what Configure writes: the tests set the desired site's hash
 
-    def _wait_up(self, step: rt.WaitUp, server: FakeServer | None) -> Verdict:
+    def _wait_up(self, step: router_steps.WaitUp, server: FakeServer | None) -> Verdict:
         if server is None or server.maint:
             return Verdict("unhealthy", f"router: {step.backend}/{step.server} not in the router", ())
         started = self.clock()

@@ -16,6 +16,7 @@ import pytest
 from fakes import NEVER_OK, image
 from reconciler.core import managed
 from reconciler.core import router as rt
+from reconciler.core import router_steps
 from reconciler.core import router_config
 from reconciler.core.model import Environment, Expose, HealthCheck, Host, Policy, RouterConfig, Rollout, Service
 from reconciler.core.plan import plan_deploy, plan_rollback
@@ -230,8 +231,8 @@ def test_the_fake_router_sees_a_request_fail_or_reach_an_unhealthy_container(wor
     h1.stop(h1.by_name("prod-web").id, 1)
     assert world.violations == ["h1: after stop, web/" + server(V1) + " gets requests but its container is exited"]
     router = world.routers["h2"]
-    router.apply(rt.AddServer("h2", "web", "web-x", "172.31.0.9", 8080))
-    router.apply(rt.SetWeights("h2", "web", (("web-x", 100), (server(V1), 0))))
+    router.apply(router_steps.AddServer("h2", "web", "web-x", "172.31.0.9", 8080))
+    router.apply(router_steps.SetWeights("h2", "web", (("web-x", 100), (server(V1), 0))))
     assert world.violations[-1] == "h2: after SetWeights, web has no server for a request"
 
 

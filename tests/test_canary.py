@@ -15,6 +15,7 @@ import pytest
 from fakes import image
 from reconciler.core import canary, managed
 from reconciler.core import router as rt
+from reconciler.core import router_steps
 from reconciler.core import router_config
 from reconciler.core.model import Canary, Environment, Expose, HealthCheck, Host, Policy, RouterConfig, Rollout, Service
 from reconciler.core.plan import Plan
@@ -295,8 +296,8 @@ def test_the_config_has_the_sticky_cookie_and_the_qa_route():
     assert "backend web.qa\n" in text and "server web-b 10.0.0.3:8080" in text
     assert rt.backends(rt.site_for(env, "h1")) == {"web", "web.qa", rt.UNROUTED_BACKEND}
     # A sticky backend gets each added server's cookie computed (HAProxy 2.6 takes no ``cookie`` on ``add server``).
-    add = rt.AddServer("h1", "web", "web-x", "10.0.0.9", 8080, sticky=True)
-    assert "enable dynamic-cookie backend web" in [c.line for c in rt.commands(add)]
+    add = router_steps.AddServer("h1", "web", "web-x", "10.0.0.9", 8080, sticky=True)
+    assert "enable dynamic-cookie backend web" in [c.line for c in router_steps.commands(add)]
     # Without a canary, the config is what blue-green had.
     plain = router_config.render_config(rt.site_for(environment(web(V1, strategy="auto")), "h1"), {})
     assert "cookie" not in plain and "qa" not in plain

@@ -10,6 +10,7 @@ import pytest
 
 from reconciler.core import canary, canary_resume
 from reconciler.core import router as rt
+from reconciler.core import router_steps
 from routerfakes import Killed, RoutedWorld
 from test_canary import HOSTS, V1, V2, backend, environment, on, server, web
 
@@ -108,11 +109,11 @@ def test_a_canary_killed_after_its_switch_to_100_never_goes_back_to_a_step(world
 
 def test_the_resume_keeps_the_steps_at_and_above_the_observed_weight():
     green, blue = "web-g", "web-b"
-    steps = (rt.AddServer("h", "web", green, "10.0.0.9", 8080), rt.WaitUp("h", "web", green),
+    steps = (router_steps.AddServer("h", "web", green, "10.0.0.9", 8080), router_steps.WaitUp("h", "web", green),
              canary.Pause("h", "web", green, 0),
-             rt.SetWeights("h", "web", ((green, 10), (blue, 90))), canary.Pause("h", "web", green, 10),
-             rt.SetWeights("h", "web", ((green, 50), (blue, 50))), canary.Pause("h", "web", green, 50),
-             rt.SetWeights("h", "web", ((green, 100), (blue, 0))), rt.Drain("h", "web", blue))
+             router_steps.SetWeights("h", "web", ((green, 10), (blue, 90))), canary.Pause("h", "web", green, 10),
+             router_steps.SetWeights("h", "web", ((green, 50), (blue, 50))), canary.Pause("h", "web", green, 50),
+             router_steps.SetWeights("h", "web", ((green, 100), (blue, 0))), router_steps.Drain("h", "web", blue))
     observed = {("web", green): rt.ServerState("web", green, "10.0.0.9", 8080, 50, 0, True),
                 ("web", blue): rt.ServerState("web", blue, "10.0.0.8", 8080, 50, 0, True)}
     assert canary_resume.resume(steps, observed, "web", green) == steps[6:]  # the pause at 50, then on

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from reconciler.core import router as r
+from reconciler.core import router_steps
 from reconciler.core import router_config
 from reconciler.core.model import HealthCheck
 
@@ -137,59 +138,59 @@ def test_an_exposure_makes_a_release_s_server_on_its_container_port():
 
 
 def test_switch_steps_blue_green():
-    assert r.switch_steps("h1", "web", green=GREEN, blue="web-blue", check=CHECK,
+    assert router_steps.switch_steps("h1", "web", green=GREEN, blue="web-blue", check=CHECK,
                           up_deadline=60, drain_deadline=30) == (
-        r.AddServer("h1", "web", "web-green", "172.17.0.3", 8080, CHECK),
-        r.WaitUp("h1", "web", "web-green", 60),
-        r.SetWeights("h1", "web", (("web-green", 100), ("web-blue", 0))),
-        r.Drain("h1", "web", "web-blue"),
-        r.WaitDrained("h1", "web", "web-blue", 30),
-        r.Maint("h1", "web", "web-blue"),
-        r.DelServer("h1", "web", "web-blue"),
+        router_steps.AddServer("h1", "web", "web-green", "172.17.0.3", 8080, CHECK),
+        router_steps.WaitUp("h1", "web", "web-green", 60),
+        router_steps.SetWeights("h1", "web", (("web-green", 100), ("web-blue", 0))),
+        router_steps.Drain("h1", "web", "web-blue"),
+        router_steps.WaitDrained("h1", "web", "web-blue", 30),
+        router_steps.Maint("h1", "web", "web-blue"),
+        router_steps.DelServer("h1", "web", "web-blue"),
     )
 
 
 def test_first_deploy_has_nothing_to_drain_and_rollback_is_the_switch_back():
-    assert r.switch_steps("h1", "web", green=GREEN, blue=None, check=CHECK, up_deadline=60, drain_deadline=30) == (
-        r.AddServer("h1", "web", "web-green", "172.17.0.3", 8080, CHECK),
-        r.WaitUp("h1", "web", "web-green", 60),
-        r.SetWeights("h1", "web", (("web-green", 100),)),
+    assert router_steps.switch_steps("h1", "web", green=GREEN, blue=None, check=CHECK, up_deadline=60, drain_deadline=30) == (
+        router_steps.AddServer("h1", "web", "web-green", "172.17.0.3", 8080, CHECK),
+        router_steps.WaitUp("h1", "web", "web-green", 60),
+        router_steps.SetWeights("h1", "web", (("web-green", 100),)),
     )
     blue = r.Server("web-blue", "172.17.0.7", 8080)
-    back = r.rollback_steps("h1", "web", retained=blue, current="web-green", check=CHECK, up_deadline=60,
+    back = router_steps.rollback_steps("h1", "web", retained=blue, current="web-green", check=CHECK, up_deadline=60,
                             drain_deadline=30)
     assert [s.step for s in back] == ["AddServer", "WaitUp", "SetWeights", "Drain", "WaitDrained", "Maint", "DelServer"]
     assert back[0].address == "172.17.0.7" and back[2].weights == (("web-blue", 100), ("web-green", 0))
     assert {getattr(s, "server", None) for s in back[3:]} == {"web-green"}
-    assert r.abandon_steps("h1", "web", "web-green") == (r.Maint("h1", "web", "web-green"),
-                                                        r.DelServer("h1", "web", "web-green"))
+    assert router_steps.abandon_steps("h1", "web", "web-green") == (router_steps.Maint("h1", "web", "web-green"),
+                                                        router_steps.DelServer("h1", "web", "web-green"))
 
 
 def test_commands_of_each_step():
-    add = r.AddServer("h1", "web", "g", "172.17.0.3", 8080, CHECK)
-    rearm = r.Command("set server web/g weight 0; set server web/g state ready; set server web/g health down")
-    assert r.commands(add) == (
-        r.Command("add server web/g 172.17.0.3:8080 check inter 500ms rise 3 fall 2 weight 0",
+    add = router_steps.AddServer("h1", "web", "g", "172.17.0.3", 8080, CHECK)
+    rearm = router_steps.Command("set server web/g weight 0; set server web/g state ready; set server web/g health down")
+    assert router_steps.commands(add) == (
+        router_steps.Command("add server web/g 172.17.0.3:8080 check inter 500ms rise 3 fall 2 weight 0",
                   ok=("New server registered.",)),
-        r.Command("enable health web/g"),
+        router_steps.Command("enable health web/g"),
         rearm,
     )
-    assert r.commands(add, exists=True)[-1] == rearm
-    assert r.commands(add, exists=True)[1].line == "set server web/g addr 172.17.0.3 port 8080"
+    assert router_steps.commands(add, exists=True)[-1] == rearm
+    assert router_steps.commands(add, exists=True)[1].line == "set server web/g addr 172.17.0.3 port 8080"
     # Raised weights first: the backend never has all its servers at 0.
-    assert r.commands(r.SetWeights("h1", "web", (("b", 0), ("g", 100)))) == (
-        r.Command("set server web/g weight 100; set server web/b weight 0"),)
-    assert r.commands(r.Drain("h1", "web", "b")) == (r.Command("set server web/b state drain"),)
-    assert r.commands(r.Maint("h1", "web", "b")) == (r.Command("set server web/b state maint"),)
-    assert r.commands(r.DelServer("h1", "web", "b")) == (r.Command("del server web/b", ok=("Server deleted.",)),)
-    assert r.commands(r.WaitUp("h1", "web", "g")) == ()
+    assert router_steps.commands(router_steps.SetWeights("h1", "web", (("b", 0), ("g", 100)))) == (
+        router_steps.Command("set server web/g weight 100; set server web/b weight 0"),)
+    assert router_steps.commands(router_steps.Drain("h1", "web", "b")) == (router_steps.Command("set server web/b state drain"),)
+    assert router_steps.commands(router_steps.Maint("h1", "web", "b")) == (router_steps.Command("set server web/b state maint"),)
+    assert router_steps.commands(router_steps.DelServer("h1", "web", "b")) == (router_steps.Command("del server web/b", ok=("Server deleted.",)),)
+    assert router_steps.commands(router_steps.WaitUp("h1", "web", "g")) == ()
 
 
 def test_command_answers():
-    assert r.Command("set server web/g weight 1").succeeded("\n")
-    assert not r.Command("set server web/g weight 1").succeeded("No such server.\n")
-    assert not r.Command("set a; set b").succeeded("\nNo such server.\n\n")
-    delete = r.Command("del server web/b", ok=("Server deleted.",))
+    assert router_steps.Command("set server web/g weight 1").succeeded("\n")
+    assert not router_steps.Command("set server web/g weight 1").succeeded("No such server.\n")
+    assert not router_steps.Command("set a; set b").succeeded("\nNo such server.\n\n")
+    delete = router_steps.Command("del server web/b", ok=("Server deleted.",))
     assert delete.succeeded("Server deleted.\n") and not delete.succeeded("\n")
     assert not delete.succeeded("Only servers in maintenance mode can be deleted.\n")
 
@@ -202,7 +203,7 @@ def observed(*states):
     return {(s.backend, s.name): s for s in states}
 
 
-BLUE_STEPS = r.switch_steps("h1", "web", green=r.Server("g", "172.17.0.3", 8080), blue="b", check=CHECK,
+BLUE_STEPS = router_steps.switch_steps("h1", "web", green=r.Server("g", "172.17.0.3", 8080), blue="b", check=CHECK,
                             up_deadline=60, drain_deadline=30)
 DRAIN = 0x08
 MAINT = 0x01
@@ -227,14 +228,14 @@ MAINT = 0x01
     ((state("g", 100),), None),
 ])
 def test_resume_continues_from_the_first_step_not_in_effect(servers, first_left):
-    left = r.resume(BLUE_STEPS, observed(*servers))
+    left = router_steps.resume(BLUE_STEPS, observed(*servers))
     assert (left[0].step if left else None) == first_left
     assert left == BLUE_STEPS[len(BLUE_STEPS) - len(left):]
 
 
 def test_resume_never_skips_the_switch_when_blue_is_not_in_the_router():
     # Blue absent makes Drain..DelServer vacuously true; a prefix rule still runs everything.
-    assert r.resume(BLUE_STEPS, {}) == BLUE_STEPS
+    assert router_steps.resume(BLUE_STEPS, {}) == BLUE_STEPS
 
 
 def test_observed_servers_become_config_servers():

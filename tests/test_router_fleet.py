@@ -23,6 +23,7 @@ from reconciler.adapters.hosts import DockerHost
 from reconciler.adapters.router import Router
 from reconciler.adapters.ssh import connect
 from reconciler.core import router as cr
+from reconciler.core import router_steps
 from reconciler.core import router_config
 from reconciler.core.model import ImageRef
 from reconciler.sandbox import haproxy, layout
@@ -163,7 +164,7 @@ class Stage:
         outcomes = {}
         for step in steps:
             before = time.time()  # the load generator's clock
-            switch = isinstance(step, cr.SetWeights)
+            switch = isinstance(step, router_steps.SetWeights)
             outcomes[step.step] = hs.router.apply(step, persist=not switch)
             if switch:  # the window is the command's alone; the files are written after
                 hs.windows["switch"] = (before, time.time())
@@ -176,12 +177,12 @@ class Stage:
         current = [s for (b, s) in hs.router.servers() if b == BACKEND]
         if current == [green.name] and hs.router.servers()[(BACKEND, green.name)].weight == cr.FULL_WEIGHT:
             return
-        steps = list(cr.switch_steps(hs.name, BACKEND, green=green, blue=None, check=CHECK,
+        steps = list(router_steps.switch_steps(hs.name, BACKEND, green=green, blue=None, check=CHECK,
                                      up_deadline=UP_DEADLINE, drain_deadline=DRAIN_DEADLINE))
         for other in current:
             if other != green.name:
-                steps += [cr.SetWeights(hs.name, BACKEND, ((other, 0),)), *cr.abandon_steps(hs.name, BACKEND, other)]
-        self.run(hs, cr.resume(steps, hs.router.servers()))
+                steps += [router_steps.SetWeights(hs.name, BACKEND, ((other, 0),)), *router_steps.abandon_steps(hs.name, BACKEND, other)]
+        self.run(hs, router_steps.resume(steps, hs.router.servers()))
         assert [s for (b, s) in hs.router.servers() if b == BACKEND] == [green.name]
 
     def close(self) -> None:
@@ -232,7 +233,7 @@ def test_switch_blue_to_green_under_load_loses_no_request(stage):
     addresses = {name: stage.fleet.host(name).address for name in stage.hosts}
 
     def switch(hs: HostStage) -> dict:
-        return stage.run(hs, cr.switch_steps(hs.name, BACKEND, green=greens[hs.name], blue=cr.server_name(BACKEND, "v1"),
+        return stage.run(hs, router_steps.switch_steps(hs.name, BACKEND, green=greens[hs.name], blue=cr.server_name(BACKEND, "v1"),
                                              check=CHECK, up_deadline=UP_DEADLINE, drain_deadline=DRAIN_DEADLINE))
 
     with _load(addresses) as load:
@@ -261,12 +262,12 @@ def test_green_that_never_turns_healthy_never_gets_a_request(stage):
     addresses = {name: stage.fleet.host(name).address for name in stage.hosts}
 
     def attempt(hs: HostStage):
-        steps = cr.switch_steps(hs.name, BACKEND, green=bad[hs.name], blue=cr.server_name(BACKEND, "v1"), check=CHECK,
+        steps = router_steps.switch_steps(hs.name, BACKEND, green=bad[hs.name], blue=cr.server_name(BACKEND, "v1"), check=CHECK,
                                 up_deadline=10.0, drain_deadline=DRAIN_DEADLINE)
         hs.router.apply(steps[0])
         verdict = hs.router.apply(steps[1])
         seen = hs.router.servers()[(BACKEND, bad[hs.name].name)]
-        stage.run(hs, cr.abandon_steps(hs.name, BACKEND, bad[hs.name].name))
+        stage.run(hs, router_steps.abandon_steps(hs.name, BACKEND, bad[hs.name].name))
         return verdict, seen
 
     with _load(addresses) as load:
@@ -290,7 +291,7 @@ def test_rollback_switches_back_to_the_retained_blue_and_resumes_after_a_lost_co
     addresses = {name: stage.fleet.host(name).address for name in stage.hosts}
 
     def roll_back(hs: HostStage) -> None:
-        steps = cr.rollback_steps(hs.name, BACKEND, retained=retained[hs.name], current=cr.server_name(BACKEND, "v2"),
+        steps = router_steps.rollback_steps(hs.name, BACKEND, retained=retained[hs.name], current=cr.server_name(BACKEND, "v2"),
                                   check=CHECK, up_deadline=UP_DEADLINE, drain_deadline=DRAIN_DEADLINE)
         stage.run(hs, steps[:3])  # added, UP, switched: then the agent dies
         hs.router.conn.close()
@@ -298,7 +299,7 @@ def test_rollback_switches_back_to_the_retained_blue_and_resumes_after_a_lost_co
         hs.router = Router(conn, hs.router.access, hs.router.site)
         hs.docker.close()
         hs.docker = DockerHost(hs.name, conn)
-        left = cr.resume(steps, hs.router.servers())  # what the router shows decides what is left
+        left = router_steps.resume(steps, hs.router.servers())  # what the router shows decides what is left
         assert [s.step for s in left] == ["Drain", "WaitDrained", "Maint", "DelServer"], hs.name
         stage.run(hs, left)
 

@@ -7,6 +7,7 @@ import pytest
 from reconciler.core import model
 from reconciler.core import managed
 from reconciler.core import router as rt
+from reconciler.core import router_steps
 from reconciler.core import router_config
 from reconciler.core import traffic
 from test_bluegreen_schema import ROUTER, load, problems, web as web_yaml
@@ -59,7 +60,7 @@ def test_commands_add_set_or_delete_a_map_entry_from_what_the_router_has():
 
 def test_the_mirror_sits_between_green_up_and_the_switch_and_resumes_from_the_router():
     green = rt.Server("web-new", "172.31.0.5", 8080)
-    full = rt.cutover_steps("h1", "web", green=green, others=("web-old",), check=rt.RouterCheck(),
+    full = router_steps.cutover_steps("h1", "web", green=green, others=("web-old",), check=rt.RouterCheck(),
                             up_deadline=30, drain_deadline=5, ready=False)
     steps = traffic.with_mirror(full, model.Mirror(30, 20.0))
     names = [s.step for s in steps]

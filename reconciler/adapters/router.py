@@ -40,6 +40,7 @@ import paramiko
 from reconciler.adapters import ssh
 from reconciler.adapters.ssh import _ack_at_once
 from reconciler.core import router as core
+from reconciler.core import router_steps
 from reconciler.core import router_config
 from reconciler.core import router_owner
 from reconciler.core import traffic
@@ -174,7 +175,7 @@ class Router:
             raise RouterError(f"router {what}: the admin socket closed without answering {line!r}", host=self.name)
         return b"".join(chunks).decode("utf-8", "replace")
 
-    def _run(self, command: core.Command, what: str) -> str:
+    def _run(self, command: router_steps.Command, what: str) -> str:
         answer = self.send(command.line, what)
         if not command.succeeded(answer):
             raise RouterError(f"router {what}: `{command.line}` answered {answer.strip()!r}", host=self.name)
@@ -341,7 +342,7 @@ class Router:
                               f"after `{self.access.reload_command}` (see HAProxy's log)", host=self.name)
 
     # ------------------------------------------------------------ the steps
-    def apply(self, step: core.RouterStep, *, persist: bool = True):
+    def apply(self, step: router_steps.RouterStep, *, persist: bool = True):
         """Run one step; changes are written to the config after (``persist``).  Waits return their outcome:
 
         ``WaitUp`` a ``Verdict`` (unhealthy is the caller's to turn into a
@@ -349,23 +350,23 @@ class Router:
         ``persist=False`` leaves the write to the caller's ``persist()``,
         e.g. to switch several hosts first and write their files after.
         """
-        if isinstance(step, core.Configure):
+        if isinstance(step, router_steps.Configure):
             return self.configure()
-        if isinstance(step, core.WaitUp):
+        if isinstance(step, router_steps.WaitUp):
             return self.wait_up(step)
-        if isinstance(step, core.WaitDrained):
+        if isinstance(step, router_steps.WaitDrained):
             return self.wait_drained(step)
         if isinstance(step, traffic.TrafficStep):
             return self._traffic(step, persist)
         what = f"{step.step} {step.backend}/{getattr(step, 'server', '')}"
-        if isinstance(step, core.AddServer):
+        if isinstance(step, router_steps.AddServer):
             exists = (step.backend, step.server) in self.servers()
-            for command in core.commands(step, exists=exists):
+            for command in router_steps.commands(step, exists=exists):
                 self._run(command, what)
-        elif isinstance(step, core.DelServer):
+        elif isinstance(step, router_steps.DelServer):
             self._delete(step, what)
         else:
-            for command in core.commands(step):
+            for command in router_steps.commands(step):
                 self._run(command, what)
         if persist:
             self.persist()
@@ -384,10 +385,10 @@ class Router:
             self.persist()
         return None
 
-    def _delete(self, step: core.DelServer, what: str) -> None:
+    def _delete(self, step: router_steps.DelServer, what: str) -> None:
         if (step.backend, step.server) not in self.servers():
             return  # gone already: a resumed run
-        (command,) = core.commands(step)
+        (command,) = router_steps.commands(step)
         # Idle connections to the server may take a moment to be released after maint.
         deadline = time.monotonic() + 5.0
         while True:
@@ -398,7 +399,7 @@ class Router:
                 raise RouterError(f"router {what}: `{command.line}` answered {answer.strip()!r}", host=self.name)
             time.sleep(POLL_INTERVAL)
 
-    def wait_up(self, step: core.WaitUp) -> Verdict:
+    def wait_up(self, step: router_steps.WaitUp) -> Verdict:
         """Until the router sees the server UP (``rise`` passes in a row), or the deadline."""
         started = time.monotonic()
         evidence: list[CheckResult] = []
@@ -427,7 +428,7 @@ class Router:
             return POLL_INTERVAL
         return max(0.05, min(POLL_INTERVAL, interval / 2))
 
-    def wait_drained(self, step: core.WaitDrained) -> int:
+    def wait_drained(self, step: router_steps.WaitDrained) -> int:
         """Until the server has no session, or the deadline; the sessions left (0: drained)."""
         started = time.monotonic()
         while True:

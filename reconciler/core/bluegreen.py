@@ -28,6 +28,7 @@ from typing import Mapping
 
 from reconciler.core import managed
 from reconciler.core import router as rt
+from reconciler.core import router_steps
 from reconciler.core import router_config
 from reconciler.core import traffic
 from reconciler.core.model import Environment, Service
@@ -52,7 +53,7 @@ def configures(desired: Environment, observed: Mapping[str, ObservedHost]) -> li
             continue
         why = "no config of ours" if view.skeleton is None else "its backends or rules changed"
         out.append(Route(host, "", f"write the router's config ({why}) with the live servers, and reload it",
-                         route=rt.Configure(host, "")))
+                         route=router_steps.Configure(host, "")))
     return out
 
 
@@ -83,27 +84,27 @@ def _clear_candidate(desired: Environment, service: Service, host: str, candidat
     return Remove(host, service.name, "remove the candidate an interrupted deploy left behind", container=candidate.name)
 
 
-def _reason(step: rt.RouterStep, service: Service) -> str:
+def _reason(step: router_steps.RouterStep, service: Service) -> str:
     if isinstance(step, traffic.TrafficStep):
         return traffic.reason(step)
     check = rt.router_check(service.health)
-    if isinstance(step, rt.AddServer):
+    if isinstance(step, router_steps.AddServer):
         return f"add {step.server} with weight 0 and the router's {check.kind} check"
-    if isinstance(step, rt.WaitUp):
+    if isinstance(step, router_steps.WaitUp):
         return f"wait until the router sees {step.server} UP ({check.rise} checks in a row, at most {step.deadline:g}s)"
-    if isinstance(step, rt.Ready):
+    if isinstance(step, router_steps.Ready):
         return f"{step.server} out of drain, if it was"
-    if isinstance(step, rt.SetWeights):
+    if isinstance(step, router_steps.SetWeights):
         return f"switch: every new request to {step.weights[0][0]}"
-    if isinstance(step, rt.Drain):
+    if isinstance(step, router_steps.Drain):
         return f"drain {step.server}: no new request"
-    if isinstance(step, rt.WaitDrained):
+    if isinstance(step, router_steps.WaitDrained):
         return f"wait until {step.server} has no session (at most {step.deadline:g}s)"
     return f"take {step.server} out of the router"
 
 
 def _cutover(service: Service, host: str, green: str, address: str, view: rt.RouterView | None,
-             fallback_blue: ObservedContainer | None, *, fresh: bool = False) -> tuple[rt.RouterStep, ...]:
+             fallback_blue: ObservedContainer | None, *, fresh: bool = False) -> tuple[router_steps.RouterStep, ...]:
     """The full switch to ``green`` on ``host``: every other server of the backend is taken out."""
     exposure = rt.exposure_of(service)
     if view is not None:
@@ -111,18 +112,18 @@ def _cutover(service: Service, host: str, green: str, address: str, view: rt.Rou
     else:  # not observed: the serving container's server is the blue to take out
         others = (rt.server_name(service.name, fallback_blue.config_hash),) \
             if fallback_blue is not None and fallback_blue.config_hash else ()
-    return rt.cutover_steps(host, service.name, green=rt.Server(green, address, exposure.port), others=others,
+    return router_steps.cutover_steps(host, service.name, green=rt.Server(green, address, exposure.port), others=others,
                             check=exposure.check, up_deadline=service.health.allowed,
                             drain_deadline=service.expose.drain, ready=not fresh, sticky=exposure.sticky is not None)
 
 
-def _routes(service: Service, host: str, steps: tuple[rt.RouterStep, ...], full: int, container: str,
+def _routes(service: Service, host: str, steps: tuple[router_steps.RouterStep, ...], full: int, container: str,
             batch: int) -> list[tuple[int, Action]]:
     """Route actions positioned by their index in the full sequence (``full`` steps long)."""
     first = full - len(steps)
     return [(10 + first + i, Route(host, service.name, _reason(step, service), route=step, batch=batch,
-                                   container=container if isinstance(step, (rt.AddServer, *traffic.ADDRESSED)) else "",
-                                   persist=isinstance(step, (rt.Drain, traffic.StartMirror, traffic.StopMirror))
+                                   container=container if isinstance(step, (router_steps.AddServer, *traffic.ADDRESSED)) else "",
+                                   persist=isinstance(step, (router_steps.Drain, traffic.StartMirror, traffic.StopMirror))
                                    or i == len(steps) - 1))
             for i, step in enumerate(steps)]
 
@@ -206,11 +207,11 @@ def settle(desired: Environment, service: Service, pairs: Pairs, observed: Mappi
                 # Only other servers to take out, from the switch on: an unhealthy
                 # active container is the health check's business, never a
                 # reason to add or re-check its server.
-                steps = rt.resume(full[3:], view.observed)
+                steps = router_steps.resume(full[3:], view.observed)
             elif state is None or state.maint:
                 steps = full  # (re-)added: a server in maintenance is re-armed with fresh checks
             else:
-                steps = rt.resume(full, view.observed)
+                steps = router_steps.resume(full, view.observed)
             items += _routes(service, host, steps, len(full), active.name, 0)
         per_host.append(items)
     return _interleave(per_host)

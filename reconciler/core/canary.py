@@ -39,6 +39,7 @@ from typing import Iterable, Mapping
 
 from reconciler.core import bluegreen, managed, model
 from reconciler.core import router as rt
+from reconciler.core import router_steps
 from reconciler.core.model import Environment, Service
 from reconciler.core.managed import ObservedHost
 from reconciler.core.plan import Action, Adopt, CheckHealth, Plan, Route, Start, Switch
@@ -47,7 +48,7 @@ _SWITCH_AT = 1000
 
 
 @dataclass(frozen=True)
-class Pause(rt.RouterStep):
+class Pause(router_steps.RouterStep):
     """In a router sequence: hold the canary at ``weight`` (never "in effect": a resumed run observes it again,
     for what is left of it)."""
 
@@ -108,14 +109,14 @@ def standby_steps(service: Service, host: str, blue: str, container: str) -> lis
     """Blue (``container``, the serving one) added as the router's backup server, before the Switch keeps it running."""
     exposure = rt.exposure_of(service)
     name = standby_name(blue)
-    add = rt.AddServer(host, service.name, name, "", exposure.port, exposure.check,
+    add = router_steps.AddServer(host, service.name, name, "", exposure.port, exposure.check,
                        sticky=exposure.sticky is not None, backup=True)
     return [(900, Route(host, service.name, f"keep {blue} running as the router's standby (a backup server) "
                                             "during the watch", route=add, container=container)),
             (901, Route(host, service.name, f"wait until the router sees the standby {name} UP",
-                        route=rt.WaitUp(host, service.name, name, service.health.allowed))),
+                        route=router_steps.WaitUp(host, service.name, name, service.health.allowed))),
             (902, Route(host, service.name, f"the standby {name} takes requests if no other server is UP",
-                        route=rt.SetWeights(host, service.name, ((name, rt.FULL_WEIGHT),)), persist=True))]
+                        route=router_steps.SetWeights(host, service.name, ((name, rt.FULL_WEIGHT),)), persist=True))]
 
 
 def broken(max_errors: int | None, max_error_rate: float | None, errors: int, requests: int) -> str | None:
@@ -137,49 +138,49 @@ def counts(servers: Mapping[tuple[str, str], rt.ServerState], backends: Iterable
 
 
 def sequence(service: Service, host: str, green: rt.Server, others: tuple[str, ...], qa_others: tuple[str, ...],
-             *, fresh: bool) -> tuple[rt.RouterStep, ...]:
+             *, fresh: bool) -> tuple[router_steps.RouterStep, ...]:
     """Every router step (and ``Pause``) of ``service``'s canary on ``host``."""
     exposure = rt.exposure_of(service)
     canary = service.rollout.canary
     name, up, drain = service.name, service.health.allowed, service.expose.drain
     sticky = exposure.sticky is not None
     others = tuple(o for o in others if o != green.name)
-    steps: list[rt.RouterStep] = [
-        rt.AddServer(host, name, green.name, green.address, green.port, exposure.check, sticky=sticky),
-        rt.WaitUp(host, name, green.name, up),
-        *(() if fresh else (rt.Ready(host, name, green.name),)),
+    steps: list[router_steps.RouterStep] = [
+        router_steps.AddServer(host, name, green.name, green.address, green.port, exposure.check, sticky=sticky),
+        router_steps.WaitUp(host, name, green.name, up),
+        *(() if fresh else (router_steps.Ready(host, name, green.name),)),
     ]
     qa = exposure.qa_backend
     if qa:
         for other in qa_others:
             if other != green.name:
-                steps += [rt.Maint(host, qa, other), rt.DelServer(host, qa, other)]
-        steps += [rt.AddServer(host, qa, green.name, green.address, green.port, exposure.check),
-                  rt.WaitUp(host, qa, green.name, up), rt.SetWeights(host, qa, ((green.name, rt.FULL_WEIGHT),))]
+                steps += [router_steps.Maint(host, qa, other), router_steps.DelServer(host, qa, other)]
+        steps += [router_steps.AddServer(host, qa, green.name, green.address, green.port, exposure.check),
+                  router_steps.WaitUp(host, qa, green.name, up), router_steps.SetWeights(host, qa, ((green.name, rt.FULL_WEIGHT),))]
     if others:  # a first deploy has no traffic to share: straight to 100
         for share in canary.steps[:-1]:
             if share > 0:
-                steps.append(rt.SetWeights(host, name, ((green.name, share),
+                steps.append(router_steps.SetWeights(host, name, ((green.name, share),
                                                         *((o, rt.FULL_WEIGHT - share) for o in others))))
             steps.append(Pause(host, name, green.name, share))
-    steps.append(rt.SetWeights(host, name, ((green.name, rt.FULL_WEIGHT), *((o, 0) for o in others))))
+    steps.append(router_steps.SetWeights(host, name, ((green.name, rt.FULL_WEIGHT), *((o, 0) for o in others))))
     for other in others:
-        steps += [rt.Drain(host, name, other), rt.WaitDrained(host, name, other, drain),
-                  rt.Maint(host, name, other), rt.DelServer(host, name, other)]
+        steps += [router_steps.Drain(host, name, other), router_steps.WaitDrained(host, name, other, drain),
+                  router_steps.Maint(host, name, other), router_steps.DelServer(host, name, other)]
     if qa:
-        steps += [rt.Maint(host, qa, green.name), rt.DelServer(host, qa, green.name)]
+        steps += [router_steps.Maint(host, qa, green.name), router_steps.DelServer(host, qa, green.name)]
     return tuple(steps)
 
 
-def _reason(step: rt.RouterStep, service: Service) -> str:
+def _reason(step: router_steps.RouterStep, service: Service) -> str:
     qa = step.backend != service.name
-    if isinstance(step, rt.SetWeights) and qa:
+    if isinstance(step, router_steps.SetWeights) and qa:
         return f"QA requests ({_qa_what(service)}) to {step.weights[0][0]}"
-    if isinstance(step, rt.SetWeights) and step.weights[0][1] < rt.FULL_WEIGHT:
+    if isinstance(step, router_steps.SetWeights) and step.weights[0][1] < rt.FULL_WEIGHT:
         return f"canary: {step.weights[0][1]}% of new requests to {step.weights[0][0]}"
-    if isinstance(step, rt.AddServer) and qa:
+    if isinstance(step, router_steps.AddServer) and qa:
         return f"add {step.server} to the QA backend {step.backend}"
-    if isinstance(step, (rt.Maint, rt.DelServer)) and qa:
+    if isinstance(step, (router_steps.Maint, router_steps.DelServer)) and qa:
         return f"take {step.server} out of the QA backend"
     return bluegreen._reason(step, service)
 
@@ -190,7 +191,7 @@ def _qa_what(service: Service) -> str:
                                    canary.qa_cookie and f"cookie {canary.qa_cookie}") if x)
 
 
-def _actions(service: Service, host: str, steps: tuple[rt.RouterStep, ...], full: int, container: str) -> list:
+def _actions(service: Service, host: str, steps: tuple[router_steps.RouterStep, ...], full: int, container: str) -> list:
     rollout = service.rollout
     first = full - len(steps)
     out: list[tuple[int, Action]] = []
@@ -203,8 +204,8 @@ def _actions(service: Service, host: str, steps: tuple[rt.RouterStep, ...], full
                                      max_errors=rollout.max_errors, max_error_rate=rollout.max_error_rate)
         else:
             action = Route(host, service.name, _reason(step, service), route=step,
-                           container=container if isinstance(step, rt.AddServer) else "",
-                           persist=isinstance(step, (rt.Drain, rt.SetWeights)) or i == len(steps) - 1)
+                           container=container if isinstance(step, router_steps.AddServer) else "",
+                           persist=isinstance(step, (router_steps.Drain, router_steps.SetWeights)) or i == len(steps) - 1)
         out.append((10 + first + i, action))
     return out
 
@@ -285,9 +286,9 @@ def watches(service: Service, hosts: Iterable[str], since: Mapping[str, float] |
                          server=green, seconds=rollout.watch, since=start,
                          max_errors=rollout.max_errors, max_error_rate=rollout.max_error_rate))
     kept = [(h, standby_name(standby[h])) for h in hosts if h in (standby or {})]
-    out += [Route(h, service.name, f"the watch is over: take the standby {name} out", route=rt.Maint(h, service.name, name))
+    out += [Route(h, service.name, f"the watch is over: take the standby {name} out", route=router_steps.Maint(h, service.name, name))
             for h, name in kept]
-    out += [Route(h, service.name, f"the watch is over: take the standby {name} out", route=rt.DelServer(h, service.name, name),
+    out += [Route(h, service.name, f"the watch is over: take the standby {name} out", route=router_steps.DelServer(h, service.name, name),
                   persist=True) for h, name in kept]
     out += [Release(h, service.name, "the watch is over: stop the retained old version") for h, _ in kept]
     return out

@@ -23,6 +23,7 @@ from typing import Iterable, Sequence
 
 from reconciler.core import canary
 from reconciler.core import router as rt
+from reconciler.core import router_steps
 from reconciler.core.plan import Plan
 
 
@@ -32,20 +33,20 @@ def observed_weight(observed: rt.Observed, backend: str, green: str) -> int:
     return state.weight if state is not None and not state.maint else 0
 
 
-def _below(step: rt.RouterStep, backend: str, green: str, weight: int) -> bool:
+def _below(step: router_steps.RouterStep, backend: str, green: str, weight: int) -> bool:
     """A canary step that would give ``green`` less than ``weight`` of ``backend``, or hold it there."""
     if isinstance(step, canary.Pause):
         return step.backend == backend and step.server == green and step.weight < weight
-    if isinstance(step, rt.SetWeights) and step.backend == backend:
+    if isinstance(step, router_steps.SetWeights) and step.backend == backend:
         share = dict(step.weights).get(green)
         return share is not None and share < weight
     return False
 
 
-def resume(steps: Sequence[rt.RouterStep], observed: rt.Observed, backend: str, green: str) -> tuple[rt.RouterStep, ...]:
+def resume(steps: Sequence[router_steps.RouterStep], observed: rt.Observed, backend: str, green: str) -> tuple[router_steps.RouterStep, ...]:
     """The canary ``steps`` left, from green's observed weight on: never a step back."""
     weight = observed_weight(observed, backend, green)
-    return rt.resume([s for s in steps if not _below(s, backend, green, weight)], observed)
+    return router_steps.resume([s for s in steps if not _below(s, backend, green, weight)], observed)
 
 
 def resumed_pauses(plan: Plan, records: Iterable[dict]) -> Plan:

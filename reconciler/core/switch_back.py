@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from reconciler.core import router as rt
+from reconciler.core import router_steps
 
 
 def serves(observed: rt.Observed, backend: str, name: str) -> bool:
@@ -35,31 +36,31 @@ def serves(observed: rt.Observed, backend: str, name: str) -> bool:
 
 def steps(host: str, backend: str, *, retained: rt.Server, failing: str | None, others: Sequence[str],
           check: rt.RouterCheck, up_deadline: float, drain_deadline: float, observed: rt.Observed,
-          sticky: bool = False) -> tuple[rt.RouterStep, ...]:
+          sticky: bool = False) -> tuple[router_steps.RouterStep, ...]:
     """Every new request of ``backend`` to ``retained``; ``failing`` refused at once; ``others`` drained out."""
     others = tuple(o for o in others if o != retained.name)
     failing = failing if failing in others else None
     early = failing is not None and any(serves(observed, backend, s) for (b, s) in observed
                                         if b == backend and s != failing)
-    out: list[rt.RouterStep] = [rt.Maint(host, backend, failing)] if early else []
-    out += [rt.AddServer(host, backend, retained.name, retained.address, retained.port, check, sticky=sticky),
-            rt.WaitUp(host, backend, retained.name, up_deadline),
-            rt.Ready(host, backend, retained.name),
-            rt.SetWeights(host, backend, ((retained.name, rt.FULL_WEIGHT), *((o, 0) for o in others)))]
+    out: list[router_steps.RouterStep] = [router_steps.Maint(host, backend, failing)] if early else []
+    out += [router_steps.AddServer(host, backend, retained.name, retained.address, retained.port, check, sticky=sticky),
+            router_steps.WaitUp(host, backend, retained.name, up_deadline),
+            router_steps.Ready(host, backend, retained.name),
+            router_steps.SetWeights(host, backend, ((retained.name, rt.FULL_WEIGHT), *((o, 0) for o in others)))]
     for other in others:
         if other == failing:
-            out += [*(() if early else (rt.Maint(host, backend, other),)),
-                    rt.WaitDrained(host, backend, other, drain_deadline), rt.DelServer(host, backend, other)]
+            out += [*(() if early else (router_steps.Maint(host, backend, other),)),
+                    router_steps.WaitDrained(host, backend, other, drain_deadline), router_steps.DelServer(host, backend, other)]
         else:
-            out += [rt.Drain(host, backend, other), rt.WaitDrained(host, backend, other, drain_deadline),
-                    rt.Maint(host, backend, other), rt.DelServer(host, backend, other)]
+            out += [router_steps.Drain(host, backend, other), router_steps.WaitDrained(host, backend, other, drain_deadline),
+                    router_steps.Maint(host, backend, other), router_steps.DelServer(host, backend, other)]
     return tuple(out)
 
 
-def resume(steps: Sequence[rt.RouterStep], observed: rt.Observed) -> tuple[rt.RouterStep, ...]:
+def resume(steps: Sequence[router_steps.RouterStep], observed: rt.Observed) -> tuple[router_steps.RouterStep, ...]:
     """The ``steps`` left, as ``core.router.resume``, but a first ``Maint`` (the failing release refused
     before the switch back) on its own: done or not, it must not make the switch back replay in full."""
-    if len(steps) > 1 and isinstance(steps[0], rt.Maint) and isinstance(steps[1], rt.AddServer):
-        head = () if rt.in_effect(steps[0], observed) else (steps[0],)
-        return (*head, *rt.resume(steps[1:], observed))
-    return rt.resume(steps, observed)
+    if len(steps) > 1 and isinstance(steps[0], router_steps.Maint) and isinstance(steps[1], router_steps.AddServer):
+        head = () if router_steps.in_effect(steps[0], observed) else (steps[0],)
+        return (*head, *router_steps.resume(steps[1:], observed))
+    return router_steps.resume(steps, observed)

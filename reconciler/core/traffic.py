@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 from reconciler.core import router as rt
+from reconciler.core import router_steps
 from reconciler.core.model import Environment
 from reconciler.core.managed import ObservedHost
 from reconciler.core.plan import Action, Route
@@ -134,7 +135,7 @@ def parse_map(answer: str) -> dict[str, str]:
 
 
 @dataclass(frozen=True)
-class TrafficStep(rt.RouterStep):
+class TrafficStep(router_steps.RouterStep):
     """A change of one map entry of ``backend`` (or a wait): see ``entry``."""
 
     def entry(self) -> tuple[str, str | None] | None:
@@ -204,7 +205,7 @@ class MaintenanceOff(TrafficStep):
 ADDRESSED = (StartMirror, WaitMirror, StopMirror)
 
 
-def commands(step: TrafficStep, files: str, current: Maps) -> tuple[rt.Command, ...]:
+def commands(step: TrafficStep, files: str, current: Maps) -> tuple[router_steps.Command, ...]:
     """The Runtime API lines of a step, given the map entries the router has now."""
     entry = step.entry()
     if entry is None:
@@ -213,10 +214,10 @@ def commands(step: TrafficStep, files: str, current: Maps) -> tuple[rt.Command, 
     path = map_path(files, name)
     present = step.backend in current.get(name, {})
     if value is None:
-        return (rt.Command(f"del map {path} {step.backend}"),) if present else ()
+        return (router_steps.Command(f"del map {path} {step.backend}"),) if present else ()
     if present:
-        return (rt.Command(f"set map {path} {step.backend} {value}"),)
-    return (rt.Command(f"add map {path} {step.backend} {value}"),)
+        return (router_steps.Command(f"set map {path} {step.backend} {value}"),)
+    return (router_steps.Command(f"add map {path} {step.backend} {value}"),)
 
 
 def _mirror(maps: Maps, backend: str) -> tuple[int, str] | None:
@@ -246,11 +247,11 @@ def in_effect(step: TrafficStep, maps: Maps) -> bool:
     return maps.get(name, {}).get(step.backend) == value
 
 
-def resume(steps: Sequence[rt.RouterStep], view: rt.RouterView) -> tuple[rt.RouterStep, ...]:
+def resume(steps: Sequence[router_steps.RouterStep], view: rt.RouterView) -> tuple[router_steps.RouterStep, ...]:
     """``core.router.resume`` over servers and maps: the steps left from the first not in effect."""
     observed = view.observed
     for i, step in enumerate(steps):
-        done = in_effect(step, view.maps_by_name) if isinstance(step, TrafficStep) else rt.in_effect(step, observed)
+        done = in_effect(step, view.maps_by_name) if isinstance(step, TrafficStep) else router_steps.in_effect(step, observed)
         if not done:
             return tuple(steps[i:])
     return ()
@@ -266,12 +267,12 @@ def mirror_steps(host: str, backend: str, server: rt.Server, mirror) -> tuple[Tr
             StopMirror(host, backend, server.address, server.port))
 
 
-def with_mirror(full: Sequence[rt.RouterStep], mirror) -> tuple[rt.RouterStep, ...]:
+def with_mirror(full: Sequence[router_steps.RouterStep], mirror) -> tuple[router_steps.RouterStep, ...]:
     """The switch ``full`` with the mirror steps between green UP (and out of drain) and the switch itself."""
     if mirror is None:
         return tuple(full)
-    at = next((i for i, s in enumerate(full) if isinstance(s, rt.SetWeights)), None)
-    add = next((s for s in full if isinstance(s, rt.AddServer)), None)
+    at = next((i for i, s in enumerate(full) if isinstance(s, router_steps.SetWeights)), None)
+    add = next((s for s in full if isinstance(s, router_steps.AddServer)), None)
     if at is None or add is None:
         return tuple(full)
     green = rt.Server(add.server, add.address, add.port)

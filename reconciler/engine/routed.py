@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Mapping, Protocol
 
 from reconciler.core import managed, mirror_resume
 from reconciler.core import router as rt
+from reconciler.core import router_steps
 from reconciler.core import switch_back, traffic
 from reconciler.core.plan import Route
 from reconciler.errors import DeployFailed, RouterError
@@ -28,7 +29,7 @@ class RouterDriver(Protocol):
     def servers(self) -> Mapping[tuple[str, str], rt.ServerState]: ...
     def config_hash(self) -> str | None: ...
     def header(self) -> tuple[str | None, str | None]: ...  # the config file's skeleton hash and owner
-    def apply(self, step: rt.RouterStep, *, persist: bool = True): ...
+    def apply(self, step: router_steps.RouterStep, *, persist: bool = True): ...
     def persist(self) -> None: ...
     def view_maps(self) -> tuple[tuple[str, str, str], ...]: ...
 
@@ -37,7 +38,7 @@ class RoutedSteps:
     def _route(self, driver: HostDriver, action: Route) -> None:
         step = action.route
         router = self.routers[action.host]
-        if isinstance(step, (rt.AddServer, *traffic.ADDRESSED)) and action.container:
+        if isinstance(step, (router_steps.AddServer, *traffic.ADDRESSED)) and action.container:
             # A container has its address once started: read it now, not at planning.
             step = dataclasses.replace(step, address=driver.address(self._named(action.host, action.container).id))
         if isinstance(step, traffic.WaitMirror):
@@ -45,7 +46,7 @@ class RoutedSteps:
         outcome = router.apply(step, persist=action.persist)
         if isinstance(step, traffic.StartMirror):
             self._mirror_began(step, self.wall())
-        if isinstance(step, rt.WaitUp) and outcome.state != "healthy":
+        if isinstance(step, router_steps.WaitUp) and outcome.state != "healthy":
             self._abandon(router, step)
             touched = self.touched.get((action.host, action.service))
             logs = driver.logs_tail(touched.new) if touched is not None and touched.new else ""
@@ -90,15 +91,15 @@ class RoutedSteps:
             self.report("failed" if exc else "done", step=action.step, host=action.host, service=action.service,
                         **({"error": str(exc)} if exc else {"reason": action.reason}))
 
-    def _abandon(self, router: RouterDriver, step: rt.WaitUp) -> None:
+    def _abandon(self, router: RouterDriver, step: router_steps.WaitUp) -> None:
         """Take out a server the router never saw UP, unless it serves already
         (a resumed run whose green went down after its switch: that is for a
         rollback to switch away from, not for removing under load)."""
         state = router.servers().get((step.backend, step.server))
         if state is None or (state.weight > 0 and not state.drain and not state.maint):
             return
-        for abandon in rt.abandon_steps(step.host, step.backend, step.server):
-            router.apply(abandon, persist=isinstance(abandon, rt.DelServer))
+        for abandon in router_steps.abandon_steps(step.host, step.backend, step.server):
+            router.apply(abandon, persist=isinstance(abandon, router_steps.DelServer))
 
     def _exposure(self, host: str, service: str) -> rt.Exposure | None:
         site = rt.site_for(self.desired, host) if host in {h.name for h in self.desired.hosts} else None
@@ -145,8 +146,8 @@ class RoutedSteps:
             # Nothing to go back to (a first deploy): this run's server out, like its container.
             new = driver.inspect(touched.new)
             out = rt.server_name(name, new.config_hash or new.id)
-            steps = (rt.Drain(host, name, out), rt.WaitDrained(host, name, out, drain), rt.Maint(host, name, out),
-                     rt.DelServer(host, name, out))
+            steps = (router_steps.Drain(host, name, out), router_steps.WaitDrained(host, name, out, drain), router_steps.Maint(host, name, out),
+                     router_steps.DelServer(host, name, out))
         else:
             steps = ()
         observed = router.servers()
@@ -157,14 +158,14 @@ class RoutedSteps:
             # Each on its own: they must not make ``resume`` replay the steps in effect.
             qa = exposure.qa_backend
             out = sorted(srv for (b, srv) in observed if b == qa)
-            left = (*(s for s in (rt.Maint(host, qa, srv) for srv in out) if not rt.in_effect(s, observed)),
-                    *left, *(rt.DelServer(host, qa, srv) for srv in out))
+            left = (*(s for s in (router_steps.Maint(host, qa, srv) for srv in out) if not router_steps.in_effect(s, observed)),
+                    *left, *(router_steps.DelServer(host, qa, srv) for srv in out))
         for step in left:
-            outcome = router.apply(step, persist=isinstance(step, rt.Drain))
-            if isinstance(step, rt.Maint) and step.backend == name and step.server == failing:
+            outcome = router.apply(step, persist=isinstance(step, router_steps.Drain))
+            if isinstance(step, router_steps.Maint) and step.backend == name and step.server == failing:
                 self.report("aborted", host=host, service=name, server=step.server,
                             reason=f"{step.server} in maintenance: no request reaches it, a sticky one neither")
-            if isinstance(step, rt.WaitUp) and outcome.state != "healthy":
+            if isinstance(step, router_steps.WaitUp) and outcome.state != "healthy":
                 raise RouterError(f"switch back to {step.server}: {outcome.reason}; the router still "
                                   f"sends requests to this run's release", host=host)
         self._stop_mirror(router, host, name)
