@@ -24,6 +24,7 @@ Only the sandbox's sshd restart touches what every user of the fleet shares.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import select
@@ -281,11 +282,10 @@ def _reset(sock: socket.socket) -> None:
 
 # ---------------------------------------------------------------- fixtures
 
-@pytest.fixture
-def heal(fleet, tmp_path, request):
+@contextlib.contextmanager
+def healing(fleet, tmp_path: Path, name: str):
     """An environment repository pushed to a bare one with the hooks, and a
     way to start the agent on it; containers removed afterwards."""
-    name = "heal" + request.node.name.replace("test_", "").replace("_", "")[:8]
     made: dict = {"agents": [], "forwarders": []}
     remove_containers(fleet, f"{name}-")  # a run killed half-way may have left some
 
@@ -321,12 +321,51 @@ def heal(fleet, tmp_path, request):
         git(work.path, "push", "-q", "origin", "main")
         return commit
 
-    yield SimpleNamespace(name=name, setup=setup, agent=agent, push=push, made=made, tmp=tmp_path)
-    for a in made["agents"]:
-        a.stop()
-    for f in made["forwarders"]:
-        f.close()
-    remove_containers(fleet, f"{name}-")
+    try:
+        yield SimpleNamespace(name=name, setup=setup, agent=agent, push=push, made=made, tmp=tmp_path)
+    finally:
+        for a in made["agents"]:
+            a.stop()
+        for f in made["forwarders"]:
+            f.close()
+        remove_containers(fleet, f"{name}-")
+
+
+@pytest.fixture
+def heal(fleet, tmp_path, request):
+    with healing(fleet, tmp_path, "heal" + request.node.name.replace("test_", "").replace("_", "")[:8]) as world:
+        yield world
+
+
+IDLE_TEST = "test_a_drift_check_after_more_than_the_engines_idle_timeout_finds_its_connections_working"
+IDLE_PORT = 18604
+
+
+@pytest.fixture(scope="session")
+def idle_agent(fleet, tmp_path_factory):
+    """The agent of the test that waits for dockerd's own 300 s idle timeout,
+    begun with this module's first test so that those minutes pass while the
+    rest of the suite runs (the test is marked ``late``: conftest runs it
+    after every other test but those that take the sandbox down).  Its
+    environment, containers and port are its own; no test disturbs what it
+    watches (the agent's own connections and their dial-stdio processes)."""
+    with contextlib.ExitStack() as stack:
+        world = stack.enter_context(healing(fleet, tmp_path_factory.mktemp("healidle"), "healidle"))
+        work, bare = world.setup(dial_stdio=True)
+        v1 = world.push(work, service(fleet.images["v1"], IDLE_PORT, marker="1"), "web v1", policy="drift_interval: 330s")
+        agent = world.agent(bare)
+        assert_first_attempt_deployed(agent, v1)
+        pooled = agents_dial_stdios(agent, fleet)
+        # finish: the agent stopped and its containers removed by the test itself,
+        # before the tests that take the sandbox down (a second close is a no-op).
+        yield SimpleNamespace(agent=agent, v1=v1, pooled=pooled, since=time.monotonic(), finish=stack.close)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _begin_the_idle_wait(request):
+    """Starts ``idle_agent`` with this module's first test, if its test is to run."""
+    if any(item.name == IDLE_TEST for item in request.session.items):
+        request.getfixturevalue("idle_agent")
 
 
 def container_env(fleet, host_name: str, container: str) -> dict[str, str]:
@@ -469,18 +508,20 @@ def test_engine_connections_closed_while_idle_do_not_fail_the_next_drift_check(f
     assert_json_lines_only(agent)
 
 
-def test_a_drift_check_after_more_than_the_engines_idle_timeout_finds_its_connections_working(fleet, heal):
-    """The real thing, once: dockerd's 300 s, waited for (about 6 minutes)."""
-    port = 18604
-    work, bare = heal.setup(dial_stdio=True)
-    v1 = heal.push(work, service(fleet.images["v1"], port, marker="1"), "web v1", policy="drift_interval: 330s")
-    agent = heal.agent(bare)
-    assert_first_attempt_deployed(agent, v1)
-    pooled = agents_dial_stdios(agent, fleet)
-    assert pooled
-    # The engine ends them on its own: the cause, seen on the hosts.
-    assert wait_for(lambda: not (agents_dial_stdios(agent, fleet) & pooled), timeout=420, every=5)
-    assert wait_for(lambda: len(agent.ends(v1)) >= 2, timeout=300, every=5), agent.text()[-4000:]
-    drift = agent.ends(v1)[1]
-    assert drift["result"] == "in-sync" and drift.get("kind") is None, drift
-    assert_json_lines_only(agent)
+@pytest.mark.late
+def test_a_drift_check_after_more_than_the_engines_idle_timeout_finds_its_connections_working(fleet, idle_agent):
+    """The real thing, once: dockerd's 300 s, waited for (about 6 minutes,
+    most of them spent while the rest of the suite ran: ``idle_agent``)."""
+    agent, v1, pooled = idle_agent.agent, idle_agent.v1, idle_agent.pooled
+    try:
+        assert pooled
+        # The engine ends them on its own: the cause, seen on the hosts.
+        assert wait_for(lambda: not (agents_dial_stdios(agent, fleet) & pooled), timeout=420, every=5)
+        assert wait_for(lambda: len(agent.ends(v1)) >= 2, timeout=300, every=5), agent.text()[-4000:]
+        drift = agent.ends(v1)[1]
+        assert drift["result"] == "in-sync" and drift.get("kind") is None, drift
+        assert agent.proc.poll() is None and not agent.events("internal-error")
+        assert_json_lines_only(agent)
+        print(f"dockerd's timeout passed {time.monotonic() - idle_agent.since:.0f}s after the deploy, mostly in other tests")
+    finally:
+        idle_agent.finish()
