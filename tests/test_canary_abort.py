@@ -11,21 +11,10 @@ in the router, UP and not in maintenance, whatever its weight or drain.
 
 from __future__ import annotations
 
-import pytest
 
 from reconciler.core import router as rt
 from reconciler.core import switch_back
-from routerfakes import RoutedWorld
-from test_canary import HOSTS, V1, V2, backend, environment, server, web
-
-
-@pytest.fixture
-def world() -> RoutedWorld:
-    w = RoutedWorld(*HOSTS)
-    for ref in (V1, V2):
-        w.registry.publish(ref)
-    yield w
-    assert not w.concurrent_use
+from test_canary import backend, environment, HOSTS, server, V1, V2, web, world  # noqa: F401  (world: the canary's fixture)
 
 
 def _sticky_reach(router, backend_name: str, name: str) -> bool:

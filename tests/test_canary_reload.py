@@ -11,19 +11,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import pytest
 
-from routerfakes import RoutedWorld
-from test_canary import CANARY, HOSTS, V1, V2, backend, environment, server, web
-
-
-@pytest.fixture
-def world() -> RoutedWorld:
-    w = RoutedWorld(*HOSTS)
-    for ref in (V1, V2):
-        w.registry.publish(ref)
-    yield w
-    assert not w.concurrent_use
+from test_canary import backend, CANARY, environment, HOSTS, server, V1, V2, web, world  # noqa: F401  (world: the canary's fixture)
 
 
 def test_errors_before_a_reload_of_the_router_still_count_after_it(world):

@@ -11,17 +11,8 @@ import pytest
 from reconciler.core import canary, canary_resume
 from reconciler.core import router as rt
 from reconciler.core import router_steps
-from routerfakes import Killed, RoutedWorld
-from test_canary import HOSTS, V1, V2, backend, environment, on, server, web
-
-
-@pytest.fixture
-def world() -> RoutedWorld:
-    w = RoutedWorld(*HOSTS)
-    for ref in (V1, V2):
-        w.registry.publish(ref)
-    yield w
-    assert not w.concurrent_use
+from routerfakes import Killed
+from test_canary import backend, environment, HOSTS, on, server, V1, V2, web, world  # noqa: F401  (world: the canary's fixture)
 
 
 def _run_until_killed(world, host: str, weight: int, after: float) -> list[dict]:
