@@ -35,6 +35,7 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Callable
 
+from reconciler.agent import shared_socket
 from reconciler.core import observed_codec as codec
 from reconciler.errors import ReconcilerError, StalledError
 
@@ -58,22 +59,10 @@ class ApiServer:
         self.path = Path(path)
         log = log or (lambda event, **fields: None)
         self.log = log
-        group = os.stat(self.path.parent).st_gid
-        staging = self.path.with_name(f".{self.path.name}.{os.getpid()}")
-        try:
-            staging.unlink()
-        except FileNotFoundError:
-            pass
-        self.server = _Server(str(staging), _handler(observer, log), bind_and_activate=True)
-        try:
-            os.chown(staging, -1, group)
-            os.chmod(staging, SOCKET_MODE)
-        except PermissionError as exc:
-            self.server.server_close()
-            staging.unlink()
-            raise StalledError(f"{self.path}: cannot give the API socket the state directory's group (gid {group}): "
-                               f"{exc.strerror}") from exc
-        os.replace(staging, self.path)  # replaces a socket left by an agent that died
+        self.server = shared_socket.publish(
+            self.path, group=os.stat(self.path.parent).st_gid, mode=SOCKET_MODE,
+            bind=lambda at: _Server(at, _handler(observer, log), bind_and_activate=True),
+            close=lambda server: server.server_close(), what="API socket", whose="the state directory's group")
         self._thread = threading.Thread(target=self.server.serve_forever, name="api", daemon=True)
 
     def start(self) -> "ApiServer":

@@ -29,7 +29,7 @@ from typing import Callable
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from reconciler.agent import webhook_auth
+from reconciler.agent import shared_socket, webhook_auth
 from reconciler.errors import StalledError
 
 OnTrigger = Callable[[str], None]
@@ -68,24 +68,9 @@ class NudgeSocket:
         self.on_trigger = on_trigger
         group = os.stat(repo_dir if repo_dir is not None else self.path.parent).st_gid
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        # Bound under a temporary name and renamed once its mode and group are
-        # right, so the socket is never reachable with the umask's mode or
-        # the agent's own group.
-        staging = self.path.with_name(f".{self.path.name}.{os.getpid()}")
-        try:
-            staging.unlink()
-        except FileNotFoundError:
-            pass
-        self.sock.bind(str(staging))
-        try:
-            os.chown(staging, -1, group)
-            os.chmod(staging, SOCKET_MODE)
-        except PermissionError as exc:
-            self.sock.close()
-            staging.unlink()
-            raise StalledError(f"{self.path}: cannot give the nudge socket the repository's group (gid {group}): {exc.strerror}; "
-                               "run the agent as a member of that group") from exc
-        os.replace(staging, self.path)  # replaces a socket left by an agent that died
+        shared_socket.publish(self.path, group=group, mode=SOCKET_MODE, bind=lambda at: self.sock.bind(at) or self.sock,
+                              close=lambda s: s.close(), what="nudge socket", whose="the repository's group",
+                              hint="; run the agent as a member of that group")
         self._thread = threading.Thread(target=self._serve, name="nudge-socket", daemon=True)
 
     def start(self) -> "NudgeSocket":
