@@ -19,7 +19,8 @@ from reconciler.core.contracts import (
     soak_remaining,
 )
 from reconciler.core.model import Database, Environment, Host, Migrations, Service
-from reconciler.core.plan import Backup, CheckMigrations, Finding, Migrate, Plan
+from reconciler.core.plan import Finding, Plan
+from reconciler.core.plan_steps import Backup, CheckMigrations, Migrate
 
 HOSTS = ("h1", "h2")
 API = image("registry.test/api", "v2")

@@ -26,7 +26,8 @@ from reconciler.core.contracts import ContractsView, ServiceContract, plan_contr
 from reconciler.errors import ContractRollbackRefused
 from reconciler.core.migrations import MigrationRefused, parse_files
 from reconciler.core.model import Database, Environment, Host, Migrations, Policy, Service
-from reconciler.core.plan import DATABASE_STEPS, Backup, Migrate, plan_rollback
+from reconciler.core.plan import plan_rollback
+from reconciler.core.plan_steps import DATABASE_STEPS, Backup, Migrate
 from reconciler.engine.contract import observe_contracts, refuse_rollback_past_contracts
 from reconciler.engine.dbphase import DatabaseSteps
 from reconciler.errors import HostUnreachable, StalledError

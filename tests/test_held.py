@@ -2,7 +2,7 @@
 
 from reconciler.core import traffic
 from reconciler.core.held import held
-from reconciler.core.plan import Route
+from reconciler.core.plan_steps import Route
 
 
 def hold(host: str, step) -> traffic.DatabaseHold:

@@ -11,20 +11,8 @@ from dataclasses import replace
 
 from reconciler.core import managed
 from reconciler.core.model import Environment, HealthCheck, Host, Policy, PortMapping, Rollout, Service
-from reconciler.core.plan import (
-    CheckHealth,
-    Finding,
-    Heal,
-    Plan,
-    Prune,
-    Pull,
-    Remove,
-    Retire,
-    ServiceChange,
-    Start,
-    Switch,
-    plan_deploy,
-)
+from reconciler.core.plan import Finding, Plan, ServiceChange, plan_deploy
+from reconciler.core.plan_steps import CheckHealth, Heal, Prune, Pull, Remove, Retire, Start, Switch
 from fakes import World, image
 
 ENV = "prod"

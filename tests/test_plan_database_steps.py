@@ -7,7 +7,8 @@ import dataclasses
 from reconciler.core import report
 from reconciler.core.model import Database, Migrations
 from tests.test_plan import environment, web
-from reconciler.core.plan import Backup, CheckMigrations, Migrate, Pull, RestoreDatabase, Start, plan_deploy, plan_restore
+from reconciler.core.plan import plan_deploy, plan_restore
+from reconciler.core.plan_steps import Backup, CheckMigrations, Migrate, Pull, RestoreDatabase, Start
 
 
 def test_a_migrating_service_gets_check_backup_migrate_before_any_container_step():

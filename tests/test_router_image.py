@@ -7,7 +7,8 @@ import pytest
 from reconciler.core import model
 from reconciler.core import router_image as ri
 from reconciler.core.managed import LABEL_ROUTER, ObservedContainer, ObservedHost
-from reconciler.core.plan import Pull, plan_deploy
+from reconciler.core.plan import plan_deploy
+from reconciler.core.plan_steps import Pull
 from reconciler.core.schema import load_environment, validate
 from reconciler.errors import RouterOwned
 from schema_helpers import DIGEST, env_with, snapshot

@@ -99,7 +99,7 @@ def test_maintenance_and_pause_are_level_based():
 
 
 def test_a_database_pause_wraps_the_database_steps_only_when_there_are_some():
-    from reconciler.core.plan import Backup
+    from reconciler.core.plan_steps import Backup
 
     env = _env(database_pause=model.Pause(20.0))
     backup = Backup("", "", "backup", database="db")

@@ -88,7 +88,8 @@ class FailingDatabase:
 
 def test_a_database_pause_holds_during_the_database_steps_and_releases_on_their_failure(world):
     from reconciler.core import traffic
-    from reconciler.core.plan import Backup, Plan
+    from reconciler.core.plan import Plan
+    from reconciler.core.plan_steps import Backup
 
     run(world, V1, "r1", expose=Expose(8080, ("web.test",)))
     env = environment(web(V2, expose=Expose(8080, ("web.test",), database_pause=model.Pause(20.0))))

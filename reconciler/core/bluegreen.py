@@ -33,7 +33,7 @@ from reconciler.core import router_config
 from reconciler.core import traffic
 from reconciler.core.model import Environment, Service
 from reconciler.core.managed import ObservedContainer, ObservedHost
-from reconciler.core.plan import Action, Adopt, Aside, CheckHealth, Remove, Revive, Route, Start, Switch
+from reconciler.core.plan_steps import Action, Adopt, Aside, CheckHealth, Remove, Revive, Route, Start, Switch
 
 # The router checks HTTP and TCP itself; any other check is also run on the
 # engine before the router gets the server (the router then checks TCP).

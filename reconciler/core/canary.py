@@ -42,7 +42,8 @@ from reconciler.core import router as rt
 from reconciler.core import router_steps
 from reconciler.core.model import Environment, Service
 from reconciler.core.managed import ObservedHost
-from reconciler.core.plan import Action, Adopt, CheckHealth, Plan, Route, Start, Switch
+from reconciler.core.plan import Plan
+from reconciler.core.plan_steps import Action, Adopt, CheckHealth, Route, Start, Switch
 
 _SWITCH_AT = 1000
 

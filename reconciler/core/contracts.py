@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from reconciler.core.model import Environment
-from reconciler.core.plan import Backup, CheckMigrations, Finding, Migrate, Plan, order_services
+from reconciler.core.plan import Finding, Plan, order_services
+from reconciler.core.plan_steps import Backup, CheckMigrations, Migrate
 
 RESTORE_HINT = ("`reconciler db backups --env ENV`, then `reconciler db restore BACKUP --env ENV`")
 

@@ -20,7 +20,8 @@ import dataclasses
 from typing import Iterable
 
 from reconciler.core import traffic
-from reconciler.core.plan import Plan, Route
+from reconciler.core.plan import Plan
+from reconciler.core.plan_steps import Route
 
 EVENT = "mirror"
 

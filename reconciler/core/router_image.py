@@ -40,7 +40,7 @@ from typing import Mapping
 from reconciler.core import router as rt
 from reconciler.core.model import Environment, ImageRef
 from reconciler.core.managed import LABEL_PREFIX, LABEL_ROUTER, ObservedContainer, ObservedHost
-from reconciler.core.plan import Action, Pull
+from reconciler.core.plan_steps import Action, Pull
 from reconciler.errors import RouterOwned
 
 LABEL_ROUTER_IMAGE = LABEL_PREFIX + "router.image"

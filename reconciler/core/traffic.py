@@ -43,7 +43,7 @@ from reconciler.core import router as rt
 from reconciler.core import router_steps
 from reconciler.core.model import Environment
 from reconciler.core.managed import ObservedHost
-from reconciler.core.plan import Action, Route
+from reconciler.core.plan_steps import Action, Route
 
 MAPS = ("mirror", "hold", "maintenance")
 LUA_FILE = "reconciler.lua"

@@ -18,7 +18,7 @@ from reconciler.core import managed
 from reconciler.core.health import CheckResult, Verdict, judge, next_check_at
 from reconciler.core.managed import ContainerSpec, ObservedContainer
 from reconciler.core.model import HealthCheck, ImageRef, Service
-from reconciler.core.plan import Prune, Restore, Resume, Revive, Start
+from reconciler.core.plan_steps import Prune, Restore, Resume, Revive, Start
 from reconciler.errors import DeployFailed
 
 HostDriver = Any  # engine.executor.HostDriver (that module imports this one)

@@ -41,7 +41,8 @@ from reconciler.core.contracts import (
 )
 from reconciler.core.migrations import parse_files
 from reconciler.core.model import Environment, ImageRef, Service
-from reconciler.core.plan import Restore, order_services
+from reconciler.core.plan import order_services
+from reconciler.core.plan_steps import Restore
 from reconciler.engine.dbphase import (
     database_connection,
     refuse_older_command_release,

@@ -71,7 +71,7 @@ from reconciler.core import contracts
 from reconciler.core.contracts import ImageFacts
 from reconciler.core.migrations import MigrationError, MigrationFile, check_expand, parse_files
 from reconciler.core.model import Database, Environment, Service
-from reconciler.core.plan import Backup, CheckMigrations, Migrate
+from reconciler.core.plan_steps import Backup, CheckMigrations, Migrate
 from reconciler.errors import ContractRollbackRefused, StalledError
 
 BACKUP_DIR_ENV = "RECONCILER_BACKUP_DIR"

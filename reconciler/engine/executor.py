@@ -46,8 +46,25 @@ from reconciler.engine.routed import RoutedSteps, RouterDriver
 from reconciler.engine.watching import WatchedSteps
 from reconciler.core.canary import Observe, Release, Watch
 from reconciler.core.traffic import DatabaseHold
-from reconciler.core.plan import (DATABASE_STEPS, Action, Adopt, Aside, CheckHealth, Heal, Plan, Prune, Pull, Remove, Restore,
-                                  Resume, Retire, Revive, Route, Start, Switch)
+from reconciler.core.plan import Plan
+from reconciler.core.plan_steps import (
+    DATABASE_STEPS,
+    Action,
+    Adopt,
+    Aside,
+    CheckHealth,
+    Heal,
+    Prune,
+    Pull,
+    Remove,
+    Restore,
+    Resume,
+    Retire,
+    Revive,
+    Route,
+    Start,
+    Switch,
+)
 
 
 class HostDriver(Protocol):

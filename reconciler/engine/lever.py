@@ -15,7 +15,7 @@ import pygit2
 
 from reconciler.adapters import gitlog
 from reconciler.adapters.locks import Locks
-from reconciler.core.plan import Restore
+from reconciler.core.plan_steps import Restore
 from reconciler.engine.state import RunState
 
 

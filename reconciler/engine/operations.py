@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from reconciler.core.plan import DATABASE_STEPS, Plan, RestoreDatabase, plan_deploy, plan_restore, plan_rollback
+from reconciler.core.plan import Plan, plan_deploy, plan_restore, plan_rollback
+from reconciler.core.plan_steps import DATABASE_STEPS, RestoreDatabase
 from reconciler.engine import recovery
 from reconciler.errors import RollbackRefused, StalledError
 from reconciler.engine.state import Result, RunState

@@ -23,7 +23,8 @@ from reconciler.adapters.journal import PHASE_FINISHED, PHASE_RECORDING, PHASE_R
 from reconciler.core import managed
 from reconciler.core.model import Environment
 from reconciler.core.managed import ObservedHost
-from reconciler.core.plan import Plan, Resume
+from reconciler.core.plan import Plan
+from reconciler.core.plan_steps import Resume
 from reconciler.engine.executor import Executor, Touched
 from reconciler.errors import InvalidDesiredState
 from reconciler.engine.state import RunState

@@ -13,7 +13,7 @@ import subprocess
 import time
 from typing import Any
 
-from reconciler.core.plan import Action, RestoreDatabase
+from reconciler.core.plan_steps import Action, RestoreDatabase
 from reconciler.errors import StalledError
 from reconciler.engine.state import RunState
 

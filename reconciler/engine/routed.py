@@ -16,7 +16,7 @@ from reconciler.core import managed, mirror_resume
 from reconciler.core import router as rt
 from reconciler.core import router_steps
 from reconciler.core import switch_back, traffic
-from reconciler.core.plan import Route
+from reconciler.core.plan_steps import Route
 from reconciler.errors import DeployFailed, RouterError
 
 if TYPE_CHECKING:
