@@ -3,7 +3,7 @@
 ``FakeHost`` behaves like ``hosts.DockerHost`` over a real engine, as far as
 the executor can tell:
 
-- containers have ids, names, labels (built by ``hosts.container_labels``,
+- containers have ids, names, labels (built by ``managed.labels_for``,
   the very function the real driver uses), a state, a finish time;
 - ``create`` needs the image present and a free name; ``rename`` to a name in
   use, or to the container's own name, fails as Docker's does; ``start`` of a
@@ -39,9 +39,8 @@ from typing import Callable, Mapping, Union
 
 from reconciler.errors import EngineError, HostUnreachable, ReconcilerError
 from reconciler.core.health import CheckResult
-from reconciler.adapters.hosts import container_labels
 from reconciler.core.model import HealthCheck, ImageRef, Service
-from reconciler.core.managed import ContainerSpec, ObservedContainer, ObservedHost
+from reconciler.core.managed import ContainerSpec, ObservedContainer, ObservedHost, labels_for
 
 # A probe script maps the container's probe number (0, 1, ...) to what that
 # probe sees: True (passes), False (fails) or "exit" (the process exits).
@@ -255,7 +254,7 @@ class FakeHost:
         if self.by_name(spec.name) is not None:
             raise EngineError(f'create {spec.name}: Conflict. The container name "/{spec.name}" is already in use', host=self.name)
         cid = self._new_id()
-        labels = container_labels(service, spec.environment, spec.revision)
+        labels = labels_for(service, spec.environment, spec.revision)
         self.containers[cid] = FakeContainer(cid, spec.name, service.image, labels, env=dict(service.env))
         return cid
 

@@ -18,7 +18,6 @@ to find out.
 
 from __future__ import annotations
 
-import json
 import logging
 import shlex
 import threading
@@ -29,7 +28,7 @@ import docker.errors
 import paramiko
 import requests.exceptions
 
-from reconciler.adapters import secrets, ssh
+from reconciler.adapters import engine_json, secrets, ssh
 from reconciler.adapters.dialstdio import (
     LOST_CONNECTION, LOST_REQUESTS, EngineChannels, engine_client_over)
 from reconciler.core import managed
@@ -57,68 +56,6 @@ logging.getLogger(ssh.LOG_CHANNEL).addFilter(_PROBE_NOISE)
 def _without_host(exc: BaseException, host: str) -> str:
     text = str(exc)
     return text[len(host) + 2:] if text.startswith(f"{host}: ") else text
-
-
-def container_labels(service: Service, environment: str, revision: str) -> dict[str, str]:
-    labels = dict(service.labels)
-    labels.update(
-        {
-            managed.LABEL_ENVIRONMENT: environment,
-            managed.LABEL_SERVICE: service.name,
-            managed.LABEL_REVISION: revision,
-            managed.LABEL_CONFIG_HASH: managed.config_hash(service),
-            managed.LABEL_IMAGE: str(service.image),
-            managed.LABEL_SPEC: json.dumps(managed.spec_summary(service), sort_keys=True, separators=(",", ":")),
-            managed.LABEL_HEALTH: managed.health_to_label(service.health),
-            managed.LABEL_ENV: json.dumps(managed.shown_env(service), sort_keys=True, separators=(",", ":")),
-        }
-    )
-    return labels
-
-
-def _observed(attrs: dict) -> ObservedContainer:
-    state = attrs.get("State") or {}
-    labels = (attrs.get("Config") or {}).get("Labels") or {}
-    health = (state.get("Health") or {}).get("Status")
-    return ObservedContainer(
-        id=attrs["Id"],
-        name=attrs["Name"].lstrip("/"),
-        state=state.get("Status", "unknown"),
-        labels=tuple(sorted(labels.items())),
-        image_id=attrs.get("Image", ""),
-        health=health,
-        restart_count=int(attrs.get("RestartCount") or 0),
-        finished_at=state.get("FinishedAt") or "",
-        created=_epoch(attrs.get("Created") or ""),
-    )
-
-
-def _epoch(rfc3339: str) -> float:
-    import datetime
-
-    try:
-        return datetime.datetime.fromisoformat(rfc3339[:26].rstrip("Z") + "+00:00").timestamp()
-    except ValueError:
-        return 0.0
-
-
-def _summarised(summary: dict) -> ObservedContainer:
-    """An ObservedContainer from one entry of the engine's container list."""
-    status = summary.get("Status") or ""
-    health = None
-    for word, value in (("(healthy)", "healthy"), ("(unhealthy)", "unhealthy"), ("(health: starting)", "starting")):
-        if word in status:
-            health = value
-    names = summary.get("Names") or ["/" + summary["Id"][:12]]
-    return ObservedContainer(
-        id=summary["Id"],
-        name=names[0].lstrip("/"),
-        state=summary.get("State", "unknown"),
-        labels=tuple(sorted((summary.get("Labels") or {}).items())),
-        image_id=summary.get("ImageID", ""),
-        health=health,
-        created=float(summary.get("Created") or 0),
-    )
 
 
 class DockerHost:
@@ -299,7 +236,7 @@ class DockerHost:
         Images are not listed: pre-flight asks for the ones a deploy needs.
         """
         summaries = self._call("list containers", self.engine.api.containers, all=True, retry=True)
-        containers = tuple(sorted((_summarised(s) for s in summaries), key=lambda c: c.name))
+        containers = tuple(sorted((engine_json.from_list_entry(s) for s in summaries), key=lambda c: c.name))
         return ObservedHost(name=self.name, containers=containers, images=None)
 
     def has_image(self, image: ImageRef) -> bool:
@@ -393,7 +330,7 @@ class DockerHost:
                 command=list(service.command) if service.command is not None else None,
                 name=spec.name,
                 environment=env,
-                labels=container_labels(service, spec.environment, spec.revision),
+                labels=managed.labels_for(service, spec.environment, spec.revision),
                 ports=[(p.container_port, p.protocol) for p in service.ports] or None,
                 host_config=host_config,
                 stop_timeout=int(service.stop_timeout),
@@ -445,7 +382,7 @@ class DockerHost:
 
     # ------------------------------------------------------------ health
     def inspect(self, container_id: str) -> ObservedContainer:
-        return _observed(self._call(f"inspect {container_id[:12]}", self.engine.api.inspect_container, container_id, retry=True))
+        return engine_json.from_inspect(self._call(f"inspect {container_id[:12]}", self.engine.api.inspect_container, container_id, retry=True))
 
     def address(self, container_id: str) -> str:
         """The container's address on the host (its first network's): where the host's router sends requests."""

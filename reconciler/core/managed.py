@@ -128,6 +128,24 @@ def config_hash(service: Service) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def labels_for(service: Service, environment: str, revision: str) -> dict[str, str]:
+    """The labels a container of ``service`` is created with: the service's own, then ours."""
+    labels = dict(service.labels)
+    labels.update(
+        {
+            LABEL_ENVIRONMENT: environment,
+            LABEL_SERVICE: service.name,
+            LABEL_REVISION: revision,
+            LABEL_CONFIG_HASH: config_hash(service),
+            LABEL_IMAGE: str(service.image),
+            LABEL_SPEC: json.dumps(spec_summary(service), sort_keys=True, separators=(",", ":")),
+            LABEL_HEALTH: health_to_label(service.health),
+            LABEL_ENV: json.dumps(shown_env(service), sort_keys=True, separators=(",", ":")),
+        }
+    )
+    return labels
+
+
 def container_name(environment: str, service: str, role: str = ROLE_ACTIVE, config: str = "") -> str:
     """The name a service's container has on a host in ``role``."""
     base = f"{environment}-{service}"
