@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.agent import api
-from reconciler.agent.observer import Observer
+from reconciler.agent.observer import Observer, Refused
 from reconciler.cli.commands import _observe
 from reconciler.core import schema
 from reconciler.core.model import ImageRef, Service
@@ -60,6 +60,7 @@ class Agent:
         self.host = self.world.hosts["h1"]
         self.connections = Connections(self.world.hosts, str(self.identity))
         self.observer = Observer(self.repo_path, self.state, self.connections, lambda: [ENV])
+        self.applied(self.commit)
         self.server = api.start(self.state, self.observer, lambda event, **f: None)
 
     def target(self, yaml: str | None = None, *, agent_too: bool = False):
@@ -72,12 +73,18 @@ class Agent:
         if yaml is not None:
             files = {f"environments/{ENV}/environment.yaml": yaml, f"environments/{ENV}/known_hosts": "# pinned keys\n"}
             if agent_too:
-                agentrepo.commit(self.repo, files, "changed for the agent")
+                self.applied(agentrepo.commit(self.repo, files, "changed for the agent"))
             else:
                 agentrepo.commit(self.repo, files, "the CLI's preview", branch="refs/heads/preview")
                 rev = "preview"
         return load_target(argparse.Namespace(repo=str(self.repo_path), env=ENV, rev=rev, identity=str(self.identity),
                                               worktree=False))
+
+    def applied(self, commit: str) -> None:
+        """As the engine records a commit it applied: the one the agent answers for."""
+        from reconciler.adapters.journal import Status, write_status
+
+        write_status(self.state, Status(ENV, last_applied=commit))
 
     def ask(self, target, routers=True, timeout=10.0):
         pins = Path(target.known_hosts_file).read_bytes()
@@ -119,6 +126,22 @@ def test_a_shape_the_agent_does_not_own_is_refused_and_the_cli_falls_back(agent)
     assert isinstance(way, _observe.Fallback)
     assert way.why == "the agent refused: host h1: address: '10.0.0.9' asked, the agent's is '10.0.0.1'"
     assert agent.host.calls.get("observe", 0) == 0
+
+
+def test_the_agent_answers_for_the_commit_it_applied_not_an_unapplied_branch_head(agent, tmp_path):
+    """A head the agent has not applied (its gate may refuse it: unsigned, or
+    written straight into the repository) does not steer where it connects."""
+    moved = agentrepo.env_yaml().replace("10.0.0.1", "10.0.0.9")
+    agentrepo.commit(agent.repo, {f"environments/{ENV}/environment.yaml": moved}, "a head nobody applied")
+    way = agent.ask(agent.target())  # the CLI plans the head: h1 at 10.0.0.9
+    assert isinstance(way, _observe.Fallback) and "'10.0.0.9' asked, the agent's is '10.0.0.1'" in way.why
+    assert agent.host.calls.get("observe", 0) == 0
+    fresh = tmp_path / "fresh-state"
+    fresh.mkdir()
+    observer = Observer(agent.repo_path, fresh, agent.connections, lambda: [ENV])
+    with pytest.raises(Refused) as refused:
+        observer.observe(ENV, {"hosts": {}})
+    assert "has applied no commit yet" in str(refused.value)
 
 
 def test_a_host_the_agent_cannot_reach_is_the_error_not_a_fallback(agent):

@@ -1,12 +1,18 @@
 """What the agent answers when ``plan`` or ``status`` asks it to observe (``agent.api``).
 
 The agent observes with its own environment, the one it reconciles: the
-branch head's desired state (loaded once per commit and kept; that is the
-desired state, not an observation), over the host connections it keeps
+desired state of the commit it last applied (loaded once per commit and
+kept; that is the desired state, not an observation), over the host
+connections it keeps
 (``fleet.ConnectionCache.borrow``, beside a reconcile that may hold them).
 Every answer is observed at request time: one container list per host,
 and where exposed services run, its router asked as ``engine.routing``'s
 ``observe_host`` asks it; nothing observed is ever kept for a later answer.
+
+Not the branch head's: a head the agent has not applied may be one its
+gate refuses (unsigned, or forged straight into the repository), and its
+hosts and pins must not steer the agent's SSH identity anywhere.  An
+agent that has applied nothing yet answers nothing (the CLI observes).
 
 It answers only for a shape it owns (``core.observe_shape``): the CLI's
 hosts, pins, router settings and host-file secrets must be the agent's, or
@@ -66,14 +72,13 @@ class Observer:
 
     # ------------------------------------------------------------ the desired state
     def desired(self, env: str) -> Desired:
-        from reconciler.adapters import gitlog
+        from reconciler.adapters.journal import read_status
 
         if env not in self.environments():
             raise Refused(f"{env}: not an environment this agent reconciles")
-        repo = gitlog.open_repo(self.repo)
-        commit = gitlog.branch_head(repo, gitlog.environment_branch(repo, env))
+        commit = read_status(self.state_dir, env).last_applied
         if commit is None:
-            raise Refused(f"{env}: the agent's branch for it does not exist")
+            raise Refused(f"{env}: the agent has applied no commit yet (it answers for what it applied)")
         with self._lock:
             kept = self._desired.get(env)
         if kept is not None and kept.commit == commit:
