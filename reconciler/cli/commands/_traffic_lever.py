@@ -44,12 +44,12 @@ def edit_expose(text: str, keys: tuple[str, ...], field: str, value) -> str:
 
     from reconciler.errors import StalledError
 
-    yaml = YAML(typ="rt")  # round-trip: plain data only, comments kept
-    yaml.preserve_quotes = True
-    yaml.width = 4096  # no re-wrapping: the lines the lever does not edit stay as written
+    round_trip = YAML(typ="rt")  # round-trip: plain data only, comments kept
+    round_trip.preserve_quotes = True
+    round_trip.width = 4096  # no re-wrapping: the lines the lever does not edit stay as written
     # Only ever a file the bounded parser accepted (``lever`` checks it first),
     # so the round-trip loader sees plain data within the schema's bounds.
-    data = yaml.load(text)
+    data = round_trip.load(text)
     node = data
     for key in keys:
         node = node[key]
@@ -61,7 +61,7 @@ def edit_expose(text: str, keys: tuple[str, ...], field: str, value) -> str:
     else:
         expose[field] = value
     out = io.StringIO()
-    yaml.dump(data, out)
+    round_trip.dump(data, out)
     return out.getvalue()
 
 
