@@ -303,17 +303,21 @@ def test_the_config_has_the_sticky_cookie_and_the_qa_route():
     assert "cookie" not in plain and "qa" not in plain
 
 
-def test_the_first_host_to_fail_stops_the_others_pause_so_the_switch_back_starts_at_once(world):
-    deploy(world, web(V1), "r1")
-    green = server(V2)
-
+def one_in_five_failing(green: str):
+    """Router traffic where ``green`` answers 1 request in 5 with an error while it takes any."""
     def traffic(router):
         s = router.servers_.get(("web", green))
         if s is not None and s.weight > 0 and not s.maint:
             s.total += 5
             s.errors += 1
 
-    world.routers["h1"].traffic = traffic
+    return traffic
+
+
+def test_the_first_host_to_fail_stops_the_others_pause_so_the_switch_back_starts_at_once(world):
+    deploy(world, web(V1), "r1")
+    green = server(V2)
+    world.routers["h1"].traffic = one_in_five_failing(green)
     events = []
     _, outcome = deploy_reporting(world, web(V2), "r2", events)
     assert outcome.result == "rolled-back" and outcome.failure.startswith("h1: canary at 10%"), outcome.failure
@@ -335,14 +339,7 @@ def test_the_switch_back_of_an_aborted_canary_leaves_blue_serving_all_along(worl
     """Blue is in the router during the canary: switching back must not re-add or re-check it."""
     deploy(world, web(V1), "r1")
     green = server(V2)
-
-    def traffic(router):
-        s = router.servers_.get(("web", green))
-        if s is not None and s.weight > 0 and not s.maint:
-            s.total += 5
-            s.errors += 1
-
-    world.routers["h1"].traffic = traffic
+    world.routers["h1"].traffic = one_in_five_failing(green)
     for r in world.routers.values():
         r.applied.clear()
     _, outcome = deploy(world, web(V2), "r2")
