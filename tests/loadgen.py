@@ -41,7 +41,10 @@ def fetch(address: str, hostname: str, port: int = 80, headers: dict[str, str] |
         conn.request("GET", "/", headers={"Host": hostname, **(headers or {}), **({"Cookie": cookie} if cookie else {})})
         response = conn.getresponse()
         return response.status, response.read().decode("utf-8", "replace").strip(), response.getheader("Set-Cookie") or ""
-    except OSError as exc:
+    except (OSError, http.client.HTTPException) as exc:
+        # No answer, or a cut one (IncompleteRead, BadStatusLine): a failed
+        # request, counted as one, never an exception that ends the thread
+        # sending them (its requests would just stop, and their failures vanish).
         return None, f"{type(exc).__name__}: {exc}", ""
     finally:
         conn.close()

@@ -351,7 +351,9 @@ def test_a_canary_with_errors_is_aborted_to_blue_and_reverted(world):
         print(host, f"v6's cookie: {len([a for a in mine if a.started <= aborted[0]])} requests before the abort, "
                     f"{len([a for a in after if a.started < _restored(watcher, host)])} between it and the end of "
                     f"the switch back, {len(after)} after it: all answered by v2")
-    assert held, "no cookie holder got v6's cookie during the canary"
+    seen = {host: sorted({(a.status, a.body[:40], bool(a.cookie)) for a in holders.answers if a.host == host})
+            for host in world.addresses}
+    assert held, f"no cookie holder got v6's cookie during the canary; what each host's holder got: {seen}"
 
 
 def test_the_watch_after_the_switch_switches_back_a_release_that_fails_later(world):
